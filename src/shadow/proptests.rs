@@ -1,0 +1,323 @@
+//! Properties of the engine over small random JSON trees. Keys come from a
+//! tiny alphabet (including `timestamp`, the metadata leaf's own key) so that
+//! updates collide; leaves include nulls, integral floats and arrays.
+
+use proptest::collection::{btree_map, vec};
+use proptest::prelude::*;
+use serde_json::Value;
+
+use super::*;
+
+const ROOMY: Limits = Limits {
+    max_document_bytes: 1 << 20,
+    max_depth: 16,
+};
+
+fn key() -> impl Strategy<Value = String> {
+    prop::sample::select(vec!["a", "b", "c", "timestamp"]).prop_map(str::to_owned)
+}
+
+fn scalar() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        any::<bool>().prop_map(Value::from),
+        (-2_i64..3).prop_map(Value::from),
+        // Integral floats, so that `1` and `1.0` meet.
+        (-2_i64..3).prop_map(|n| Value::from(n as f64)),
+        prop::sample::select(vec!["", "x", "yy"]).prop_map(Value::from),
+    ]
+}
+
+fn leaf() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        2 => Just(Value::Null),
+        6 => scalar(),
+        1 => vec(scalar(), 0..3).prop_map(Value::Array),
+    ]
+}
+
+/// An update's state: an object tree at most 4 deep.
+fn tree() -> impl Strategy<Value = Object> {
+    let value = leaf().prop_recursive(3, 24, 3, |inner| {
+        btree_map(key(), inner, 0..4).prop_map(|map| Value::Object(map.into_iter().collect()))
+    });
+    btree_map(key(), value, 0..4).prop_map(|map| map.into_iter().collect())
+}
+
+fn section() -> impl Strategy<Value = Section> {
+    prop_oneof![Just(Section::Reported), Just(Section::Desired)]
+}
+
+fn update() -> impl Strategy<Value = Update> {
+    (section(), tree()).prop_map(|(section, state)| Update {
+        section,
+        state,
+        version: None,
+        client_token: None,
+    })
+}
+
+/// Applies updates in order at times 1, 2, ... the way the gateway would,
+/// keeping the document of each changed update.
+fn play(updates: &[Update], limits: &Limits) -> Option<Document> {
+    let mut current = None;
+    for (now, update) in (1..).zip(updates) {
+        if let Ok(applied) = apply_update(current.as_ref(), update, now, limits) {
+            if applied.changed {
+                current = Some(applied.document);
+            }
+        }
+    }
+    current
+}
+
+/// Asserts that `metadata` has exactly the paths of `state`, each state leaf
+/// mirrored by `{"timestamp": <u64>}`, and that the state holds no `{}`.
+fn assert_mirrors(state: &Object, metadata: &Object) {
+    let state_keys: Vec<&String> = state.keys().collect();
+    let metadata_keys: Vec<&String> = metadata.keys().collect();
+    assert_eq!(state_keys, metadata_keys);
+    for (key, value) in state {
+        match (value, &metadata[key]) {
+            (Value::Object(state), Value::Object(metadata)) => {
+                assert!(!state.is_empty(), "empty object stored at {key}");
+                assert_mirrors(state, metadata);
+            }
+            (_, Value::Object(leaf)) => {
+                assert_eq!(leaf.len(), 1, "metadata leaf at {key}: {leaf:?}");
+                assert!(
+                    leaf["timestamp"].is_u64(),
+                    "metadata leaf at {key}: {leaf:?}"
+                );
+            }
+            (_, other) => panic!("metadata at {key} is not an object: {other}"),
+        }
+    }
+}
+
+/// Depth as the rules define it, written independently of the engine.
+fn depth_of(value: &Value) -> usize {
+    match value {
+        Value::Object(map) => 1 + map.values().map(depth_of).max().unwrap_or(0),
+        Value::Array(items) if items.iter().any(|item| item.is_object() || item.is_array()) => {
+            1 + items.iter().map(depth_of).max().unwrap_or(0)
+        }
+        _ => 0,
+    }
+}
+
+/// Every leaf of a tree with its path.
+fn leaves<'a>(tree: &'a Object, path: &mut Vec<&'a str>, out: &mut Vec<(Vec<&'a str>, &'a Value)>) {
+    for (key, value) in tree {
+        path.push(key);
+        match value {
+            Value::Object(child) => leaves(child, path, out),
+            leaf => out.push((path.clone(), leaf)),
+        }
+        path.pop();
+    }
+}
+
+fn lookup<'a>(tree: &'a Object, path: &[&str]) -> Option<&'a Value> {
+    let (last, parents) = path.split_last()?;
+    let mut node = tree;
+    for key in parents {
+        node = node.get(*key)?.as_object()?;
+    }
+    node.get(*last)
+}
+
+/// Equality oracle for the generated values, whose numbers are small enough
+/// for `f64`.
+fn same(left: &Value, right: &Value) -> bool {
+    match (left, right) {
+        (Value::Number(left), Value::Number(right)) => left.as_f64() == right.as_f64(),
+        (Value::Array(left), Value::Array(right)) => {
+            left.len() == right.len() && left.iter().zip(right).all(|(l, r)| same(l, r))
+        }
+        _ => left == right,
+    }
+}
+
+proptest! {
+    #[test]
+    fn reporting_the_desired_tree_empties_the_delta(updates in vec(update(), 0..6)) {
+        let document = play(&updates, &ROOMY);
+        let desired = document.as_ref().map(|d| d.state.desired.clone()).unwrap_or_default();
+        let report = Update {
+            section: Section::Reported,
+            state: desired,
+            version: None,
+            client_token: None,
+        };
+        let applied = apply_update(document.as_ref(), &report, 100, &ROOMY).expect("accepted");
+        prop_assert_eq!(applied.delta, None);
+        prop_assert!(delta_state(Some(&applied.document)).is_empty());
+    }
+
+    #[test]
+    fn versions_grow_by_one_per_change_and_hold_otherwise(updates in vec(update(), 1..8)) {
+        let mut current: Option<Document> = None;
+        for (now, update) in (1..).zip(&updates) {
+            let applied = apply_update(current.as_ref(), update, now, &ROOMY).expect("accepted");
+            let before = current.as_ref().map_or(0, |d| d.version);
+            if applied.changed {
+                prop_assert_eq!(applied.document.version, before + 1);
+                prop_assert_eq!(applied.document.timestamp, now);
+                current = Some(applied.document);
+            } else {
+                prop_assert_eq!(&applied.document, &current.clone().unwrap_or_default());
+            }
+        }
+    }
+
+    #[test]
+    fn the_same_update_twice_changes_nothing_the_second_time(
+        history in vec(update(), 0..4),
+        update in update(),
+    ) {
+        let current = play(&history, &ROOMY);
+        let first = apply_update(current.as_ref(), &update, 50, &ROOMY).expect("accepted");
+        let after_first = if first.changed { Some(first.document) } else { current };
+        let second = apply_update(after_first.as_ref(), &update, 60, &ROOMY).expect("accepted");
+        prop_assert!(!second.changed);
+        prop_assert_eq!(Some(second.document), after_first.or(Some(Document::default())));
+    }
+
+    #[test]
+    fn delta_is_exactly_the_desired_leaves_that_differ_from_reported(
+        updates in vec(update(), 0..8),
+    ) {
+        let document = play(&updates, &ROOMY).unwrap_or_default();
+        let delta = delta(&document);
+        let (state, metadata) = delta
+            .as_ref()
+            .map_or_else(Default::default, |d| (d.state.clone(), d.metadata.clone()));
+        prop_assert!(delta.as_ref().is_none_or(|d| !d.state.is_empty()
+            && d.version == document.version
+            && d.timestamp == document.timestamp));
+        assert_mirrors(&state, &metadata);
+
+        let mut delta_leaves = Vec::new();
+        leaves(&state, &mut Vec::new(), &mut delta_leaves);
+        for (path, value) in &delta_leaves {
+            let desired = lookup(&document.state.desired, path);
+            prop_assert_eq!(desired, Some(*value), "not desired: {:?}", path);
+            prop_assert_eq!(lookup(&metadata, path), lookup(&document.metadata.desired, path));
+        }
+        let mut desired_leaves = Vec::new();
+        leaves(&document.state.desired, &mut Vec::new(), &mut desired_leaves);
+        for (path, value) in &desired_leaves {
+            let reported = lookup(&document.state.reported, path);
+            let differs = !reported.is_some_and(|reported| same(value, reported));
+            prop_assert_eq!(lookup(&state, path).is_some(), differs, "path {:?}", path);
+        }
+    }
+
+    #[test]
+    fn metadata_mirrors_state_leaf_for_leaf(updates in vec(update(), 0..8)) {
+        let document = play(&updates, &ROOMY).unwrap_or_default();
+        assert_mirrors(&document.state.reported, &document.metadata.reported);
+        assert_mirrors(&document.state.desired, &document.metadata.desired);
+    }
+
+    #[test]
+    fn accepted_documents_respect_the_limits(
+        updates in vec((update(), any::<Option<u64>>(), prop::option::of(0_usize..70)), 1..8),
+        max_depth in 0_usize..5,
+        max_document_bytes in 0_usize..200,
+    ) {
+        let limits = Limits { max_document_bytes, max_depth };
+        let mut current: Option<Document> = None;
+        for (now, (update, version, token_len)) in (1..).zip(updates) {
+            let update = Update {
+                version: version.map(|v| v % 3),
+                client_token: token_len.map(|len| "t".repeat(len)),
+                ..update
+            };
+            match apply_update(current.as_ref(), &update, now, &limits) {
+                Ok(applied) if applied.changed => {
+                    let document = applied.document;
+                    for section in [&document.state.reported, &document.state.desired] {
+                        prop_assert!(depth_of(&Value::Object(section.clone())) <= max_depth);
+                    }
+                    let size = serde_json::to_vec(&document.state).expect("serializable").len();
+                    prop_assert!(size <= max_document_bytes);
+                    current = Some(document);
+                }
+                Ok(applied) => {
+                    let unchanged = current.clone().unwrap_or_default();
+                    prop_assert_eq!(applied.document, unchanged);
+                }
+                Err(rejection) => prop_assert!(matches!(
+                    rejection.code,
+                    ErrorCode::BadRequest | ErrorCode::Conflict | ErrorCode::PayloadTooLarge
+                )),
+            }
+        }
+    }
+
+    #[test]
+    fn delete_then_get_is_not_found_and_stale_versions_conflict(
+        updates in vec(update(), 1..6),
+        stale in any::<u64>(),
+    ) {
+        let Some(document) = play(&updates, &ROOMY) else { return Ok(()) };
+        let stale = if stale == document.version { stale.wrapping_add(1) } else { stale };
+
+        let write = Update { version: Some(stale), ..updates[0].clone() };
+        let rejection = apply_update(Some(&document), &write, 99, &ROOMY).unwrap_err();
+        prop_assert_eq!(rejection.code, ErrorCode::Conflict);
+        prop_assert!(rejection.message.contains(&stale.to_string()));
+        prop_assert!(rejection.message.contains(&document.version.to_string()));
+        let rejection = delete(Some(&document), Some(stale)).unwrap_err();
+        prop_assert_eq!(rejection.code, ErrorCode::Conflict);
+        prop_assert_eq!(get(Some(&document)), Ok(&document));
+
+        prop_assert_eq!(delete(Some(&document), Some(document.version)), Ok(document.version));
+        prop_assert_eq!(get(None).unwrap_err().code, ErrorCode::NotFound);
+        prop_assert_eq!(delete(None, None).unwrap_err().code, ErrorCode::NotFound);
+    }
+
+    #[test]
+    fn updates_on_disjoint_keys_commute(
+        history in vec(update(), 0..4),
+        first in update(),
+        second in update(),
+    ) {
+        let mut second = second;
+        if first.section == second.section {
+            second.state.retain(|key, _| !first.state.contains_key(key));
+        }
+        let base = play(&history, &ROOMY);
+        let apply_both = |one: &Update, two: &Update| {
+            let mut current = base.clone();
+            for update in [one, two] {
+                let applied =
+                    apply_update(current.as_ref(), update, 77, &ROOMY).expect("accepted");
+                if applied.changed {
+                    current = Some(applied.document);
+                }
+            }
+            current
+        };
+        prop_assert_eq!(apply_both(&first, &second), apply_both(&second, &first));
+    }
+
+    #[test]
+    fn a_replacement_patch_turns_one_desired_section_into_another(
+        from in vec(update(), 0..6),
+        to in vec(update(), 0..6),
+    ) {
+        let current = play(&from, &ROOMY);
+        let target = play(&to, &ROOMY).map(|d| d.state.desired).unwrap_or_default();
+        let have = current.as_ref().map(|d| d.state.desired.clone()).unwrap_or_default();
+        let patch = Update {
+            section: Section::Desired,
+            state: replacement_patch(&have, &target),
+            version: None,
+            client_token: None,
+        };
+        let applied = apply_update(current.as_ref(), &patch, 99, &ROOMY).expect("accepted");
+        prop_assert_eq!(applied.document.state.desired, target);
+    }
+}
