@@ -191,6 +191,28 @@ pub struct ClusterSettings {
     pub seniors: Vec<(ConnectionId, String)>,
 }
 
+// iotsphere patch: a hook the router calls for every PUBLISH before routing and before
+// acknowledging it (authorize, persist, then ack). See PATCHES.md.
+/// Called by the router thread: keep it fast (no blocking network I/O).
+pub trait PublishHook: Send + Sync {
+    /// Every PUBLISH from a client, before it is routed. `false` drops it (it is still
+    /// acknowledged, as brokers do for denied publishes under MQTT 3.1.1).
+    fn on_publish(&self, client_id: &str, topic: &[u8], payload: &bytes::Bytes, qos: u8) -> bool;
+    /// Called once per router iteration, after incoming packets were handled and before
+    /// any acknowledgement (PUBACK) of them is sent: the place to make them durable.
+    fn before_acks(&self);
+}
+
+/// The hook, shareable inside `RouterConfig`.
+#[derive(Clone)]
+pub struct PublishHookHandle(pub Arc<dyn PublishHook>);
+
+impl fmt::Debug for PublishHookHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PublishHook")
+    }
+}
+
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct RouterConfig {
     pub max_connections: usize,
@@ -202,6 +224,9 @@ pub struct RouterConfig {
     // defaults to Round Robin
     #[serde(default)]
     pub shared_subscriptions_strategy: Strategy,
+    // iotsphere patch: see PublishHook.
+    #[serde(skip)]
+    pub publish_hook: Option<PublishHookHandle>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

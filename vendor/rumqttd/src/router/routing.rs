@@ -213,6 +213,12 @@ impl Router {
             }
         }
 
+        // iotsphere patch: acks of the publishes handled above are sent by consume() below;
+        // the hook makes them durable first.
+        if let Some(hook) = &self.config.publish_hook {
+            hook.0.before_acks();
+        }
+
         // A connection should not be scheduled multiple times
         #[cfg(debug_assertions)]
         if let Some(readyqueue) = self.scheduler.check_readyqueue_duplicates() {
@@ -564,6 +570,17 @@ impl Router {
                     let qos = publish.qos;
                     let pkid = publish.pkid;
 
+                    // iotsphere patch: authorize / persist before routing and acking.
+                    let routed = match &self.config.publish_hook {
+                        Some(hook) => hook.0.on_publish(
+                            &client_id,
+                            &publish.topic,
+                            &publish.payload,
+                            qos as u8,
+                        ),
+                        None => true,
+                    };
+
                     // Prepare acks for the above publish
                     // If any of the publish in the batch results in force flush,
                     // set global force flush flag. Force flush is triggered when the
@@ -577,6 +594,13 @@ impl Router {
                     // coordinate using multiple offsets, and we don't have any idea how to do so right now.
                     // Currently as we don't have replication, we just use a single offset, even when appending to
                     // multiple commit logs.
+
+                    // iotsphere patch: a dropped QoS 2 publish would still be routed on
+                    // PUBREL (the router records it), so such a client is disconnected.
+                    if !routed && qos == QoS::ExactlyOnce {
+                        disconnect = true;
+                        break;
+                    }
 
                     match qos {
                         QoS::AtLeastOnce => {
@@ -606,6 +630,11 @@ impl Router {
                     };
 
                     self.router_meters.total_publishes += 1;
+
+                    // iotsphere patch: dropped by the hook (acknowledged above, not routed).
+                    if !routed {
+                        continue;
+                    }
 
                     // Try to append publish to commitlog
                     match append_to_commitlog(
