@@ -1,0 +1,53 @@
+//! Offline administration: `iotsphere-gateway outbox stats|list|replay|purge`, run with the
+//! gateway stopped (sled allows one process per database; a running gateway holds it).
+
+use crate::config::GatewayConfig;
+use crate::outbox::{Outbox, OutboxLimits, OutboxStats};
+use crate::store::{ShadowStore, StoreError};
+use crate::uplink::{self, ReplayError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("the data directory is in use by a running gateway (sled holds an exclusive lock): stop the gateway first")]
+    InUse,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("mongodb.uri is empty: there is no uplink to replay to")]
+    NoUplink,
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
+}
+
+/// Opens the outbox of the configured data directory.
+pub fn open_outbox(config: &GatewayConfig) -> Result<Outbox, AdminError> {
+    let dir = config.gateway.data_dir.join("shadows");
+    let store =
+        ShadowStore::open(&dir, config.gateway.store_cache_bytes).map_err(|e| match &e {
+            StoreError::Open {
+                source: sled::Error::Io(io),
+                ..
+            } if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
+                AdminError::InUse
+            }
+            _ => AdminError::Store(e),
+        })?;
+    Ok(Outbox::open(
+        store.db(),
+        OutboxLimits::from(&config.outbox),
+    )?)
+}
+
+/// Replays the outbox into MongoDB once; returns what is left.
+pub async fn replay(config: &GatewayConfig) -> Result<OutboxStats, AdminError> {
+    if config.mongodb.uri.is_empty() {
+        return Err(AdminError::NoUplink);
+    }
+    let outbox = open_outbox(config)?;
+    Ok(uplink::replay(
+        &config.mongodb,
+        &config.gateway.id,
+        outbox,
+        config.outbox.replay_rate,
+    )
+    .await?)
+}

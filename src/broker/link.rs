@@ -1,0 +1,139 @@
+//! The link loop: drains the gateway's internal link (device requests) and the uplink's
+//! cloud changes into the shadow service, in batches.
+//!
+//! One batch = every request the router has handed over so far plus every cloud change
+//! waiting (up to [`MAX_BATCH`] requests). The service handles each, the batch is committed
+//! with one fsync, and only then are the replies published and the writes handed to the
+//! uplink — group commit, so a slow SD card costs one flush per batch, not one per request.
+//!
+//! The router stops feeding a link whose buffer is full and says so with
+//! `Notification::Unschedule`; the loop must then `wake()` it or it would stall (and the
+//! broker's commit log would eventually overwrite what the gateway never read).
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use rumqttd::local::LinkError;
+use rumqttd::Notification;
+use tokio::sync::watch;
+
+use super::{BrokerError, GatewayLink};
+use crate::service::{Outgoing, Replies, ShadowService};
+use crate::uplink::CloudDesired;
+
+/// Requests handled per commit at most; bounds reply latency under load.
+const MAX_BATCH: usize = 512;
+
+/// What one batch holds.
+#[derive(Default)]
+struct Batch {
+    requests: Vec<(String, Bytes)>,
+    cloud_changes: Vec<CloudDesired>,
+    unscheduled: bool,
+}
+
+impl Batch {
+    fn add(&mut self, notification: Notification) {
+        match notification {
+            Notification::Forward(forward) => match std::str::from_utf8(&forward.publish.topic) {
+                Ok(topic) => self
+                    .requests
+                    .push((topic.to_string(), forward.publish.payload)),
+                Err(_) => tracing::warn!("dropped a publish with a non-UTF-8 topic"),
+            },
+            Notification::Unschedule => self.unscheduled = true,
+            _ => {}
+        }
+    }
+}
+
+/// Serves requests until `stop` turns true; returns after the last batch was committed and
+/// answered. The caller has subscribed the link to the service's request filters.
+pub async fn run(
+    mut link: GatewayLink,
+    mut service: ShadowService,
+    replies: Replies,
+    mut stop: watch::Receiver<bool>,
+    from_cloud: Option<flume::Receiver<CloudDesired>>,
+) -> Result<(), BrokerError> {
+    let mut out: Vec<Outgoing> = Vec::new();
+    loop {
+        let mut batch = Batch::default();
+        tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
+            notification = link.rx.next() => {
+                if let Some(notification) = notification? {
+                    batch.add(notification);
+                }
+            }
+            change = next_cloud_change(from_cloud.as_ref()) => batch.cloud_changes.push(change),
+        }
+        // Then take only what is already there.
+        while batch.requests.len() < MAX_BATCH {
+            match link.rx.recv_deadline(Instant::now()) {
+                Ok(Some(notification)) => batch.add(notification),
+                Ok(None) => {}
+                Err(LinkError::RecvTimeout(_)) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(from_cloud) = &from_cloud {
+            batch
+                .cloud_changes
+                .extend(from_cloud.try_iter().take(MAX_BATCH));
+        }
+        serve_batch(&mut service, &replies, &batch, &mut out);
+        link.publish_all(out.drain(..))?;
+        service.wake_uplink();
+        if batch.unscheduled {
+            link.rx.wake().await?;
+        }
+    }
+}
+
+async fn next_cloud_change(from_cloud: Option<&flume::Receiver<CloudDesired>>) -> CloudDesired {
+    match from_cloud {
+        Some(from_cloud) => match from_cloud.recv_async().await {
+            Ok(change) => change,
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Handles a batch and commits it; on a store failure every request of the batch is
+/// answered 500 instead (the device retries; shadow updates are idempotent merges) and the
+/// batch's cloud changes are logged as not applied.
+fn serve_batch(
+    service: &mut ShadowService,
+    replies: &Replies,
+    batch: &Batch,
+    out: &mut Vec<Outgoing>,
+) {
+    let handled = batch
+        .requests
+        .iter()
+        .try_for_each(|(topic, payload)| service.handle(topic, payload, out))
+        .and_then(|()| {
+            batch
+                .cloud_changes
+                .iter()
+                .try_for_each(|change| service.apply_cloud_desired(change.clone(), out))
+        })
+        .and_then(|()| service.commit());
+    if let Err(e) = handled {
+        tracing::error!(
+            error = %e,
+            requests = batch.requests.len(),
+            cloud_changes = batch.cloud_changes.len(),
+            "could not store a batch; requests answered 500, cloud changes not applied"
+        );
+        out.clear();
+        out.extend(
+            batch
+                .requests
+                .iter()
+                .filter_map(|(topic, _)| replies.internal_error(topic)),
+        );
+    }
+}

@@ -1,0 +1,177 @@
+//! The embedded MQTT broker (rumqttd): built from our configuration with bounded memory,
+//! started on its own threads, and joined by the gateway through an internal link.
+//!
+//! Memory bounds (a Pi has 1 GiB): rumqttd keeps published messages in per-filter
+//! in-memory commit logs; each filter keeps at most `mqtt.segments` segments of
+//! `mqtt.segment_bytes` (defaults: 4 × 256 KiB), instead of rumqttd's example 10 × 100 MiB.
+//! Payloads above `mqtt.max_payload_bytes` make rumqttd close the connection.
+
+pub mod link;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rumqttd::protocol::{Packet, Publish};
+use rumqttd::{
+    Broker, ConnectionSettings, PublishHook, PublishHookHandle, RouterConfig, ServerSettings,
+};
+
+use crate::config::MqttSection;
+use crate::service::Outgoing;
+
+/// Messages the router hands a connection per scheduling round before it must ask for more.
+const MAX_OUTGOING_PACKET_COUNT: u64 = 200;
+/// Connections the gateway opens into its own router (the shadow-service link).
+const INTERNAL_LINKS: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("mqtt.listen `{address}`: {reason}")]
+    Listen { address: String, reason: String },
+    #[error("embedded broker: {0}")]
+    Start(String),
+    /// The router went away or refused the link (kept as text: rumqttd's error is ~800 bytes).
+    #[error("embedded broker link: {0}")]
+    Link(String),
+}
+
+impl From<rumqttd::local::LinkError> for BrokerError {
+    fn from(e: rumqttd::local::LinkError) -> Self {
+        BrokerError::Link(e.to_string())
+    }
+}
+
+/// The gateway's own connection into the broker's router.
+pub struct GatewayLink {
+    pub tx: rumqttd::local::LinkTx,
+    pub rx: rumqttd::local::LinkRx,
+}
+
+/// The embedded broker: its router runs from [`EmbeddedBroker::new`], its listeners from
+/// [`EmbeddedBroker::listen`], so the gateway can subscribe and republish retained state
+/// through its link before any device can connect.
+pub struct EmbeddedBroker {
+    broker: Broker,
+    listen: Option<SocketAddr>,
+}
+
+impl EmbeddedBroker {
+    /// Starts the router and returns the gateway's link. Listen addresses are checked here,
+    /// so a port already in use is a clear startup error, not a listener thread that died.
+    /// `hook` sees every PUBLISH in the router before it is routed or acknowledged.
+    pub fn new(
+        mqtt: &MqttSection,
+        hook: Option<Arc<dyn PublishHook>>,
+    ) -> Result<(EmbeddedBroker, GatewayLink), BrokerError> {
+        let listen = if mqtt.listen.is_empty() {
+            None
+        } else {
+            Some(check_bindable(&mqtt.listen)?)
+        };
+        let mut config = rumqttd_config(mqtt, listen);
+        config.router.publish_hook = hook.map(PublishHookHandle);
+        let broker = Broker::new(config);
+        let (tx, rx) = broker.link("iotsphere-gateway")?;
+        Ok((EmbeddedBroker { broker, listen }, GatewayLink { tx, rx }))
+    }
+
+    /// Another internal connection (e.g. the uplink's, to publish commands). Must be made
+    /// before [`listen`](Self::listen).
+    pub fn link(&self, client_id: &str) -> Result<GatewayLink, BrokerError> {
+        let (tx, rx) = self.broker.link(client_id)?;
+        Ok(GatewayLink { tx, rx })
+    }
+
+    /// Starts accepting devices; returns the plain listener's address.
+    pub fn listen(self) -> Result<Option<SocketAddr>, BrokerError> {
+        let EmbeddedBroker { mut broker, listen } = self;
+        std::thread::Builder::new()
+            .name("broker".into())
+            .spawn(move || {
+                // Runs for the life of the process; it returns only if every listener died.
+                if let Err(e) = broker.start() {
+                    tracing::error!(error = %e, "the embedded broker stopped");
+                }
+            })
+            .map_err(|e| BrokerError::Start(e.to_string()))?;
+        Ok(listen)
+    }
+}
+
+impl GatewayLink {
+    /// Subscribes the gateway to a filter (QoS 0: the link is in-process, nothing is lost
+    /// on the way, see `link`).
+    pub fn subscribe(&mut self, filter: &str) -> Result<(), BrokerError> {
+        self.tx.subscribe(filter)?;
+        Ok(())
+    }
+
+    /// Publishes messages from the gateway.
+    pub fn publish_all(
+        &mut self,
+        messages: impl IntoIterator<Item = Outgoing>,
+    ) -> Result<(), BrokerError> {
+        for message in messages {
+            let publish = Publish::new(
+                Bytes::from(message.topic),
+                Bytes::from(message.payload),
+                message.retain,
+            );
+            // `LinkTx::send` is async only in name: it queues and signals without awaiting.
+            pollster::block_on(self.tx.send(Packet::Publish(publish, None)))?;
+        }
+        Ok(())
+    }
+}
+
+fn rumqttd_config(mqtt: &MqttSection, listen: Option<SocketAddr>) -> rumqttd::Config {
+    let connections = ConnectionSettings {
+        connection_timeout_ms: mqtt.connect_timeout_ms,
+        max_payload_size: mqtt.max_payload_bytes,
+        max_inflight_count: mqtt.max_inflight,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let v4 = listen.map(|listen| {
+        HashMap::from([(
+            "plain".to_string(),
+            ServerSettings {
+                name: "mqtt-plain".into(),
+                listen,
+                tls: None,
+                next_connection_delay_ms: 1,
+                connections,
+            },
+        )])
+    });
+    rumqttd::Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: mqtt.max_connections + INTERNAL_LINKS,
+            max_outgoing_packet_count: MAX_OUTGOING_PACKET_COUNT,
+            max_segment_size: mqtt.segment_bytes,
+            max_segment_count: mqtt.segments,
+            ..RouterConfig::default()
+        },
+        v4,
+        ..rumqttd::Config::default()
+    }
+}
+
+/// Resolves `host:port` and checks it can be bound now.
+fn check_bindable(address: &str) -> Result<SocketAddr, BrokerError> {
+    let error = |reason: String| BrokerError::Listen {
+        address: address.to_string(),
+        reason,
+    };
+    let addr = address
+        .to_socket_addrs()
+        .map_err(|e| error(e.to_string()))?
+        .next()
+        .ok_or_else(|| error("the name resolves to no address".into()))?;
+    TcpListener::bind(addr).map_err(|e| error(e.to_string()))?;
+    Ok(addr)
+}

@@ -1,0 +1,247 @@
+//! Wires the running gateway: store, broker, shadow service, link loop, uplink, HTTP,
+//! shutdown.
+//!
+//! Threads: rumqttd runs its router and listeners on threads of its own; the shadow
+//! service runs on the `shadow-service` thread (its fsyncs never stall anything else); the
+//! uplink and HTTP run on the main tokio runtime.
+//!
+//! Shutdown (SIGTERM or Ctrl-C): the link loop finishes and answers its current batch, the
+//! store is flushed, and `run` returns; the process exits 0 well within 5 s. The broker's
+//! listeners die with the process (rumqttd has no stop).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttd::PublishHook;
+
+use tokio::sync::watch;
+
+use crate::broker::{self, BrokerError, EmbeddedBroker, GatewayLink};
+use crate::config::{AuthMode, GatewayConfig};
+use crate::http::{self, HealthState};
+use crate::ingest::Ingest;
+use crate::outbox::{Outbox, OutboxLimits};
+use crate::service::{Replies, ServiceSettings, ShadowService};
+use crate::shadow::Limits;
+use crate::store::{ShadowStore, StoreError};
+use crate::topics::Topics;
+use crate::uplink::{self, CommandRequest, CommandSink, UplinkError};
+
+/// Longest time shutdown waits for the link loop's last batch.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("gateway.data_dir `{path}`: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Uplink(#[from] UplinkError),
+    #[error("http.listen `{0}`: {1}")]
+    Http(String, std::io::Error),
+    #[error("topics.root: {0}")]
+    Topics(String),
+    #[error("could not start the {0} thread: {1}")]
+    Thread(&'static str, std::io::Error),
+    #[error("the shadow service stopped: {0}")]
+    Service(String),
+    #[error("signal handling: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Publishes commands from MongoDB to devices through the uplink's broker link, in each
+/// device's encoding.
+struct BrokerCommands {
+    link: GatewayLink,
+    replies: Replies,
+    store: ShadowStore,
+}
+
+impl CommandSink for BrokerCommands {
+    fn send(&mut self, device_id: &str, request: &CommandRequest) {
+        let encoding = self
+            .store
+            .get(device_id)
+            .ok()
+            .flatten()
+            .map(|s| s.encoding)
+            .unwrap_or_default();
+        let message = self.replies.command_request(device_id, encoding, request);
+        if let Err(e) = self.link.publish_all([message]) {
+            tracing::error!(device_id, error = %e, "could not publish a command");
+        }
+    }
+}
+
+/// Runs the gateway until SIGTERM / Ctrl-C, or until the shadow service fails.
+pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
+    let started = Instant::now();
+    if config.auth.mode == AuthMode::Anonymous {
+        tracing::warn!(
+            "auth.mode = \"anonymous\": any client may publish and subscribe to any topic; \
+             for the lab only, never in the field"
+        );
+    }
+    let data_dir = &config.gateway.data_dir;
+    std::fs::create_dir_all(data_dir).map_err(|source| GatewayError::DataDir {
+        path: data_dir.display().to_string(),
+        source,
+    })?;
+    let store = ShadowStore::open(&data_dir.join("shadows"), config.gateway.store_cache_bytes)?;
+    let topics = Topics::new(&config.topics.root).map_err(GatewayError::Topics)?;
+    let replies = Replies::new(topics.clone(), &config.gateway.id);
+    let uplink_enabled = !config.mongodb.uri.is_empty();
+    let outbox = if uplink_enabled {
+        Some(Outbox::open(
+            store.db(),
+            OutboxLimits::from(&config.outbox),
+        )?)
+    } else {
+        None
+    };
+    let service = ShadowService::new(
+        topics.clone(),
+        store.clone(),
+        ServiceSettings {
+            gateway_id: config.gateway.id.clone(),
+            limits: Limits {
+                max_document_bytes: config.shadow.max_document_bytes,
+                max_depth: config.shadow.max_depth,
+            },
+            rate_per_sec: config.shadow.rate_per_sec,
+            rate_burst: config.shadow.rate_burst,
+        },
+        outbox.clone(),
+    );
+
+    let hook = outbox.clone().map(|outbox| {
+        Arc::new(Ingest::new(topics.clone(), outbox, store.db().clone())) as Arc<dyn PublishHook>
+    });
+    let (broker, mut link) = EmbeddedBroker::new(&config.mqtt, hook)?;
+    for filter in service.request_filters() {
+        link.subscribe(&filter)?;
+    }
+    let pending = service.pending_deltas()?;
+    tracing::info!(
+        shadows = store.len(),
+        pending_deltas = pending.len(),
+        "shadow store opened"
+    );
+    link.publish_all(pending)?;
+
+    let uplink = match outbox.clone() {
+        Some(outbox) => {
+            let commands = BrokerCommands {
+                link: broker.link("iotsphere-uplink")?,
+                replies: replies.clone(),
+                store: store.clone(),
+            };
+            let stats = outbox.stats();
+            if stats.items + stats.shadows > 0 {
+                tracing::info!(
+                    items = stats.items,
+                    shadows = stats.shadows,
+                    "the outbox has writes waiting; replaying them"
+                );
+            }
+            Some(
+                uplink::start(
+                    &config.mongodb,
+                    &config.gateway.id,
+                    store.clone(),
+                    outbox,
+                    config.outbox.replay_rate,
+                    Box::new(commands),
+                )
+                .await?,
+            )
+        }
+        None => None,
+    };
+    let uplink_status = uplink.as_ref().map(|u| u.status.clone()).zip(outbox);
+    let from_cloud = uplink.map(|u| u.from_cloud);
+
+    let http_addr = if config.http.listen.is_empty() {
+        None
+    } else {
+        let state = HealthState {
+            store: store.clone(),
+            uplink: uplink_status,
+            started,
+        };
+        Some(
+            http::serve(&config.http.listen, state)
+                .await
+                .map_err(|e| GatewayError::Http(config.http.listen.clone(), e))?,
+        )
+    };
+    let listen = broker.listen()?;
+    tracing::info!(
+        gateway = %config.gateway.id,
+        mqtt = %listen.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        http = %http_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        uplink = uplink_enabled,
+        root = %config.topics.root,
+        data_dir = %config.gateway.data_dir.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "gateway ready"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("shadow-service".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| BrokerError::Start(e.to_string()))
+                .and_then(|runtime| {
+                    runtime.block_on(broker::link::run(
+                        link, service, replies, stop_rx, from_cloud,
+                    ))
+                });
+            let _ = done_tx.send(result);
+        })
+        .map_err(|e| GatewayError::Thread("shadow-service", e))?;
+
+    let outcome = tokio::select! {
+        signal = shutdown_signal() => {
+            signal?;
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+            Ok(())
+        }
+        result = &mut done_rx => match result {
+            Ok(Err(e)) => Err(GatewayError::Service(e.to_string())),
+            Ok(Ok(())) | Err(_) => Err(GatewayError::Service("the link loop ended".into())),
+        },
+    };
+    if outcome.is_ok()
+        && tokio::time::timeout(SHUTDOWN_GRACE, &mut done_rx)
+            .await
+            .is_err()
+    {
+        tracing::error!("the shadow service did not stop in time");
+    }
+    if let Err(e) = store.flush() {
+        tracing::error!(error = %e, "the shadow store could not be flushed at shutdown");
+    }
+    outcome
+}
+
+async fn shutdown_signal() -> Result<(), GatewayError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(GatewayError::Signal)?;
+    tokio::select! {
+        _ = term.recv() => {}
+        result = tokio::signal::ctrl_c() => result.map_err(GatewayError::Signal)?,
+    }
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! The HTTP endpoints on `[http] listen`: `/health` and `/health/uplink` (JSON).
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use crate::outbox::Outbox;
+use crate::store::ShadowStore;
+use crate::uplink::{UplinkMode, UplinkReport, UplinkStatus};
+
+/// What the handlers read.
+#[derive(Clone)]
+pub struct HealthState {
+    pub store: ShadowStore,
+    /// `None` when no uplink is configured.
+    pub uplink: Option<(UplinkStatus, Outbox)>,
+    pub started: Instant,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Health {
+    status: &'static str,
+    broker: &'static str,
+    uplink: UplinkMode,
+    shadows: usize,
+    version: &'static str,
+    uptime_secs: u64,
+}
+
+/// Binds the listener now (a port in use is a startup error) and serves in the background.
+pub async fn serve(listen: &str, state: HealthState) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/health/uplink", get(uplink))
+        .with_state(state);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the HTTP server stopped");
+        }
+    });
+    Ok(addr)
+}
+
+async fn health(State(state): State<HealthState>) -> (StatusCode, Json<Health>) {
+    let uplink = state
+        .uplink
+        .as_ref()
+        .map_or(UplinkMode::Offline, |(status, _)| status.report().mode);
+    (
+        StatusCode::OK,
+        Json(Health {
+            status: "ok",
+            broker: "up",
+            uplink,
+            shadows: state.store.len(),
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_secs: state.started.elapsed().as_secs(),
+        }),
+    )
+}
+
+async fn uplink(State(state): State<HealthState>) -> Json<UplinkReport> {
+    Json(match &state.uplink {
+        Some((status, outbox)) => UplinkReport {
+            outbox: outbox.stats(),
+            ..status.report()
+        },
+        None => UplinkStatus::default().report(),
+    })
+}

@@ -1,0 +1,46 @@
+//! # iotsphere-gateway
+//!
+//! The edge gateway for a building full of connected water heaters: devices speak MQTT to
+//! a broker embedded in the gateway; the gateway keeps a **shadow** per device (reported
+//! state, desired state, and the delta between them) and answers on the device's topics.
+//!
+//! ## Layout
+//!
+//! The path of a message, in the order it travels:
+//!
+//! - [`config`] — the TOML file and `IOTSPHERE__…` overrides, checked with line numbers.
+//! - [`broker`] — the embedded rumqttd broker with bounded memory, and the gateway's
+//!   internal link into it ([`broker::link`] drains that link in batches).
+//! - [`topics`] — parses and formats the `ROOT/devices/{id}/…` topic tree.
+//! - [`codec`] — JSON / CBOR payloads, detected per message, and the reply envelope.
+//! - [`shadow`] — the pure shadow engine: merge, versions, metadata, delta. No I/O.
+//! - [`ingest`] — telemetry and command answers into the outbox, inside the broker,
+//!   before they are acknowledged.
+//! - [`service`] — one request → engine → store → the replies to publish.
+//! - [`store`] — the local sled store, the source of truth without an uplink.
+//! - [`telemetry`] — decoding device readings for the cloud.
+//! - [`outbox`] — everything bound for the cloud, durable in sled until MongoDB has it.
+//! - [`uplink`] — MongoDB: shadows mirrored, telemetry stored, commands dispatched, and
+//!   cloud changes of `desired` watched (change stream or polling).
+//! - [`http`] — `/health` and `/health/uplink`.
+//! - [`gateway`] — wires the above and handles shutdown; [`logging`] sets up `tracing`.
+//!
+//! - [`admin`] — offline commands on the data directory (`outbox stats|list|replay|purge`).
+//!
+//! `main.rs` only parses the command line and calls into these modules.
+
+pub mod admin;
+pub mod broker;
+pub mod codec;
+pub mod config;
+pub mod gateway;
+pub mod http;
+pub mod ingest;
+pub mod logging;
+pub mod outbox;
+pub mod service;
+pub mod shadow;
+pub mod store;
+pub mod telemetry;
+pub mod topics;
+pub mod uplink;

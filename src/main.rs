@@ -1,0 +1,155 @@
+//! Command line of `iotsphere-gateway` (DESIGN.md §3): parses arguments and wires modules.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use iotsphere_gateway::config::GatewayConfig;
+use iotsphere_gateway::{admin, gateway, logging};
+
+#[derive(Parser)]
+#[command(
+    name = "iotsphere-gateway",
+    version,
+    about = "Edge gateway for connected water heaters"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        #[arg(long, default_value = "config/gateway.toml")]
+        config: PathBuf,
+    },
+    /// Check a configuration file: exit 0 when valid, 2 with one line per problem.
+    CheckConfig {
+        #[arg(long, default_value = "config/gateway.toml")]
+        config: PathBuf,
+    },
+    /// Inspect or act on the outbox (with the gateway stopped).
+    Outbox {
+        #[command(subcommand)]
+        action: OutboxAction,
+        #[arg(long, global = true, default_value = "config/gateway.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum OutboxAction {
+    /// Counts, bytes, age of the oldest item (JSON).
+    Stats,
+    /// The waiting entries as JSON lines (shadows, items, dead letters).
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Write everything to MongoDB now, then exit.
+    Replay,
+    /// Delete what is waiting (all of it, or only the dead letters).
+    Purge {
+        #[arg(long)]
+        dead_only: bool,
+        /// Required: purging loses data.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// Exit code for a refused configuration (DESIGN.md §3).
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::CheckConfig { config } => match GatewayConfig::load(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Outbox { action, config } => {
+            let config = match GatewayConfig::load(&config) {
+                Ok(config) => config,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            match outbox(action, &config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Run { config } => {
+            let config = match GatewayConfig::load(&config) {
+                Ok(config) => config,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    eprintln!("the gateway did not start: fix the configuration above");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            logging::init(&config.log);
+            match run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn outbox(action: OutboxAction, config: &GatewayConfig) -> anyhow::Result<()> {
+    match action {
+        OutboxAction::Stats => {
+            let stats = admin::open_outbox(config)?.stats();
+            println!("{}", serde_json::to_string_pretty(&stats)?);
+        }
+        OutboxAction::List { limit } => {
+            for entry in admin::open_outbox(config)?.list(limit)? {
+                println!("{entry}");
+            }
+        }
+        OutboxAction::Replay => {
+            logging::init(&config.log);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let left = runtime.block_on(admin::replay(config))?;
+            println!("{}", serde_json::to_string_pretty(&left)?);
+        }
+        OutboxAction::Purge { dead_only, yes } => {
+            anyhow::ensure!(
+                yes,
+                "purge deletes data bound for the cloud: add --yes to confirm"
+            );
+            let count = admin::open_outbox(config)?.purge(dead_only)?;
+            println!("purged {count} entries");
+        }
+    }
+    Ok(())
+}
+
+fn run(config: GatewayConfig) -> anyhow::Result<()> {
+    // Two workers: the uplink and HTTP; the broker and the shadow service have threads of
+    // their own.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(gateway::run(config))?;
+    Ok(())
+}

@@ -1,0 +1,596 @@
+//! The shadow service: turns one shadow request (topic + payload) into store writes and the
+//! messages to publish — `document`, `delta`, `rejected` — in the requester's encoding.
+//!
+//! It knows topics, payloads and the store; it does not know the broker: the link loop
+//! (`broker::link`) feeds it requests in batches, calls [`ShadowService::commit`] once per
+//! batch (one fsync), and only then publishes what the batch produced. Every refused
+//! request gets a `rejected` reply; nothing is dropped silently.
+//!
+//! The delta is published **retained** whenever it changes, so a heater that was offline
+//! when its setpoint changed receives the pending delta as soon as it subscribes. When the
+//! delta becomes empty a zero-length retained message clears it (MQTT's way of deleting a
+//! retained message; subscribers see one empty message, meaning "nothing pending").
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::codec::{self, DecodeError, Encoding, Envelope, EnvelopeMetadata, ShadowRequest};
+use crate::outbox::{Outbox, ToCloud};
+use crate::shadow::{self, Document, ErrorCode, Limits, Rejection, Section, Update};
+use crate::store::{ShadowStore, StoreError, StoredShadow};
+use crate::topics::{Route, ShadowTopic, Topics};
+use crate::uplink::{CloudDesired, CommandRequest};
+
+/// A message the gateway publishes on its broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+}
+
+/// Per-device token bucket: `rate_per_sec` sustained, `burst` at once (DESIGN.md §10).
+struct RateLimiter {
+    rate_per_sec: f64,
+    burst: f64,
+    buckets: HashMap<String, (f64, Instant)>,
+}
+
+/// Above this many tracked devices, idle buckets (full again) are forgotten, so requests
+/// for random device ids cannot grow memory without bound.
+const RATE_BUCKETS_PRUNE_AT: usize = 20_000;
+
+impl RateLimiter {
+    fn new(rate_per_sec: u32, burst: u32) -> Self {
+        Self {
+            rate_per_sec: f64::from(rate_per_sec),
+            burst: f64::from(burst),
+            buckets: HashMap::new(),
+        }
+    }
+
+    fn allow(&mut self, device_id: &str, now: Instant) -> bool {
+        if self.buckets.len() >= RATE_BUCKETS_PRUNE_AT {
+            let (rate, burst) = (self.rate_per_sec, self.burst);
+            self.buckets.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
+            });
+        }
+        let (tokens, at) = self
+            .buckets
+            .entry(device_id.to_string())
+            .or_insert((self.burst, now));
+        *tokens =
+            (*tokens + now.duration_since(*at).as_secs_f64() * self.rate_per_sec).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The document payload: the shadow plus the requester's token, as AWS clients expect.
+#[derive(Serialize)]
+struct DocumentPayload<'a> {
+    #[serde(flatten)]
+    document: &'a Document,
+    #[serde(rename = "clientToken", skip_serializing_if = "Option::is_none")]
+    client_token: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct RejectedPayload<'a> {
+    code: u16,
+    message: &'a str,
+    #[serde(rename = "clientToken", skip_serializing_if = "Option::is_none")]
+    client_token: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct DeletedPayload {
+    deleted: bool,
+    version: u64,
+}
+
+/// Settings the service needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    pub gateway_id: String,
+    pub limits: Limits,
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
+}
+
+pub struct ShadowService {
+    topics: Topics,
+    replies: Replies,
+    store: ShadowStore,
+    settings: ServiceSettings,
+    rate: RateLimiter,
+    /// With a MongoDB uplink: where every shadow write bound for the cloud goes, in the
+    /// batch's commit.
+    outbox: Option<Outbox>,
+}
+
+impl ShadowService {
+    pub fn new(
+        topics: Topics,
+        store: ShadowStore,
+        settings: ServiceSettings,
+        outbox: Option<Outbox>,
+    ) -> Self {
+        let rate = RateLimiter::new(settings.rate_per_sec, settings.rate_burst);
+        Self {
+            replies: Replies::new(topics.clone(), &settings.gateway_id),
+            topics,
+            store,
+            settings,
+            rate,
+            outbox,
+        }
+    }
+
+    /// The filters the gateway's link subscribes to: every device's shadow requests.
+    /// (Telemetry and command answers are taken in the broker, see `ingest`.)
+    pub fn request_filters(&self) -> Vec<String> {
+        ShadowTopic::REQUESTS
+            .into_iter()
+            .map(|kind| self.topics.shadow_filter(kind))
+            .collect()
+    }
+
+    /// Tells the uplink that the committed batch's cloud writes are durable.
+    pub fn wake_uplink(&self) {
+        if let Some(outbox) = &self.outbox {
+            outbox.wake();
+        }
+    }
+
+    /// Puts a write bound for the cloud into the outbox (nothing without an uplink).
+    fn to_cloud(&self, write: ToCloud) -> Result<(), StoreError> {
+        if let Some(outbox) = &self.outbox {
+            outbox.push(write)?;
+        }
+        Ok(())
+    }
+
+    /// Applies a desired change made in the cloud: the cloud wins on the fields it changed
+    /// (a differing local value is logged as overridden); the device gets the delta.
+    pub fn apply_cloud_desired(
+        &mut self,
+        change: CloudDesired,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), StoreError> {
+        let device_id = change.device_id.as_str();
+        if !crate::topics::is_valid_id(device_id) {
+            tracing::warn!(device_id, "ignored a cloud change for an invalid device id");
+            return Ok(());
+        }
+        let stored = self.store.get(device_id)?;
+        let encoding = stored.as_ref().map(|s| s.encoding).unwrap_or_default();
+        let local = stored
+            .as_ref()
+            .map(|s| s.document.state.desired.clone())
+            .unwrap_or_default();
+        let state = if change.replace {
+            shadow::replacement_patch(&local, &change.state)
+        } else {
+            change.state
+        };
+        for (field, cloud) in &state {
+            if let Some(overridden) = local.get(field).filter(|l| *l != cloud) {
+                tracing::info!(device_id, field, local = %overridden, cloud = %cloud, "cloud desired overrides a local desired value");
+            }
+        }
+        let request = ShadowRequest {
+            state: Some(state),
+            version: None,
+            client_token: None,
+        };
+        match self.update(device_id, Section::Desired, encoding, stored, request, out) {
+            Ok(()) => Ok(()),
+            Err(ServiceError::Rejected(rejection)) => {
+                tracing::warn!(device_id, code = rejection.code.as_u16(), message = %rejection.message, "a cloud desired change was refused");
+                Ok(())
+            }
+            Err(ServiceError::Store(e)) => Err(e),
+        }
+    }
+
+    /// The retained deltas of every stored shadow with something pending; published at
+    /// startup because the broker keeps retained messages in memory only.
+    pub fn pending_deltas(&self) -> Result<Vec<Outgoing>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.store.iter() {
+            let (device_id, stored) = entry?;
+            if let Some(delta) = shadow::delta(&stored.document) {
+                out.push(self.replies.publication(
+                    &device_id,
+                    ShadowTopic::Delta,
+                    stored.encoding,
+                    None,
+                    &delta,
+                    true,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Handles one request and appends what to publish once the batch is committed.
+    /// A store failure is returned: the caller must not publish this batch's replies.
+    pub fn handle(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), StoreError> {
+        let (device_id, kind) = match self.topics.parse(topic) {
+            Ok(Route::Shadow { device_id, kind }) if ShadowTopic::REQUESTS.contains(&kind) => {
+                (device_id, kind)
+            }
+            // The link subscribes only to the topics above; anything else is not ours.
+            Ok(_) | Err(_) => {
+                tracing::debug!(topic, "ignoring a topic the gateway does not serve");
+                return Ok(());
+            }
+        };
+        let stored = self.store.get(device_id)?;
+        let last_encoding = stored.as_ref().map(|s| s.encoding).unwrap_or_default();
+
+        if !self.rate.allow(device_id, Instant::now()) {
+            let rejection = Rejection {
+                code: ErrorCode::TooManyRequests,
+                message: format!(
+                    "more than {} requests per second (burst {})",
+                    self.settings.rate_per_sec, self.settings.rate_burst
+                ),
+            };
+            out.push(
+                self.replies
+                    .rejected(device_id, last_encoding, None, &rejection),
+            );
+            return Ok(());
+        }
+
+        let (encoding, request) = match codec::decode_request(payload) {
+            Ok((encoding, request)) => (encoding.unwrap_or(last_encoding), request),
+            Err(e) => {
+                tracing::info!(device_id, %kind, error = %e, "rejected a malformed request");
+                out.push(self.replies.rejected(
+                    device_id,
+                    last_encoding,
+                    None,
+                    &decode_rejection(&e),
+                ));
+                return Ok(());
+            }
+        };
+        if let Err(rejection) = check_client_token(request.client_token.as_deref()) {
+            out.push(self.replies.rejected(device_id, encoding, None, &rejection));
+            return Ok(());
+        }
+        let token = request.client_token.clone();
+        let token = token.as_deref();
+
+        let result = match kind {
+            ShadowTopic::Reported => {
+                self.update(device_id, Section::Reported, encoding, stored, request, out)
+            }
+            ShadowTopic::Desired => {
+                self.update(device_id, Section::Desired, encoding, stored, request, out)
+            }
+            ShadowTopic::Get => self.get(device_id, encoding, stored.as_ref(), token, out),
+            _ => self.delete(device_id, encoding, stored.as_ref(), &request, out),
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(ServiceError::Rejected(rejection)) => {
+                tracing::info!(device_id, %kind, code = rejection.code.as_u16(), message = %rejection.message, "rejected a request");
+                out.push(
+                    self.replies
+                        .rejected(device_id, encoding, token, &rejection),
+                );
+                Ok(())
+            }
+            Err(ServiceError::Store(e)) => Err(e),
+        }
+    }
+
+    /// Makes the batch's writes durable; its replies may be published after this returns.
+    pub fn commit(&self) -> Result<(), StoreError> {
+        self.store.flush()
+    }
+
+    fn update(
+        &mut self,
+        device_id: &str,
+        section: Section,
+        encoding: Encoding,
+        stored: Option<StoredShadow>,
+        request: ShadowRequest,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), ServiceError> {
+        let Some(state) = request.state else {
+            return Err(ServiceError::Rejected(Rejection {
+                code: ErrorCode::BadRequest,
+                message: "missing state".into(),
+            }));
+        };
+        let update = Update {
+            section,
+            state,
+            version: request.version,
+            client_token: request.client_token.clone(),
+        };
+        let previous = stored.as_ref().map(|s| &s.document);
+        let applied = shadow::apply_update(previous, &update, epoch_secs(), &self.settings.limits)
+            .map_err(ServiceError::Rejected)?;
+        let token = request.client_token.as_deref();
+
+        let encoding_changed = stored.as_ref().is_some_and(|s| s.encoding != encoding);
+        if applied.changed || encoding_changed {
+            self.store.put(
+                device_id,
+                &StoredShadow {
+                    document: applied.document.clone(),
+                    encoding,
+                },
+            )?;
+        }
+        if applied.changed {
+            self.to_cloud(ToCloud::Shadow {
+                device_id: device_id.to_string(),
+                document: Some(applied.document.clone()),
+            })?;
+        }
+        let payload = DocumentPayload {
+            document: &applied.document,
+            client_token: token,
+        };
+        out.push(self.replies.publication(
+            device_id,
+            ShadowTopic::Document,
+            encoding,
+            token,
+            &payload,
+            false,
+        ));
+        if shadow::delta_state(previous) != shadow::delta_state(Some(&applied.document)) {
+            out.push(match &applied.delta {
+                Some(delta) => self.replies.publication(
+                    device_id,
+                    ShadowTopic::Delta,
+                    encoding,
+                    token,
+                    delta,
+                    true,
+                ),
+                None => self.replies.clear_delta(device_id),
+            });
+        }
+        Ok(())
+    }
+
+    fn get(
+        &self,
+        device_id: &str,
+        encoding: Encoding,
+        stored: Option<&StoredShadow>,
+        token: Option<&str>,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), ServiceError> {
+        let document = shadow::get(stored.map(|s| &s.document)).map_err(ServiceError::Rejected)?;
+        let payload = DocumentPayload {
+            document,
+            client_token: token,
+        };
+        out.push(self.replies.publication(
+            device_id,
+            ShadowTopic::Document,
+            encoding,
+            token,
+            &payload,
+            false,
+        ));
+        Ok(())
+    }
+
+    fn delete(
+        &mut self,
+        device_id: &str,
+        encoding: Encoding,
+        stored: Option<&StoredShadow>,
+        request: &ShadowRequest,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), ServiceError> {
+        let previous = stored.map(|s| &s.document);
+        let version = shadow::delete(previous, request.version).map_err(ServiceError::Rejected)?;
+        self.store.remove(device_id)?;
+        self.to_cloud(ToCloud::Shadow {
+            device_id: device_id.to_string(),
+            document: None,
+        })?;
+        let token = request.client_token.as_deref();
+        let payload = DeletedPayload {
+            deleted: true,
+            version,
+        };
+        out.push(self.replies.publication(
+            device_id,
+            ShadowTopic::Document,
+            encoding,
+            token,
+            &payload,
+            false,
+        ));
+        if shadow::delta(previous.unwrap_or(&Document::default())).is_some() {
+            out.push(self.replies.clear_delta(device_id));
+        }
+        Ok(())
+    }
+}
+
+/// Formats the gateway's replies: topic, envelope and encoding.
+#[derive(Debug, Clone)]
+pub struct Replies {
+    topics: Topics,
+    gateway_id: String,
+}
+
+impl Replies {
+    pub fn new(topics: Topics, gateway_id: &str) -> Self {
+        Self {
+            topics,
+            gateway_id: gateway_id.to_string(),
+        }
+    }
+
+    /// The 500 reply to a request whose write could not be made durable.
+    pub fn internal_error(&self, request_topic: &str) -> Option<Outgoing> {
+        let Ok(Route::Shadow { device_id, .. }) = self.topics.parse(request_topic) else {
+            return None;
+        };
+        let rejection = Rejection {
+            code: ErrorCode::Internal,
+            message: "the gateway could not store the request; retry".into(),
+        };
+        Some(self.rejected(device_id, Encoding::Json, None, &rejection))
+    }
+
+    pub fn rejected(
+        &self,
+        device_id: &str,
+        encoding: Encoding,
+        token: Option<&str>,
+        rejection: &Rejection,
+    ) -> Outgoing {
+        let payload = RejectedPayload {
+            code: rejection.code.as_u16(),
+            message: &rejection.message,
+            client_token: token,
+        };
+        self.publication(
+            device_id,
+            ShadowTopic::Rejected,
+            encoding,
+            token,
+            &payload,
+            false,
+        )
+    }
+
+    /// A command for a device, enveloped, in the device's encoding.
+    pub fn command_request(
+        &self,
+        device_id: &str,
+        encoding: Encoding,
+        request: &CommandRequest,
+    ) -> Outgoing {
+        let topic = self.topics.command_request(device_id);
+        self.envelope(topic, encoding, None, "command.request", request, false)
+    }
+
+    fn clear_delta(&self, device_id: &str) -> Outgoing {
+        Outgoing {
+            topic: self.topics.shadow(device_id, ShadowTopic::Delta),
+            payload: Vec::new(),
+            retain: true,
+        }
+    }
+
+    fn publication<P: Serialize>(
+        &self,
+        device_id: &str,
+        kind: ShadowTopic,
+        encoding: Encoding,
+        token: Option<&str>,
+        payload: &P,
+        retain: bool,
+    ) -> Outgoing {
+        let topic = self.topics.shadow(device_id, kind);
+        let message_type = match kind {
+            ShadowTopic::Delta => "shadow.delta",
+            ShadowTopic::Rejected => "shadow.rejected",
+            _ => "shadow.document",
+        };
+        self.envelope(topic, encoding, token, message_type, payload, retain)
+    }
+
+    fn envelope<P: Serialize>(
+        &self,
+        topic: String,
+        encoding: Encoding,
+        token: Option<&str>,
+        message_type: &str,
+        payload: &P,
+        retain: bool,
+    ) -> Outgoing {
+        let envelope = Envelope {
+            metadata: EnvelopeMetadata {
+                message_id: uuid::Uuid::now_v7().to_string(),
+                timestamp: codec::rfc3339_now(),
+                topic: &topic,
+                source: &self.gateway_id,
+                correlation_id: token,
+                message_type,
+                version: "1.0",
+            },
+            payload,
+        };
+        Outgoing {
+            payload: codec::encode(encoding, &envelope),
+            topic,
+            retain,
+        }
+    }
+}
+
+enum ServiceError {
+    Rejected(Rejection),
+    Store(StoreError),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        ServiceError::Store(e)
+    }
+}
+
+/// Tokens are echoed back in replies; they are bounded like AWS's (64 bytes).
+fn check_client_token(token: Option<&str>) -> Result<(), Rejection> {
+    match token {
+        Some(t) if t.len() > shadow::MAX_CLIENT_TOKEN_BYTES => Err(Rejection::new(
+            ErrorCode::BadRequest,
+            format!(
+                "clientToken is {} bytes, more than {}",
+                t.len(),
+                shadow::MAX_CLIENT_TOKEN_BYTES
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn decode_rejection(e: &DecodeError) -> Rejection {
+    let code = match e.code() {
+        415 => ErrorCode::UnsupportedEncoding,
+        _ => ErrorCode::BadRequest,
+    };
+    Rejection {
+        code,
+        message: e.to_string(),
+    }
+}
+
+fn epoch_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}

@@ -1,0 +1,222 @@
+//! The MongoDB uplink (DESIGN.md §6): shadows mirrored to `shadows`, telemetry to
+//! `telemetry`, commands from `commands`, and cloud changes to `desired` pushed back to the
+//! devices through a change stream (or polling where the server cannot stream).
+//!
+//! - [`writer`] — everything bound for MongoDB, in order, retried while it is unreachable.
+//! - [`watcher`] — cloud changes of `state.desired` → [`CloudDesired`] for the service.
+//! - [`commands`] — pending commands → `devices/{id}/commands/request`.
+//! - [`status`] — mode / connected / last event, for `/health/uplink`.
+//!
+//! The uplink talks to MongoDB only through the official `mongodb` driver.
+
+pub mod commands;
+pub mod status;
+pub mod watcher;
+pub mod writer;
+
+use std::time::Duration;
+
+use mongodb::bson::doc;
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Database, IndexModel};
+
+pub use commands::{CommandRequest, CommandSink};
+pub use status::{UplinkMode, UplinkReport, UplinkStatus};
+pub use watcher::CloudDesired;
+pub use writer::OwnWrites;
+
+use crate::config::{ChangeStreams, MongoSection};
+use crate::outbox::{Outbox, OutboxStats};
+use crate::store::ShadowStore;
+
+/// How long the driver looks for a usable server before an operation fails (its default
+/// of 30 s would leave writes hanging long after the uplink is gone).
+const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(5);
+const RETRY_MIN: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(15);
+/// Error code of a change stream on a standalone server.
+const NOT_A_REPLICA_SET: i32 = 40573;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    #[error("mongodb.uri: {0}")]
+    Uri(mongodb::error::Error),
+}
+
+/// The running uplink, as the rest of the gateway sees it.
+pub struct Uplink {
+    /// Desired changes made in the cloud.
+    pub from_cloud: flume::Receiver<CloudDesired>,
+    pub status: UplinkStatus,
+}
+
+/// Starts the uplink tasks on the current tokio runtime. Fails only on an unusable URI;
+/// an unreachable server is retried for ever (and shown in `/health/uplink`).
+pub async fn start(
+    mongo: &MongoSection,
+    gateway_id: &str,
+    store: ShadowStore,
+    outbox: Outbox,
+    replay_rate: u32,
+    mut commands: Box<dyn CommandSink>,
+) -> Result<Uplink, UplinkError> {
+    let db = connect(mongo, gateway_id).await?;
+    let status = UplinkStatus::default();
+    let own_writes = OwnWrites::default();
+    let (to_service, from_cloud) = flume::unbounded();
+    tokio::spawn(
+        writer::Writer {
+            db: db.clone(),
+            gateway_id: gateway_id.to_string(),
+            outbox,
+            own_writes: own_writes.clone(),
+            status: status.clone(),
+            replay_rate,
+        }
+        .run(),
+    );
+
+    let poll_interval = Duration::from_millis(mongo.poll_interval_ms);
+    let watcher = watcher::Watcher {
+        db: db.clone(),
+        gateway_id: gateway_id.to_string(),
+        store: store.clone(),
+        own_writes,
+        status: status.clone(),
+        poll_interval,
+        to_service,
+    };
+    let preference = mongo.change_streams;
+    let supervisor_status = status.clone();
+    tokio::spawn(async move {
+        let mut retry = RETRY_MIN;
+        let mut forced_polling = false;
+        loop {
+            let mode = match detect_mode(&db, preference, forced_polling).await {
+                Ok(mode) => mode,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?retry, "MongoDB unreachable");
+                    supervisor_status.update(|r| {
+                        r.mode = UplinkMode::Offline;
+                        r.connected = false;
+                    });
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(RETRY_MAX);
+                    continue;
+                }
+            };
+            ensure_indexes(&db).await;
+            supervisor_status.update(|r| {
+                r.mode = mode;
+                r.connected = true;
+            });
+            tracing::info!(?mode, "MongoDB uplink connected");
+            retry = RETRY_MIN;
+            let result = tokio::select! {
+                r = watcher.run(mode) => r,
+                r = commands::run(&db, &store, mode, poll_interval, commands.as_mut()) => r,
+            };
+            if let Err(e) = result {
+                if watcher::error_code(&e) == Some(NOT_A_REPLICA_SET) {
+                    tracing::warn!("the server cannot do change streams (40573): polling instead");
+                    forced_polling = preference != ChangeStreams::On;
+                } else {
+                    tracing::warn!(error = %e, "MongoDB uplink interrupted; reconnecting");
+                }
+                supervisor_status.update(|r| r.connected = false);
+                tokio::time::sleep(retry).await;
+            }
+        }
+    });
+    Ok(Uplink { from_cloud, status })
+}
+
+async fn connect(mongo: &MongoSection, gateway_id: &str) -> Result<Database, UplinkError> {
+    let mut options = ClientOptions::parse(&mongo.uri)
+        .await
+        .map_err(UplinkError::Uri)?;
+    options.server_selection_timeout = Some(SERVER_SELECTION_TIMEOUT);
+    options.connect_timeout = Some(SERVER_SELECTION_TIMEOUT);
+    options.app_name = Some(format!("iotsphere-gateway/{gateway_id}"));
+    let client = Client::with_options(options).map_err(UplinkError::Uri)?;
+    Ok(client.database(&mongo.database))
+}
+
+/// Writes everything in the outbox to MongoDB once (the `outbox replay` command, with the
+/// gateway stopped); returns what is left.
+pub async fn replay(
+    mongo: &MongoSection,
+    gateway_id: &str,
+    outbox: Outbox,
+    replay_rate: u32,
+) -> Result<OutboxStats, ReplayError> {
+    let writer = writer::Writer {
+        db: connect(mongo, gateway_id).await?,
+        gateway_id: gateway_id.to_string(),
+        outbox: outbox.clone(),
+        own_writes: OwnWrites::default(),
+        status: UplinkStatus::default(),
+        replay_rate,
+    };
+    writer.drain().await?;
+    Ok(outbox.stats())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Uplink(#[from] UplinkError),
+    #[error(transparent)]
+    Drain(#[from] writer::DrainError),
+}
+
+/// Change stream on a replica set or sharded cluster (`hello` has `setName` or is mongos),
+/// polling otherwise or when configured off.
+async fn detect_mode(
+    db: &Database,
+    preference: ChangeStreams,
+    forced_polling: bool,
+) -> Result<UplinkMode, mongodb::error::Error> {
+    let hello = db.run_command(doc! {"hello": 1}).await?;
+    let streams_possible =
+        hello.contains_key("setName") || hello.get_str("msg").is_ok_and(|m| m == "isdbgrid");
+    Ok(match preference {
+        ChangeStreams::Off => UplinkMode::Polling,
+        ChangeStreams::On => UplinkMode::ChangeStream,
+        ChangeStreams::Auto if streams_possible && !forced_polling => UplinkMode::ChangeStream,
+        ChangeStreams::Auto => UplinkMode::Polling,
+    })
+}
+
+/// The indexes the uplink's queries need; idempotent, failures only logged.
+async fn ensure_indexes(db: &Database) {
+    let named = |keys, name: &str| {
+        IndexModel::builder()
+            .keys(keys)
+            .options(IndexOptions::builder().name(name.to_string()).build())
+            .build()
+    };
+    let wanted = [
+        (
+            "shadows",
+            named(doc! {"gatewayId": 1, "updatedAt": 1}, "gatewayId_updatedAt"),
+        ),
+        (
+            "commands",
+            named(doc! {"status": 1, "createdAt": 1}, "status_createdAt"),
+        ),
+        (
+            "telemetry",
+            named(doc! {"deviceId": 1, "ts": 1}, "deviceId_ts"),
+        ),
+    ];
+    for (collection, index) in wanted {
+        if let Err(e) = db
+            .collection::<mongodb::bson::Document>(collection)
+            .create_index(index)
+            .await
+        {
+            tracing::warn!(collection, error = %e, "could not create an index");
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! The shadow watcher: how a cloud change to `state.desired` in MongoDB reaches the device.
+//!
+//! - **Change stream** (replica set): `shadows.watch()` with `fullDocument: updateLookup`
+//!   and a `$match` on this gateway's devices. After each cloud change the resume token is
+//!   stored in `resume_tokens` (`_id: "shadows:<gatewayId>"`), so a restart resumes where it
+//!   stopped and a change made while the gateway was down still reaches the device. "History
+//!   lost" (286) → a full resync of this gateway's shadows, then a fresh watch.
+//! - **Polling** (standalone server, or `change_streams = "off"`): `updatedAt > last seen`
+//!   every `poll_interval_ms`. Cloud services must set `updatedAt` when they change
+//!   `desired` for polling to see it (a change stream needs nothing).
+//!
+//! Echoes: every gateway write sets `version`; cloud services change `state.desired.*` and
+//! never `version`. So an update event whose `updatedFields` holds `version` (or an
+//! insert/replace carrying the version this gateway last wrote) is the gateway's own and
+//! is skipped. Conflicts: for desired, the cloud wins on the fields it changed; changes to
+//! `state.reported` from the cloud are ignored (the device is the truth) and logged.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use mongodb::bson::{self, doc, Bson, DateTime, Document as BsonDocument};
+use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
+use mongodb::error::ErrorKind;
+use mongodb::options::{FullDocumentType, UpdateOptions};
+use mongodb::Database;
+use serde_json::{Map, Value};
+
+use super::status::{UplinkMode, UplinkStatus};
+use super::writer::OwnWrites;
+use crate::shadow::Object;
+use crate::store::ShadowStore;
+
+/// Error code of "resume token too old" (ChangeStreamHistoryLost).
+const HISTORY_LOST: i32 = 286;
+
+/// A desired change from the cloud, for the shadow service to apply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CloudDesired {
+    pub device_id: String,
+    /// A partial desired update, or with `replace` the whole desired section.
+    pub state: Object,
+    pub replace: bool,
+}
+
+/// Everything the watcher needs.
+pub struct Watcher {
+    pub db: Database,
+    pub gateway_id: String,
+    pub store: ShadowStore,
+    pub own_writes: OwnWrites,
+    pub status: UplinkStatus,
+    pub poll_interval: Duration,
+    pub to_service: flume::Sender<CloudDesired>,
+}
+
+impl Watcher {
+    fn token_id(&self) -> String {
+        format!("shadows:{}", self.gateway_id)
+    }
+
+    /// Watches (or polls) until the database fails; the caller retries with backoff.
+    pub async fn run(&self, mode: UplinkMode) -> Result<(), mongodb::error::Error> {
+        match mode {
+            UplinkMode::ChangeStream => self.watch().await,
+            _ => self.poll().await,
+        }
+    }
+
+    async fn watch(&self) -> Result<(), mongodb::error::Error> {
+        let shadows = self.db.collection::<BsonDocument>("shadows");
+        let pipeline = [doc! {"$match": {
+            "operationType": {"$in": ["insert", "update", "replace"]},
+            "fullDocument.gatewayId": &self.gateway_id,
+        }}];
+        // The stream is opened before any resync, so a change made during the resync is
+        // seen by one or the other (applying it twice is harmless: the same values).
+        let token = self.load_token().await?;
+        let resuming = token.is_some();
+        let opened = shadows
+            .watch()
+            .pipeline(pipeline.clone())
+            .full_document(FullDocumentType::UpdateLookup)
+            .resume_after(token)
+            .await;
+        let mut stream = match opened {
+            Err(e) if error_code(&e) == Some(HISTORY_LOST) => {
+                tracing::warn!(
+                    "change stream history lost (286): resyncing this gateway's shadows"
+                );
+                let stream = shadows
+                    .watch()
+                    .pipeline(pipeline)
+                    .full_document(FullDocumentType::UpdateLookup)
+                    .await?;
+                self.resync().await?;
+                stream
+            }
+            Ok(stream) if !resuming => {
+                // Nothing to resume from: catch up with what changed before we watched.
+                self.resync().await?;
+                stream
+            }
+            other => other?,
+        };
+        tracing::info!("watching shadows for cloud changes (change stream)");
+        while let Some(event) = stream.next().await {
+            let event = event?;
+            let token = event.id.clone();
+            if let Some(change) = self.cloud_change(event) {
+                self.deliver(change);
+                self.store_token(&token).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn poll(&self) -> Result<(), mongodb::error::Error> {
+        tracing::info!(interval = ?self.poll_interval, "polling shadows for cloud changes");
+        let mut since = self.resync().await?;
+        loop {
+            tokio::time::sleep(self.poll_interval).await;
+            since = self
+                .compare_with_cloud(doc! {"updatedAt": {"$gt": since}}, since)
+                .await?;
+        }
+    }
+
+    /// Compares every shadow of this gateway with the local store; returns the newest
+    /// `updatedAt` seen.
+    async fn resync(&self) -> Result<DateTime, mongodb::error::Error> {
+        self.compare_with_cloud(doc! {}, DateTime::from_millis(0))
+            .await
+    }
+
+    async fn compare_with_cloud(
+        &self,
+        mut filter: BsonDocument,
+        mut newest: DateTime,
+    ) -> Result<DateTime, mongodb::error::Error> {
+        filter.insert("gatewayId", &self.gateway_id);
+        let mut cursor = self
+            .db
+            .collection::<BsonDocument>("shadows")
+            .find(filter)
+            .sort(doc! {"updatedAt": 1})
+            .await?;
+        while let Some(document) = cursor.next().await {
+            let document = document?;
+            if let Ok(updated_at) = document.get_datetime("updatedAt") {
+                newest = newest.max(*updated_at);
+            }
+            if let Some(change) = self.differing_desired(&document) {
+                self.deliver(change);
+            }
+        }
+        Ok(newest)
+    }
+
+    /// The cloud's whole desired section when it differs from the local one, unless the
+    /// cloud copy is older than the local shadow (our newer write is on its way).
+    fn differing_desired(&self, document: &BsonDocument) -> Option<CloudDesired> {
+        let device_id = document.get_str("_id").ok()?;
+        let cloud_version = document.get("version").and_then(bson_u64).unwrap_or(0);
+        let cloud_desired = desired_of(document);
+        let local = self.store.get(device_id).ok().flatten();
+        let local_desired = local
+            .as_ref()
+            .map(|s| s.document.state.desired.clone())
+            .unwrap_or_default();
+        let local_version = local.map(|s| s.document.version).unwrap_or(0);
+        if cloud_desired == local_desired || cloud_version < local_version {
+            return None;
+        }
+        Some(CloudDesired {
+            device_id: device_id.to_string(),
+            state: cloud_desired,
+            replace: true,
+        })
+    }
+
+    /// The cloud's desired change in an event, or None for the gateway's own writes and
+    /// for changes that do not touch `state.desired`.
+    fn cloud_change(&self, event: ChangeStreamEvent<BsonDocument>) -> Option<CloudDesired> {
+        let device_id = event
+            .document_key
+            .as_ref()?
+            .get_str("_id")
+            .ok()?
+            .to_string();
+        let full = event.full_document.as_ref();
+        let version = full.and_then(|d| d.get("version")).and_then(bson_u64);
+        match event.operation_type {
+            OperationType::Insert | OperationType::Replace => {
+                if version.is_some_and(|v| self.own_writes.is_own(&device_id, v)) {
+                    return None;
+                }
+                Some(CloudDesired {
+                    device_id,
+                    state: full.map(desired_of).unwrap_or_default(),
+                    replace: true,
+                })
+            }
+            OperationType::Update => {
+                let update = event.update_description.as_ref()?;
+                if update.updated_fields.contains_key("version") {
+                    return None;
+                }
+                let (state, replace) =
+                    desired_patch(update.updated_fields.iter(), &update.removed_fields, full);
+                let reported_touched = update
+                    .updated_fields
+                    .keys()
+                    .chain(update.removed_fields.iter())
+                    .any(|k| k.starts_with("state.reported"));
+                if reported_touched {
+                    tracing::info!(
+                        device_id,
+                        "ignored a cloud change to state.reported: the device is the truth"
+                    );
+                }
+                (!state.is_empty() || replace).then_some(CloudDesired {
+                    device_id,
+                    state,
+                    replace,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    fn deliver(&self, change: CloudDesired) {
+        self.status
+            .update(|r| r.last_event_at = Some(crate::codec::rfc3339_now()));
+        tracing::info!(device_id = %change.device_id, "desired changed in the cloud");
+        if self.to_service.send(change).is_err() {
+            tracing::error!("the shadow service is gone; a cloud change was not applied");
+        }
+    }
+
+    async fn load_token(&self) -> Result<Option<ResumeToken>, mongodb::error::Error> {
+        let stored = self
+            .db
+            .collection::<BsonDocument>("resume_tokens")
+            .find_one(doc! {"_id": self.token_id()})
+            .await?;
+        Ok(stored
+            .and_then(|d| d.get("token").cloned())
+            .and_then(|token| bson::from_bson(token).ok()))
+    }
+
+    async fn store_token(&self, token: &ResumeToken) -> Result<(), mongodb::error::Error> {
+        let token =
+            bson::to_bson(token).map_err(|e| mongodb::error::Error::custom(e.to_string()))?;
+        self.db
+            .collection::<BsonDocument>("resume_tokens")
+            .update_one(
+                doc! {"_id": self.token_id()},
+                doc! {"$set": {"token": token, "lastProcessedAt": DateTime::now()}},
+            )
+            .with_options(UpdateOptions::builder().upsert(true).build())
+            .await?;
+        Ok(())
+    }
+}
+
+/// `state.desired` of a shadow document as JSON.
+fn desired_of(document: &BsonDocument) -> Object {
+    match document
+        .get_document("state")
+        .ok()
+        .and_then(|s| s.get("desired"))
+        .cloned()
+        .map(Bson::into_relaxed_extjson)
+    {
+        Some(Value::Object(desired)) => desired,
+        _ => Map::new(),
+    }
+}
+
+/// Turns `updatedFields`/`removedFields` paths under `state.desired` into a partial desired
+/// update (removed → null). A path through an array index, or the whole section, is taken
+/// from the full document instead. Returns `(patch, replace_whole_section)`.
+fn desired_patch<'a>(
+    updated: impl Iterator<Item = (&'a String, &'a Bson)>,
+    removed: &[String],
+    full: Option<&BsonDocument>,
+) -> (Object, bool) {
+    let mut patch = Map::new();
+    let full_desired = full.map(desired_of).unwrap_or_default();
+    let mut set = |path: &str, value: Value| {
+        let segments: Vec<&str> = path.split('.').collect();
+        if segments.iter().any(|s| s.parse::<usize>().is_ok()) {
+            let top = segments[0];
+            patch.insert(
+                top.to_string(),
+                full_desired.get(top).cloned().unwrap_or(Value::Null),
+            );
+        } else {
+            insert_path(&mut patch, &segments, value);
+        }
+    };
+    for (path, value) in updated {
+        if path == "state" || path == "state.desired" {
+            return (full_desired.clone(), true);
+        }
+        if let Some(rest) = path.strip_prefix("state.desired.") {
+            set(rest, value.clone().into_relaxed_extjson());
+        }
+    }
+    for path in removed {
+        if path == "state.desired" {
+            return (Map::new(), true);
+        }
+        if let Some(rest) = path.strip_prefix("state.desired.") {
+            set(rest, Value::Null);
+        }
+    }
+    (patch, false)
+}
+
+fn insert_path(object: &mut Object, segments: &[&str], value: Value) {
+    match segments {
+        [] => {}
+        [last] => {
+            object.insert((*last).to_string(), value);
+        }
+        [first, rest @ ..] => {
+            let child = object
+                .entry((*first).to_string())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if !child.is_object() {
+                *child = Value::Object(Map::new());
+            }
+            if let Value::Object(child) = child {
+                insert_path(child, rest, value);
+            }
+        }
+    }
+}
+
+fn bson_u64(value: &Bson) -> Option<u64> {
+    match value {
+        Bson::Int32(v) => u64::try_from(*v).ok(),
+        Bson::Int64(v) => u64::try_from(*v).ok(),
+        Bson::Double(v) if v.fract() == 0.0 && *v >= 0.0 => Some(*v as u64),
+        _ => None,
+    }
+}
+
+/// The server error code of a command error, if any.
+pub fn error_code(e: &mongodb::error::Error) -> Option<i32> {
+    match e.kind.as_ref() {
+        ErrorKind::Command(command) => Some(command.code),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn patch(updated: BsonDocument, removed: &[&str], full: BsonDocument) -> (Value, bool) {
+        let removed: Vec<String> = removed.iter().map(|s| s.to_string()).collect();
+        let (p, replace) = desired_patch(updated.iter(), &removed, Some(&full));
+        (Value::Object(p), replace)
+    }
+
+    #[test]
+    fn dotted_paths_become_a_nested_partial_update() {
+        let full = doc! {"state": {"desired": {"t": 60, "heater": {"on": true, "mode": "eco"}, "list": [1, 2]}}};
+        assert_eq!(
+            patch(
+                doc! {"state.desired.t": 60, "state.desired.heater.on": true},
+                &["state.desired.old"],
+                full.clone()
+            ),
+            (json!({"t": 60, "heater": {"on": true}, "old": null}), false)
+        );
+        assert_eq!(
+            patch(doc! {"state.desired.list.1": 2}, &[], full.clone()),
+            (json!({"list": [1, 2]}), false)
+        );
+        assert_eq!(
+            patch(doc! {"state.desired": {"t": 1}}, &[], full.clone()),
+            (
+                json!({"t": 60, "heater": {"on": true, "mode": "eco"}, "list": [1, 2]}),
+                true
+            )
+        );
+        assert_eq!(
+            patch(doc! {"state.reported.t": 1, "updatedAt": 5}, &[], full),
+            (json!({}), false)
+        );
+    }
+}

@@ -1,0 +1,348 @@
+//! The uplink writer: drains the outbox into MongoDB — shadow writes, telemetry, command
+//! results — in order, paced, retried with capped backoff while MongoDB is unreachable.
+//!
+//! Transient failures (network, server selection, server errors) stop the drain and are
+//! retried; an item MongoDB refuses for itself (a write error other than a duplicate key,
+//! a value BSON cannot hold) is counted against it and becomes a dead letter after
+//! `outbox.max_attempts`, so one poison item never blocks the rest.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mongodb::bson::{self, doc, Bson, DateTime, Document as BsonDocument};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{InsertManyOptions, UpdateOptions};
+use mongodb::Database;
+use serde_json::Value;
+
+use super::status::UplinkStatus;
+use crate::outbox::{CommandResult, Outbox, Pending, TelemetryRecord, ToCloud};
+use crate::shadow::Document;
+use crate::store::StoreError;
+
+/// Items per round trip.
+const BATCH: usize = 500;
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How often the writer looks at the outbox without being woken (retries, expiry).
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// MongoDB's duplicate key error.
+const DUPLICATE_KEY: i32 = 11000;
+
+/// The versions this gateway wrote last, per device: how the watcher tells its own writes
+/// (echoes) from the cloud's.
+#[derive(Debug, Clone, Default)]
+pub struct OwnWrites(Arc<Mutex<HashMap<String, u64>>>);
+
+impl OwnWrites {
+    pub fn record(&self, device_id: &str, version: u64) {
+        self.lock().insert(device_id.to_string(), version);
+    }
+
+    pub fn is_own(&self, device_id: &str, version: u64) -> bool {
+        self.lock().get(device_id) == Some(&version)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Why a drain stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error("MongoDB: {0}")]
+    Mongo(#[from] mongodb::error::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the writer needs.
+#[derive(Clone)]
+pub struct Writer {
+    pub db: Database,
+    pub gateway_id: String,
+    pub outbox: Outbox,
+    pub own_writes: OwnWrites,
+    pub status: UplinkStatus,
+    /// Items per second at most.
+    pub replay_rate: u32,
+}
+
+impl Writer {
+    /// Drains the outbox for ever: when woken, every `IDLE_CHECK`, and with backoff after
+    /// failures.
+    pub async fn run(self) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let result = self.drain().await;
+            match result {
+                Ok(written) => {
+                    // An empty drain proves nothing about the connection.
+                    if written > 0 {
+                        self.status.update(|r| r.connected = true);
+                    }
+                    backoff = BACKOFF_MIN;
+                    self.outbox.wait(IDLE_CHECK).await;
+                }
+                Err(e) => {
+                    self.status.update(|r| r.connected = false);
+                    tracing::warn!(error = %e, retry_in = ?backoff, "MongoDB write failed; the outbox keeps the data and retries");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// Writes everything pending; returns how many entries left the outbox, or the first
+    /// transient failure.
+    pub async fn drain(&self) -> Result<usize, DrainError> {
+        let mut written = 0;
+        for pending in self.outbox.pending_shadows()? {
+            if let ToCloud::Shadow {
+                device_id,
+                document,
+            } = &pending.entry.write
+            {
+                match write_shadow(
+                    &self.db,
+                    &self.gateway_id,
+                    device_id,
+                    document.as_ref(),
+                    &self.own_writes,
+                )
+                .await
+                {
+                    Ok(()) => {}
+                    // The local store keeps the shadow; its next change writes it whole.
+                    Err(e) if is_permanent(&e) => {
+                        tracing::error!(device_id, error = %e, "MongoDB refused this shadow; not retried");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            self.outbox.remove_shadow(&pending)?;
+            written += 1;
+        }
+        loop {
+            let items = self.outbox.next_items(BATCH)?;
+            if items.is_empty() {
+                break;
+            }
+            let started = tokio::time::Instant::now();
+            self.write_items(&items).await?;
+            self.outbox.flush_removals().await?;
+            written += items.len();
+            // Pace the replay: `replay_rate` items per second at most.
+            let budget = Duration::from_secs_f64(items.len() as f64 / f64::from(self.replay_rate));
+            tokio::time::sleep_until(started + budget).await;
+        }
+        Ok(written)
+    }
+
+    /// Writes a batch in order: runs of telemetry with one `insertMany`, command results
+    /// one by one.
+    async fn write_items(&self, items: &[Pending]) -> Result<(), DrainError> {
+        let mut index = 0;
+        while index < items.len() {
+            let run_end = items[index..]
+                .iter()
+                .position(|p| !matches!(p.entry.write, ToCloud::Telemetry(_)))
+                .map_or(items.len(), |offset| index + offset);
+            if run_end > index {
+                self.write_telemetry(&items[index..run_end]).await?;
+                index = run_end;
+                continue;
+            }
+            let pending = &items[index];
+            if let ToCloud::CommandResult(result) = &pending.entry.write {
+                match write_command_result(&self.db, result).await {
+                    Ok(()) => self.outbox.remove_item(pending)?,
+                    Err(e) if is_permanent(&e) => {
+                        self.outbox.fail_item(pending, &e.to_string())?;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            } else {
+                self.outbox.remove_item(pending)?;
+            }
+            index += 1;
+        }
+        Ok(())
+    }
+
+    async fn write_telemetry(&self, run: &[Pending]) -> Result<(), DrainError> {
+        let documents: Vec<BsonDocument> = run
+            .iter()
+            .filter_map(|p| match &p.entry.write {
+                ToCloud::Telemetry(record) => Some(telemetry_document(&self.gateway_id, record)),
+                _ => None,
+            })
+            .collect();
+        let unordered = InsertManyOptions::builder().ordered(false).build();
+        let refused: HashMap<usize, String> = match self
+            .db
+            .collection::<BsonDocument>("telemetry")
+            .insert_many(documents)
+            .with_options(unordered)
+            .await
+        {
+            Ok(_) => HashMap::new(),
+            Err(e) => match e.kind.as_ref() {
+                ErrorKind::InsertMany(failure) if failure.write_concern_error.is_none() => failure
+                    .write_errors
+                    .iter()
+                    .flatten()
+                    // Already stored (a replay): not a failure.
+                    .filter(|w| !is_id_duplicate(w.code, &w.message))
+                    .map(|w| (w.index, w.message.clone()))
+                    .collect(),
+                _ => return Err(e.into()),
+            },
+        };
+        for (index, pending) in run.iter().enumerate() {
+            match refused.get(&index) {
+                Some(error) => {
+                    self.outbox.fail_item(pending, error)?;
+                }
+                None => self.outbox.remove_item(pending)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A duplicate `_id`: the item is already stored. (A duplicate on another unique index is
+/// a real refusal.)
+fn is_id_duplicate(code: i32, message: &str) -> bool {
+    code == DUPLICATE_KEY && message.contains("index: _id_ ")
+}
+
+/// A failure that retrying the same item will not fix.
+fn is_permanent(e: &mongodb::error::Error) -> bool {
+    matches!(
+        e.kind.as_ref(),
+        ErrorKind::Write(WriteFailure::WriteError(_))
+            | ErrorKind::BsonSerialization(_)
+            | ErrorKind::InvalidArgument { .. }
+    )
+}
+
+/// Upserts the whole shadow, only over an older (or the same: a replay) version: a
+/// concurrent writer with a newer version makes the upsert collide on `_id` (11000), which
+/// is logged, never silent.
+async fn write_shadow(
+    db: &Database,
+    gateway_id: &str,
+    device_id: &str,
+    document: Option<&Document>,
+    own_writes: &OwnWrites,
+) -> Result<(), mongodb::error::Error> {
+    let shadows = db.collection::<BsonDocument>("shadows");
+    let Some(document) = document else {
+        shadows.delete_one(doc! {"_id": device_id}).await?;
+        return Ok(());
+    };
+    let version = i64::try_from(document.version).unwrap_or(i64::MAX);
+    let state = to_bson(&document.state)?;
+    let metadata = to_bson(&document.metadata)?;
+    let filter = doc! {
+        "_id": device_id,
+        "$or": [{"version": {"$lte": version}}, {"version": {"$exists": false}}],
+    };
+    let update = doc! {"$set": {
+        "state": state,
+        "metadata": metadata,
+        "version": version,
+        "updatedAt": DateTime::now(),
+        "gatewayId": gateway_id,
+    }};
+    own_writes.record(device_id, document.version);
+    let upsert = UpdateOptions::builder().upsert(true).build();
+    match shadows
+        .update_one(filter, update)
+        .with_options(upsert)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_duplicate_key(&e) => {
+            tracing::warn!(
+                device_id,
+                version,
+                "MongoDB already holds a newer version of this shadow; the local write was not applied there"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn telemetry_document(gateway_id: &str, record: &TelemetryRecord) -> BsonDocument {
+    let reading = &record.reading;
+    let ts = DateTime::from_millis(reading.ts_ms.unwrap_or(record.received_ms));
+    let mut document = doc! {
+        "_id": &record.id,
+        "deviceId": &record.device_id,
+        "kind": &record.kind,
+        "value": json_to_bson(&reading.value),
+        "ts": ts,
+        "gatewayId": gateway_id,
+    };
+    if let Some(seq) = reading.seq {
+        document.insert("seq", seq);
+    }
+    if let Some(unit) = &reading.unit {
+        document.insert("unit", unit);
+    }
+    document
+}
+
+async fn write_command_result(
+    db: &Database,
+    result: &CommandResult,
+) -> Result<(), mongodb::error::Error> {
+    let status = if result.ok { "succeeded" } else { "failed" };
+    let outcome = db
+        .collection::<BsonDocument>("commands")
+        .update_one(
+            doc! {
+                "_id": super::commands::command_id_filter(&result.command_id),
+                "deviceId": &result.device_id,
+                "status": {"$in": ["sent", "pending"]},
+            },
+            doc! {"$set": {
+                "status": status,
+                "response": json_to_bson(&result.result),
+                "respondedAt": DateTime::now(),
+            }},
+        )
+        .await?;
+    if outcome.matched_count == 0 {
+        tracing::warn!(
+            device_id = %result.device_id,
+            command_id = %result.command_id,
+            "a command response matched no sent command (unknown id, other device, or already answered)"
+        );
+    }
+    Ok(())
+}
+
+fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    matches!(
+        e.kind.as_ref(),
+        ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == DUPLICATE_KEY
+    )
+}
+
+fn to_bson<T: serde::Serialize>(value: &T) -> Result<Bson, mongodb::error::Error> {
+    bson::to_bson(value).map_err(|e| mongodb::error::Error::custom(e.to_string()))
+}
+
+/// JSON → BSON for device-supplied values (integers stay integers).
+pub fn json_to_bson(value: &Value) -> Bson {
+    Bson::try_from(value.clone()).unwrap_or(Bson::Null)
+}

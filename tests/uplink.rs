@@ -1,0 +1,423 @@
+//! End to end with MongoDB: the gateway binary, real MQTT clients, and tests/mongo-double
+//! (or the replica set of `MONGODB_URI`) through the official `mongodb` driver.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{http_get, json, shadow_topic, Client, Gateway, Mongo};
+use mongodb::bson::{doc, Document as BsonDocument};
+use serde_json::json;
+
+fn shadows(mongo: &Mongo) -> mongodb::Collection<BsonDocument> {
+    mongo.db().collection("shadows")
+}
+
+/// A heater that has reported once, so its shadow exists locally and in MongoDB.
+async fn reported_heater(gateway: &Gateway, mongo: &Mongo, id: &str) -> Client {
+    let mut heater = Client::connect(gateway.port, id).await;
+    heater.subscribe(&shadow_topic(id, "+")).await;
+    heater
+        .publish(
+            &shadow_topic(id, "reported"),
+            json(&json!({"state": {"targetTemp": 50}})),
+        )
+        .await;
+    heater.expect("/shadow/document").await;
+    mongo
+        .wait_for("shadows", doc! {"_id": id}, |d| {
+            d.get_i64("version") == Ok(1)
+        })
+        .await;
+    heater
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn device_reports_reach_mongodb_with_version_and_gateway() {
+    let mongo = Mongo::start().await;
+    let gateway = Gateway::start_with(&mongo.config(""));
+    let heater = Client::connect(gateway.port, "h-up").await;
+    heater
+        .publish(
+            &shadow_topic("h-up", "reported"),
+            json(&json!({"state": {"temperature": 48.5, "heater": {"on": true}}})),
+        )
+        .await;
+    let stored = mongo
+        .wait_for("shadows", doc! {"_id": "h-up"}, |d| {
+            d.get_i64("version") == Ok(1)
+        })
+        .await;
+    assert_eq!(stored.get_str("gatewayId"), Ok("gw-test"));
+    let reported = stored
+        .get_document("state")
+        .and_then(|s| s.get_document("reported"))
+        .expect("reported");
+    assert_eq!(reported.get_f64("temperature"), Ok(48.5));
+    assert_eq!(
+        reported
+            .get_document("heater")
+            .and_then(|h| h.get_bool("on")),
+        Ok(true)
+    );
+    assert!(stored.get_datetime("updatedAt").is_ok());
+    assert!(stored.get_document("metadata").is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cloud_desired_change_reaches_the_device_once() {
+    let mongo = Mongo::start().await;
+    let gateway = Gateway::start_with(&mongo.config(""));
+    let mut heater = reported_heater(&gateway, &mongo, "h-cloud").await;
+
+    shadows(&mongo)
+        .update_one(doc! {"_id": "h-cloud"}, doc! {"$set": {"state.desired.targetTemp": 61, "updatedAt": mongodb::bson::DateTime::now()}})
+        .await
+        .expect("cloud update");
+    let delta = heater.expect("/shadow/delta").await;
+    assert_eq!(delta.payload_json()["state"], json!({"targetTemp": 61}));
+    // The gateway writes the new version back; that echo must not come back as a delta.
+    mongo
+        .wait_for("shadows", doc! {"_id": "h-cloud"}, |d| {
+            d.get_i64("version") == Ok(2)
+        })
+        .await;
+    heater
+        .expect_none("/shadow/delta", Duration::from_millis(700))
+        .await;
+    let (status, body) = http_get(gateway.http_port, "/health/uplink");
+    assert_eq!(status, 200);
+    let report: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(report["mode"], "change_stream");
+    assert_eq!(report["connected"], true);
+    assert!(report["lastEventAt"].is_string(), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_desired_change_made_while_the_gateway_was_down_is_delivered_after_restart() {
+    let mongo = Mongo::start().await;
+    let mut gateway = Gateway::start_with(&mongo.config(""));
+    let heater = reported_heater(&gateway, &mongo, "h-away").await;
+    // Let the watcher process one cloud event so a resume token is stored.
+    shadows(&mongo)
+        .update_one(
+            doc! {"_id": "h-away"},
+            doc! {"$set": {"state.desired.mode": "eco"}},
+        )
+        .await
+        .expect("cloud update");
+    mongo
+        .wait_for("resume_tokens", doc! {"_id": "shadows:gw-test"}, |_| true)
+        .await;
+    heater.disconnect().await;
+    let status = gateway.terminate();
+    assert!(status.success());
+
+    shadows(&mongo)
+        .update_one(
+            doc! {"_id": "h-away"},
+            doc! {"$set": {"state.desired.targetTemp": 64}},
+        )
+        .await
+        .expect("cloud update while down");
+    gateway.spawn(&[]);
+    let mut heater = Client::connect(gateway.port, "h-away").await;
+    heater.subscribe(&shadow_topic("h-away", "delta")).await;
+    let started = std::time::Instant::now();
+    loop {
+        let delta = heater.expect("/shadow/delta").await.payload_json();
+        if delta["state"]["targetTemp"] == 64 {
+            assert_eq!(delta["state"]["mode"], "eco");
+            break;
+        }
+        assert!(
+            started.elapsed() < common::WAIT,
+            "no delta with targetTemp 64"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_lost_triggers_a_resync() {
+    if std::env::var("MONGODB_URI").is_ok() {
+        eprintln!("skipped: needs a small oplog, only the double can provide it on demand");
+        return;
+    }
+    let mongo = Mongo::start_double(mongo_double::Options {
+        oplog_size: 20,
+        ..Default::default()
+    })
+    .await;
+    let mut gateway = Gateway::start_with(&mongo.config(""));
+    let heater = reported_heater(&gateway, &mongo, "h-lost").await;
+    shadows(&mongo)
+        .update_one(
+            doc! {"_id": "h-lost"},
+            doc! {"$set": {"state.desired.mode": "eco"}},
+        )
+        .await
+        .expect("cloud update");
+    mongo
+        .wait_for("resume_tokens", doc! {"_id": "shadows:gw-test"}, |_| true)
+        .await;
+    heater.disconnect().await;
+    assert!(gateway.terminate().success());
+
+    // More changes than the history keeps: the stored token is now too old (286).
+    for i in 0..50 {
+        mongo
+            .db()
+            .collection::<BsonDocument>("noise")
+            .insert_one(doc! {"i": i})
+            .await
+            .expect("noise");
+    }
+    shadows(&mongo)
+        .update_one(
+            doc! {"_id": "h-lost"},
+            doc! {"$set": {"state.desired.targetTemp": 66}},
+        )
+        .await
+        .expect("cloud update while down");
+    gateway.spawn(&[]);
+    let mut heater = Client::connect(gateway.port, "h-lost").await;
+    heater.subscribe(&shadow_topic("h-lost", "delta")).await;
+    let started = std::time::Instant::now();
+    loop {
+        let delta = heater.expect("/shadow/delta").await.payload_json();
+        if delta["state"]["targetTemp"] == 66 {
+            break;
+        }
+        assert!(started.elapsed() < common::WAIT, "no resynced delta");
+    }
+    // And the watcher is live again after the resync.
+    shadows(&mongo)
+        .update_one(
+            doc! {"_id": "h-lost"},
+            doc! {"$set": {"state.desired.targetTemp": 67}},
+        )
+        .await
+        .expect("cloud update after resync");
+    let delta = heater.expect("/shadow/delta").await.payload_json();
+    assert_eq!(delta["state"]["targetTemp"], 67);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standalone_server_is_polled_and_health_says_so() {
+    if std::env::var("MONGODB_URI").is_ok() {
+        eprintln!("skipped: the real server is a replica set");
+        return;
+    }
+    let mongo = Mongo::start_with(true).await;
+    let gateway = Gateway::start_with(&mongo.config(""));
+    let mut heater = reported_heater(&gateway, &mongo, "h-poll").await;
+    let started = std::time::Instant::now();
+    loop {
+        let (_, body) = http_get(gateway.http_port, "/health/uplink");
+        if body.contains("\"mode\":\"polling\"") {
+            break;
+        }
+        assert!(
+            started.elapsed() < common::WAIT,
+            "/health/uplink never said polling: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shadows(&mongo)
+        .update_one(
+            doc! {"_id": "h-poll"},
+            doc! {"$set": {"state.desired.targetTemp": 58, "updatedAt": mongodb::bson::DateTime::now()}},
+        )
+        .await
+        .expect("cloud update");
+    let delta = heater.expect("/shadow/delta").await;
+    assert_eq!(delta.payload_json()["state"], json!({"targetTemp": 58}));
+    heater
+        .expect_none("/shadow/delta", Duration::from_millis(500))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dropped_connections_and_a_slow_server_lose_nothing() {
+    let mongo = Mongo::start().await;
+    let gateway = Gateway::start_with(&mongo.config(""));
+    let admin = mongo.client.database("admin");
+    admin
+        .run_command(doc! {
+            "configureFailPoint": "failCommand",
+            "mode": {"times": 3},
+            "data": {"failCommands": ["update", "insert"], "closeConnection": true},
+        })
+        .await
+        .expect("fail point");
+    let heater = Client::connect(gateway.port, "h-fault").await;
+    for i in 1..=5 {
+        heater
+            .publish(
+                &shadow_topic("h-fault", "reported"),
+                json(&json!({"state": {"n": i}})),
+            )
+            .await;
+        heater
+            .publish(
+                "iotsphere/devices/h-fault/telemetry/temperature",
+                json(&json!({"value": i, "seq": i})),
+            )
+            .await;
+    }
+    mongo
+        .wait_for("shadows", doc! {"_id": "h-fault"}, |d| {
+            d.get_document("state")
+                .and_then(|s| s.get_document("reported"))
+                .and_then(|r| r.get_i64("n").or(r.get_i32("n").map(i64::from)))
+                == Ok(5)
+        })
+        .await;
+    admin
+        .run_command(doc! {
+            "configureFailPoint": "failCommand",
+            "mode": {"times": 2},
+            "data": {"failCommands": ["insert"], "blockConnection": true, "blockTimeMS": 1500},
+        })
+        .await
+        .expect("fail point");
+    for i in 6..=8 {
+        heater
+            .publish(
+                "iotsphere/devices/h-fault/telemetry/temperature",
+                json(&json!({"value": i, "seq": i})),
+            )
+            .await;
+    }
+    let telemetry = mongo.db().collection::<BsonDocument>("telemetry");
+    let started = std::time::Instant::now();
+    loop {
+        let count = telemetry
+            .count_documents(doc! {"deviceId": "h-fault"})
+            .await
+            .expect("count");
+        if count == 8 {
+            break;
+        }
+        assert!(count < 8, "a reading was stored twice");
+        assert!(
+            started.elapsed() < common::WAIT * 2,
+            "only {count} of 8 readings stored"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn telemetry_is_stored_with_its_fields() {
+    let mongo = Mongo::start().await;
+    let gateway = Gateway::start_with(&mongo.config(""));
+    let heater = Client::connect(gateway.port, "h-tel").await;
+    heater
+        .publish(
+            "iotsphere/devices/h-tel/telemetry/temperature",
+            json(&json!({"value": 54.5, "ts": 1764000000123_i64, "seq": 7, "unit": "C"})),
+        )
+        .await;
+    heater
+        .publish(
+            "iotsphere/devices/h-tel/telemetry/pressure",
+            b"2.5".to_vec(),
+        )
+        .await;
+    heater
+        .publish(
+            "iotsphere/devices/h-tel/telemetry/pressure",
+            b"not a reading".to_vec(),
+        )
+        .await;
+    let reading = mongo
+        .wait_for(
+            "telemetry",
+            doc! {"deviceId": "h-tel", "kind": "temperature"},
+            |_| true,
+        )
+        .await;
+    assert_eq!(reading.get_f64("value"), Ok(54.5));
+    assert_eq!(reading.get_i64("seq"), Ok(7));
+    assert_eq!(reading.get_str("unit"), Ok("C"));
+    assert_eq!(reading.get_str("gatewayId"), Ok("gw-test"));
+    assert_eq!(
+        reading.get_datetime("ts").map(|t| t.timestamp_millis()),
+        Ok(1764000000123)
+    );
+    let pressure = mongo
+        .wait_for(
+            "telemetry",
+            doc! {"deviceId": "h-tel", "kind": "pressure"},
+            |_| true,
+        )
+        .await;
+    assert_eq!(pressure.get_f64("value"), Ok(2.5));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let count = mongo
+        .db()
+        .collection::<BsonDocument>("telemetry")
+        .count_documents(doc! {"deviceId": "h-tel"})
+        .await
+        .expect("count");
+    assert_eq!(
+        count, 2,
+        "the malformed reading is dropped, the others kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_are_sent_answered_and_expired() {
+    let mongo = Mongo::start().await;
+    let gateway = Gateway::start_with(&mongo.config(""));
+    let mut heater = reported_heater(&gateway, &mongo, "h-cmd").await;
+    heater
+        .subscribe("iotsphere/devices/h-cmd/commands/request")
+        .await;
+    let commands = mongo.db().collection::<BsonDocument>("commands");
+    let past = mongodb::bson::DateTime::from_millis(1_000);
+    commands
+        .insert_one(doc! {"_id": "old", "deviceId": "h-cmd", "name": "reboot", "status": "pending", "expiresAt": past, "createdAt": past})
+        .await
+        .expect("insert expired");
+    commands
+        .insert_one(doc! {"_id": "c1", "deviceId": "h-cmd", "name": "boost", "args": {"minutes": 30}, "status": "pending", "createdAt": mongodb::bson::DateTime::now()})
+        .await
+        .expect("insert command");
+    let request = heater.expect("/commands/request").await.payload_json();
+    assert_eq!(
+        request,
+        json!({"commandId": "c1", "name": "boost", "args": {"minutes": 30}})
+    );
+    mongo
+        .wait_for("commands", doc! {"_id": "c1"}, |d| {
+            d.get_str("status") == Ok("sent")
+        })
+        .await;
+    mongo
+        .wait_for("commands", doc! {"_id": "old"}, |d| {
+            d.get_str("status") == Ok("expired")
+        })
+        .await;
+
+    heater
+        .publish(
+            "iotsphere/devices/h-cmd/commands/response",
+            json(&json!({"commandId": "c1", "ok": true, "result": {"boosted": true}})),
+        )
+        .await;
+    let done = mongo
+        .wait_for("commands", doc! {"_id": "c1"}, |d| {
+            d.get_str("status") == Ok("succeeded")
+        })
+        .await;
+    assert_eq!(
+        done.get_document("response")
+            .and_then(|r| r.get_bool("boosted")),
+        Ok(true)
+    );
+    heater
+        .expect_none("/commands/request", Duration::from_millis(500))
+        .await;
+}
