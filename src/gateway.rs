@@ -138,7 +138,7 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
     let uplink = match outbox.clone() {
         Some(outbox) => {
             let commands = BrokerCommands {
-                link: broker.link("iotsphere-uplink")?,
+                link: broker.link("iotsphere:uplink")?,
                 replies: replies.clone(),
                 store: store.clone(),
             };

@@ -11,6 +11,9 @@
 //! is one fsync per router iteration with QoS 1 data, paid by the router thread (measured
 //! in bench/RESULTS.md). It also means nothing is lost between the broker and the gateway
 //! when the link lags (the link only carries shadow requests, which are all answered).
+//!
+//! Presence: the same hook hears connects and disconnects, in router order, and queues
+//! `connected`/`lastSeen` for the device's shadow in MongoDB.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -88,6 +91,23 @@ impl PublishHook for Ingest {
             }
         }
         true
+    }
+
+    fn on_connection(&self, client_id: &str, connected: bool) {
+        // Devices connect with their id as client id; internal links and other clients
+        // (apps with other ids) have no shadow to mark.
+        if !crate::topics::is_valid_id(client_id) {
+            return;
+        }
+        let presence = ToCloud::Presence {
+            device_id: client_id.to_string(),
+            connected,
+            at_ms: epoch_millis(),
+        };
+        if let Err(e) = self.outbox.push(presence) {
+            tracing::error!(error = %e, "could not store a presence change in the outbox");
+        }
+        self.outbox.wake();
     }
 
     fn before_acks(&self) {

@@ -45,6 +45,12 @@ pub enum ToCloud {
     },
     Telemetry(TelemetryRecord),
     CommandResult(CommandResult),
+    /// A device connected or disconnected: `connected` and `lastSeen` of its shadow.
+    Presence {
+        device_id: String,
+        connected: bool,
+        at_ms: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

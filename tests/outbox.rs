@@ -373,7 +373,8 @@ async fn the_outbox_cli_refuses_while_the_gateway_runs_and_reports_when_stopped(
         String::from_utf8_lossy(&stopped.stderr)
     );
     let report: serde_json::Value = serde_json::from_slice(&stopped.stdout).expect("json");
-    assert_eq!(report["items"], 10, "{report}");
+    // Ten readings, and the device's connect and disconnect (presence for its shadow).
+    assert_eq!(report["items"], 12, "{report}");
     let mut counts = HashMap::new();
     counts.insert(
         "purge",

@@ -73,7 +73,8 @@ impl EmbeddedBroker {
         let mut config = rumqttd_config(mqtt, listen);
         config.router.publish_hook = hook.map(PublishHookHandle);
         let broker = Broker::new(config);
-        let (tx, rx) = broker.link("iotsphere-gateway")?;
+        // Not a valid device id (':'), so presence and ACLs never mistake it for a device.
+        let (tx, rx) = broker.link("iotsphere:gateway")?;
         Ok((EmbeddedBroker { broker, listen }, GatewayLink { tx, rx }))
     }
 

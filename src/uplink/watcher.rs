@@ -160,6 +160,9 @@ impl Watcher {
     /// cloud copy is older than the local shadow (our newer write is on its way).
     fn differing_desired(&self, document: &BsonDocument) -> Option<CloudDesired> {
         let device_id = document.get_str("_id").ok()?;
+        if !document.contains_key("state") {
+            return None;
+        }
         let cloud_version = document.get("version").and_then(bson_u64).unwrap_or(0);
         let cloud_desired = desired_of(document);
         let local = self.store.get(device_id).ok().flatten();
@@ -191,7 +194,10 @@ impl Watcher {
         let version = full.and_then(|d| d.get("version")).and_then(bson_u64);
         match event.operation_type {
             OperationType::Insert | OperationType::Replace => {
-                if version.is_some_and(|v| self.own_writes.is_own(&device_id, v)) {
+                // Our own write, or a document without state (presence of a device that
+                // has not reported yet): nothing desired to apply.
+                let stateless = full.is_none_or(|d| !d.contains_key("state"));
+                if stateless || version.is_some_and(|v| self.own_writes.is_own(&device_id, v)) {
                     return None;
                 }
                 Some(CloudDesired {

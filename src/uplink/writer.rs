@@ -159,16 +159,21 @@ impl Writer {
                 continue;
             }
             let pending = &items[index];
-            if let ToCloud::CommandResult(result) = &pending.entry.write {
-                match write_command_result(&self.db, result).await {
-                    Ok(()) => self.outbox.remove_item(pending)?,
-                    Err(e) if is_permanent(&e) => {
-                        self.outbox.fail_item(pending, &e.to_string())?;
-                    }
-                    Err(e) => return Err(e.into()),
+            let written = match &pending.entry.write {
+                ToCloud::CommandResult(result) => write_command_result(&self.db, result).await,
+                ToCloud::Presence {
+                    device_id,
+                    connected,
+                    at_ms,
+                } => write_presence(&self.db, &self.gateway_id, device_id, *connected, *at_ms).await,
+                _ => Ok(()),
+            };
+            match written {
+                Ok(()) => self.outbox.remove_item(pending)?,
+                Err(e) if is_permanent(&e) => {
+                    self.outbox.fail_item(pending, &e.to_string())?;
                 }
-            } else {
-                self.outbox.remove_item(pending)?;
+                Err(e) => return Err(e.into()),
             }
             index += 1;
         }
@@ -299,6 +304,29 @@ fn telemetry_document(gateway_id: &str, record: &TelemetryRecord) -> BsonDocumen
         document.insert("unit", unit);
     }
     document
+}
+
+/// `connected`/`lastSeen` of the device's shadow, creating a state-less document for a
+/// device that has not reported yet (the watcher ignores documents without `state`).
+async fn write_presence(
+    db: &Database,
+    gateway_id: &str,
+    device_id: &str,
+    connected: bool,
+    at_ms: i64,
+) -> Result<(), mongodb::error::Error> {
+    db.collection::<BsonDocument>("shadows")
+        .update_one(
+            doc! {"_id": device_id},
+            doc! {"$set": {
+                "connected": connected,
+                "lastSeen": DateTime::from_millis(at_ms),
+                "gatewayId": gateway_id,
+            }},
+        )
+        .with_options(UpdateOptions::builder().upsert(true).build())
+        .await?;
+    Ok(())
 }
 
 async fn write_command_result(

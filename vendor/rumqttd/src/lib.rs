@@ -201,6 +201,8 @@ pub trait PublishHook: Send + Sync {
     /// Called once per router iteration, after incoming packets were handled and before
     /// any acknowledgement (PUBACK) of them is sent: the place to make them durable.
     fn before_acks(&self);
+    /// A client connected (`true`) or its connection ended (`false`), in router order.
+    fn on_connection(&self, _client_id: &str, _connected: bool) {}
 }
 
 /// The hook, shareable inside `RouterConfig`.

@@ -366,6 +366,10 @@ impl Router {
 
         self.connection_map.insert(client_id.clone(), connection_id);
         info!(connection_id, "Client connection registered");
+        // iotsphere patch: presence for the hook (see PublishHook::on_connection).
+        if let Some(hook) = &self.config.publish_hook {
+            hook.0.on_connection(&client_id, true);
+        }
 
         assert_eq!(self.ackslog.insert(ackslog), connection_id);
         assert_eq!(self.scheduler.add(tracker), connection_id);
@@ -434,6 +438,10 @@ impl Router {
         // }
 
         info!("Disconnecting connection");
+        // iotsphere patch: presence for the hook (see PublishHook::on_connection).
+        if let Some(hook) = &self.config.publish_hook {
+            hook.0.on_connection(&client_id, false);
+        }
 
         if let Some(reason_code) = reason {
             let outgoing = match self.obufs.get_mut(id) {
