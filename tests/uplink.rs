@@ -428,20 +428,42 @@ async fn presence_is_kept_in_the_shadow() {
     let gateway = Gateway::start_with(&mongo.config(""));
     let heater = Client::connect(gateway.port, "h-presence").await;
     let online = mongo
-        .wait_for("shadows", doc! {"_id": "h-presence"}, |d| d.get_bool("connected") == Ok(true))
+        .wait_for("shadows", doc! {"_id": "h-presence"}, |d| {
+            d.get_bool("connected") == Ok(true)
+        })
         .await;
-    let first_seen = online.get_datetime("lastSeen").expect("lastSeen").timestamp_millis();
+    let first_seen = online
+        .get_datetime("lastSeen")
+        .expect("lastSeen")
+        .timestamp_millis();
     heater
-        .publish(&shadow_topic("h-presence", "reported"), json(&json!({"state": {"t": 1}})))
+        .publish(
+            &shadow_topic("h-presence", "reported"),
+            json(&json!({"state": {"t": 1}})),
+        )
         .await;
     mongo
-        .wait_for("shadows", doc! {"_id": "h-presence"}, |d| d.get_i64("version") == Ok(1))
+        .wait_for("shadows", doc! {"_id": "h-presence"}, |d| {
+            d.get_i64("version") == Ok(1)
+        })
         .await;
     heater.disconnect().await;
     let offline = mongo
-        .wait_for("shadows", doc! {"_id": "h-presence"}, |d| d.get_bool("connected") == Ok(false))
+        .wait_for("shadows", doc! {"_id": "h-presence"}, |d| {
+            d.get_bool("connected") == Ok(false)
+        })
         .await;
-    assert!(offline.get_datetime("lastSeen").expect("lastSeen").timestamp_millis() >= first_seen);
-    assert_eq!(offline.get_i64("version"), Ok(1), "presence does not touch the shadow state");
+    assert!(
+        offline
+            .get_datetime("lastSeen")
+            .expect("lastSeen")
+            .timestamp_millis()
+            >= first_seen
+    );
+    assert_eq!(
+        offline.get_i64("version"),
+        Ok(1),
+        "presence does not touch the shadow state"
+    );
     assert_eq!(offline.get_str("gatewayId"), Ok("gw-test"));
 }

@@ -165,7 +165,9 @@ impl Writer {
                     device_id,
                     connected,
                     at_ms,
-                } => write_presence(&self.db, &self.gateway_id, device_id, *connected, *at_ms).await,
+                } => {
+                    write_presence(&self.db, &self.gateway_id, device_id, *connected, *at_ms).await
+                }
                 _ => Ok(()),
             };
             match written {
