@@ -112,6 +112,18 @@ pub enum AuthMode {
 pub struct AuthSection {
     pub mode: AuthMode,
     pub credentials_file: String,
+    /// Cloud services and apps: `[[auth.services]]`.
+    pub services: Vec<ServiceRole>,
+}
+
+/// A cloud service or app: its username (in the credentials file) and the topic filters
+/// it may publish to and subscribe to.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceRole {
+    pub name: String,
+    pub publish: Vec<String>,
+    pub subscribe: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -462,12 +474,33 @@ impl GatewayConfig {
         if !(1..=1024).contains(&self.mqtt.segments) {
             problem("mqtt.segments", "must be between 1 and 1024".into());
         }
-        if self.auth.mode != AuthMode::Anonymous {
+        if self.auth.mode == AuthMode::Certificate {
             problem(
                 "auth.mode",
-                "password and certificate modes are not available in this version yet; use \"anonymous\""
+                "certificate mode needs TLS, not available in this version yet; use \"password\""
                     .into(),
             );
+        }
+        if self.auth.mode == AuthMode::Password && self.auth.credentials_file.is_empty() {
+            problem(
+                "auth.credentials_file",
+                "password mode needs a credentials file (iotsphere-gateway credentials add)".into(),
+            );
+        }
+        for (index, service) in self.auth.services.iter().enumerate() {
+            if !crate::topics::is_valid_id(&service.name) {
+                problem(
+                    &format!("auth.services[{index}].name"),
+                    "must be 1-64 characters of A-Z a-z 0-9 _ -".into(),
+                );
+            }
+            let filters = service.publish.iter().chain(&service.subscribe);
+            if let Some(bad) = filters.into_iter().find(|f| !is_valid_filter(f)) {
+                problem(
+                    &format!("auth.services[{index}]"),
+                    format!("`{bad}` is not an MQTT topic filter"),
+                );
+            }
         }
         if let Err(message) = crate::topics::Topics::check_root(&self.topics.root) {
             problem("topics.root", message);
@@ -565,6 +598,17 @@ impl GatewayConfig {
         }
         keys
     }
+}
+
+/// An MQTT topic filter: non-empty, `#` only as the whole last level, `+` only as a whole level.
+fn is_valid_filter(filter: &str) -> bool {
+    let levels: Vec<&str> = filter.split('/').collect();
+    !filter.is_empty()
+        && levels.iter().enumerate().all(|(i, level)| match *level {
+            "#" => i == levels.len() - 1,
+            "+" => true,
+            other => !other.contains(['+', '#']),
+        })
 }
 
 /// A listen address is `host:port`: host an IP or a name, port 1-65535.

@@ -9,6 +9,7 @@
 //! store is flushed, and `run` returns; the process exits 0 well within 5 s. The broker's
 //! listeners die with the process (rumqttd has no stop).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,8 @@ use rumqttd::PublishHook;
 
 use tokio::sync::watch;
 
+use crate::auth::{Access, AuthError};
+use crate::broker::hook::GatewayHook;
 use crate::broker::{self, BrokerError, EmbeddedBroker, GatewayLink};
 use crate::config::{AuthMode, GatewayConfig};
 use crate::http::{self, HealthState};
@@ -43,6 +46,8 @@ pub enum GatewayError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Uplink(#[from] UplinkError),
+    #[error("auth.credentials_file: {0}")]
+    Auth(#[from] AuthError),
     #[error("http.listen `{0}`: {1}")]
     Http(String, std::io::Error),
     #[error("topics.root: {0}")]
@@ -87,6 +92,11 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
             "auth.mode = \"anonymous\": any client may publish and subscribe to any topic; \
              for the lab only, never in the field"
         );
+    } else if !config.mqtt.listen.is_empty() {
+        tracing::warn!(
+            listen = %config.mqtt.listen,
+            "passwords cross the plain MQTT listener in clear text; use TLS in the field"
+        );
     }
     let data_dir = &config.gateway.data_dir;
     std::fs::create_dir_all(data_dir).map_err(|source| GatewayError::DataDir {
@@ -120,10 +130,24 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
         outbox.clone(),
     );
 
-    let hook = outbox.clone().map(|outbox| {
-        Arc::new(Ingest::new(topics.clone(), outbox, store.db().clone())) as Arc<dyn PublishHook>
+    let access = match config.auth.mode {
+        AuthMode::Anonymous => None,
+        _ => Some(Access::load(
+            topics.clone(),
+            Path::new(&config.auth.credentials_file),
+            &config.auth.services,
+        )?),
+    };
+    let ingest = outbox
+        .clone()
+        .map(|outbox| Ingest::new(topics.clone(), outbox, store.db().clone()));
+    let hook = (access.is_some() || ingest.is_some()).then(|| {
+        Arc::new(GatewayHook {
+            access: access.clone(),
+            ingest,
+        }) as Arc<dyn PublishHook>
     });
-    let (broker, mut link) = EmbeddedBroker::new(&config.mqtt, hook)?;
+    let (broker, mut link) = EmbeddedBroker::new(&config.mqtt, hook, access.clone())?;
     for filter in service.request_filters() {
         link.subscribe(&filter)?;
     }
@@ -211,6 +235,9 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
         })
         .map_err(|e| GatewayError::Thread("shadow-service", e))?;
 
+    if let Some(access) = access {
+        tokio::spawn(reload_on_sighup(access));
+    }
     let outcome = tokio::select! {
         signal = shutdown_signal() => {
             signal?;
@@ -234,6 +261,25 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
         tracing::error!(error = %e, "the shadow store could not be flushed at shutdown");
     }
     outcome
+}
+
+/// SIGHUP re-reads the credentials file; connected clients stay connected.
+async fn reload_on_sighup(access: Access) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::error!("SIGHUP cannot be handled: credentials reload needs a restart");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        match access.reload() {
+            Ok(count) => {
+                tracing::info!(target: "audit", credentials = count, "credentials reloaded (SIGHUP)")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "credentials not reloaded; the previous ones stay in force")
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() -> Result<(), GatewayError> {

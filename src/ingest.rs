@@ -1,6 +1,6 @@
 //! Ingest in the broker: telemetry readings and command answers from devices go into the
-//! outbox from inside rumqttd's router, through our publish hook (vendor/rumqttd
-//! `PublishHook`), *before* the router acknowledges them.
+//! outbox from inside rumqttd's router, through our publish hook (`broker::hook`, on
+//! vendor/rumqttd's `PublishHook`), *before* the router acknowledges them.
 //!
 //! Why in the router and not through the gateway's link: rumqttd sends PUBACK as soon as
 //! it reads a QoS 1 PUBLISH, before any subscriber has the message. The hook appends each
@@ -19,13 +19,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use rumqttd::PublishHook;
 
 use crate::codec;
 use crate::outbox::{CommandResult, Outbox, TelemetryRecord, ToCloud};
 use crate::topics::{Route, Topics};
 
-/// The gateway's publish hook.
+/// Readings, command answers and presence, into the outbox.
 pub struct Ingest {
     topics: Topics,
     outbox: Outbox,
@@ -78,11 +77,9 @@ impl Ingest {
     }
 }
 
-impl PublishHook for Ingest {
-    fn on_publish(&self, _client_id: &str, topic: &[u8], payload: &Bytes, qos: u8) -> bool {
-        let Ok(topic) = std::str::from_utf8(topic) else {
-            return true;
-        };
+impl Ingest {
+    /// A publication the broker accepted: stores what it carries for the cloud.
+    pub fn on_publish(&self, topic: &str, payload: &Bytes, qos: u8) {
         if let Some(write) = self.to_cloud(topic, payload) {
             match self.outbox.push(write) {
                 Ok(_) if qos > 0 => self.unflushed.store(true, Ordering::Relaxed),
@@ -90,10 +87,9 @@ impl PublishHook for Ingest {
                 Err(e) => tracing::error!(error = %e, "could not store a reading in the outbox"),
             }
         }
-        true
     }
 
-    fn on_connection(&self, client_id: &str, connected: bool) {
+    pub fn on_connection(&self, client_id: &str, connected: bool) {
         // Devices connect with their id as client id; internal links and other clients
         // (apps with other ids) have no shadow to mark.
         if !crate::topics::is_valid_id(client_id) {
@@ -110,7 +106,7 @@ impl PublishHook for Ingest {
         self.outbox.wake();
     }
 
-    fn before_acks(&self) {
+    pub fn before_acks(&self) {
         if self.unflushed.swap(false, Ordering::Relaxed) {
             if let Err(e) = self.db.flush() {
                 tracing::error!(error = %e, "could not flush the outbox before acknowledging readings");

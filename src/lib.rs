@@ -9,6 +9,7 @@
 //! The path of a message, in the order it travels:
 //!
 //! - [`config`] — the TOML file and `IOTSPHERE__…` overrides, checked with line numbers.
+//! - [`auth`] — credentials (argon2), identities and the per-device topic ACL.
 //! - [`broker`] — the embedded rumqttd broker with bounded memory, and the gateway's
 //!   internal link into it ([`broker::link`] drains that link in batches).
 //! - [`topics`] — parses and formats the `ROOT/devices/{id}/…` topic tree.
@@ -30,6 +31,7 @@
 //! `main.rs` only parses the command line and calls into these modules.
 
 pub mod admin;
+pub mod auth;
 pub mod broker;
 pub mod codec;
 pub mod config;

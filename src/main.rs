@@ -4,6 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+
+use iotsphere_gateway::auth::Credentials;
 use iotsphere_gateway::config::GatewayConfig;
 use iotsphere_gateway::{admin, gateway, logging};
 
@@ -30,12 +33,38 @@ enum Command {
         #[arg(long, default_value = "config/gateway.toml")]
         config: PathBuf,
     },
+    /// Manage the credentials file (argon2 hashes; the password is read from stdin).
+    Credentials {
+        #[command(subcommand)]
+        action: CredentialsAction,
+    },
     /// Inspect or act on the outbox (with the gateway stopped).
     Outbox {
         #[command(subcommand)]
         action: OutboxAction,
         #[arg(long, global = true, default_value = "config/gateway.toml")]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CredentialsAction {
+    /// Add a device id or service name, or change its password (one line from stdin).
+    Add {
+        #[arg(long)]
+        file: PathBuf,
+        name: String,
+    },
+    /// Remove a device id or service name.
+    Remove {
+        #[arg(long)]
+        file: PathBuf,
+        name: String,
+    },
+    /// List the names (never the hashes).
+    List {
+        #[arg(long)]
+        file: PathBuf,
     },
 }
 
@@ -75,6 +104,13 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Credentials { action } => match credentials(action) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Outbox { action, config } => {
             let config = match GatewayConfig::load(&config) {
                 Ok(config) => config,
@@ -110,6 +146,39 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn credentials(action: CredentialsAction) -> anyhow::Result<()> {
+    match action {
+        CredentialsAction::Add { file, name } => {
+            if std::io::stdin().is_terminal() {
+                eprint!("password for {name}: ");
+            }
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password)?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            let mut credentials = Credentials::load(&file)?;
+            credentials.set(&name, password)?;
+            credentials.save(&file)?;
+            println!("{name}: stored (send SIGHUP to a running gateway to apply)");
+        }
+        CredentialsAction::Remove { file, name } => {
+            let mut credentials = Credentials::load(&file)?;
+            anyhow::ensure!(
+                credentials.remove(&name),
+                "{name} is not in {}",
+                file.display()
+            );
+            credentials.save(&file)?;
+            println!("{name}: removed (send SIGHUP to a running gateway to apply)");
+        }
+        CredentialsAction::List { file } => {
+            for name in Credentials::load(&file)?.names() {
+                println!("{name}");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn outbox(action: OutboxAction, config: &GatewayConfig) -> anyhow::Result<()> {

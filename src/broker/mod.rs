@@ -6,6 +6,7 @@
 //! `mqtt.segment_bytes` (defaults: 4 × 256 KiB), instead of rumqttd's example 10 × 100 MiB.
 //! Payloads above `mqtt.max_payload_bytes` make rumqttd close the connection.
 
+pub mod hook;
 pub mod link;
 
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use rumqttd::{
     Broker, ConnectionSettings, PublishHook, PublishHookHandle, RouterConfig, ServerSettings,
 };
 
+use crate::auth::Access;
 use crate::config::MqttSection;
 use crate::service::Outgoing;
 
@@ -60,10 +62,12 @@ pub struct EmbeddedBroker {
 impl EmbeddedBroker {
     /// Starts the router and returns the gateway's link. Listen addresses are checked here,
     /// so a port already in use is a clear startup error, not a listener thread that died.
-    /// `hook` sees every PUBLISH in the router before it is routed or acknowledged.
+    /// `hook` sees every PUBLISH in the router before it is routed or acknowledged; with
+    /// `access`, CONNECT requires a username and password (checked off the I/O thread).
     pub fn new(
         mqtt: &MqttSection,
         hook: Option<Arc<dyn PublishHook>>,
+        access: Option<Access>,
     ) -> Result<(EmbeddedBroker, GatewayLink), BrokerError> {
         let listen = if mqtt.listen.is_empty() {
             None
@@ -72,6 +76,25 @@ impl EmbeddedBroker {
         };
         let mut config = rumqttd_config(mqtt, listen);
         config.router.publish_hook = hook.map(PublishHookHandle);
+        if let Some(access) = access {
+            for server in config
+                .v4
+                .iter_mut()
+                .flat_map(|servers| servers.values_mut())
+            {
+                let access = access.clone();
+                server.set_auth_handler(move |client_id, username, password| {
+                    let access = access.clone();
+                    async move {
+                        tokio::task::spawn_blocking(move || {
+                            access.authenticate(&client_id, &username, &password)
+                        })
+                        .await
+                        .unwrap_or(false)
+                    }
+                });
+            }
+        }
         let broker = Broker::new(config);
         // Not a valid device id (':'), so presence and ACLs never mistake it for a device.
         let (tx, rx) = broker.link("iotsphere:gateway")?;

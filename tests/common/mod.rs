@@ -112,6 +112,11 @@ impl Gateway {
         child.wait().expect("reap");
     }
 
+    /// Sends a signal (e.g. "HUP") to the running gateway.
+    pub fn signal(&self, name: &str) {
+        signal(self.child.as_ref().expect("gateway is running"), name);
+    }
+
     pub fn restart(&mut self) {
         let status = self.terminate();
         assert!(status.success(), "exit status {status:?}");
@@ -194,7 +199,7 @@ impl Received {
 pub struct Client {
     pub client: AsyncClient,
     incoming: mpsc::UnboundedReceiver<Received>,
-    suback: mpsc::UnboundedReceiver<()>,
+    suback: mpsc::UnboundedReceiver<Vec<rumqttc::SubscribeReasonCode>>,
     disconnected: mpsc::UnboundedReceiver<String>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -205,22 +210,46 @@ impl Client {
     }
 
     pub async fn connect_with(port: u16, client_id: &str, clean_session: bool) -> Client {
+        Self::try_connect(port, client_id, clean_session, None)
+            .await
+            .unwrap_or_else(|e| panic!("{client_id} could not connect: {e}"))
+    }
+
+    /// Connects with a username and password; the error text when refused.
+    pub async fn connect_as(
+        port: u16,
+        client_id: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<Client, String> {
+        Self::try_connect(port, client_id, true, Some((username, password))).await
+    }
+
+    pub async fn try_connect(
+        port: u16,
+        client_id: &str,
+        clean_session: bool,
+        login: Option<(&str, &str)>,
+    ) -> Result<Client, String> {
         let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
         options.set_keep_alive(Duration::from_secs(30));
         options.set_clean_session(clean_session);
+        if let Some((username, password)) = login {
+            options.set_credentials(username, password);
+        }
         options.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut eventloop) = AsyncClient::new(options, 256);
         let (tx, incoming) = mpsc::unbounded_channel();
         let (suback_tx, suback) = mpsc::unbounded_channel();
         let (disc_tx, disconnected) = mpsc::unbounded_channel();
-        let (connack_tx, connack) = tokio::sync::oneshot::channel();
+        let (connack_tx, connack) = tokio::sync::oneshot::channel::<Result<(), String>>();
         let task = tokio::spawn(async move {
             let mut connack_tx = Some(connack_tx);
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         if let Some(tx) = connack_tx.take() {
-                            let _ = tx.send(());
+                            let _ = tx.send(Ok(()));
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -230,11 +259,14 @@ impl Client {
                             retain: p.retain,
                         });
                     }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        let _ = suback_tx.send(());
+                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                        let _ = suback_tx.send(ack.return_codes);
                     }
                     Ok(_) => {}
                     Err(e) => {
+                        if let Some(tx) = connack_tx.take() {
+                            let _ = tx.send(Err(e.to_string()));
+                        }
                         let _ = disc_tx.send(e.to_string());
                         return;
                     }
@@ -243,25 +275,38 @@ impl Client {
         });
         tokio::time::timeout(WAIT, connack)
             .await
-            .expect("CONNACK in time")
-            .expect("connected");
-        Client {
+            .map_err(|_| "no CONNACK in time".to_string())?
+            .map_err(|_| "the event loop ended".to_string())??;
+        Ok(Client {
             client,
             incoming,
             suback,
             disconnected,
             task,
-        }
+        })
     }
 
+    /// Subscribes and asserts the broker granted it.
     pub async fn subscribe(&mut self, filter: &str) {
+        let codes = self.subscribe_result(filter).await;
+        assert!(
+            codes
+                .iter()
+                .all(|c| *c != rumqttc::SubscribeReasonCode::Failure),
+            "{filter} refused: {codes:?}"
+        );
+    }
+
+    /// Subscribes; the SUBACK return codes.
+    pub async fn subscribe_result(&mut self, filter: &str) -> Vec<rumqttc::SubscribeReasonCode> {
         self.client
             .subscribe(filter, QoS::AtLeastOnce)
             .await
             .expect("subscribe");
         tokio::time::timeout(WAIT, self.suback.recv())
             .await
-            .expect("SUBACK in time");
+            .expect("SUBACK in time")
+            .unwrap_or_default()
     }
 
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {

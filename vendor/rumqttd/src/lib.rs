@@ -203,6 +203,10 @@ pub trait PublishHook: Send + Sync {
     fn before_acks(&self);
     /// A client connected (`true`) or its connection ended (`false`), in router order.
     fn on_connection(&self, _client_id: &str, _connected: bool) {}
+    /// A SUBSCRIBE filter; `false` refuses it (SUBACK failure code 0x80).
+    fn on_subscribe(&self, _client_id: &str, _filter: &str) -> bool {
+        true
+    }
 }
 
 /// The hook, shareable inside `RouterConfig`.

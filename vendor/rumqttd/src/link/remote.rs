@@ -196,7 +196,16 @@ where
 
     Span::current().record("client_id", &connect.client_id);
 
-    handle_auth(config.clone(), login.as_ref(), &connect.client_id).await?;
+    if let Err(e) = handle_auth(config.clone(), login.as_ref(), &connect.client_id).await {
+        // iotsphere patch: tell the client why (CONNACK "bad user name or password")
+        // instead of only closing the connection.
+        let ack = ConnAck {
+            session_present: false,
+            code: ConnectReturnCode::BadUserNamePassword,
+        };
+        let _ = network.write(Packet::ConnAck(ack, None)).await;
+        return Err(e);
+    }
 
     // When keep_alive feature is disabled client can live forever, which is not good in
     // distributed broker context so currenlty we don't allow it.

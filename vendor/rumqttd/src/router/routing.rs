@@ -702,6 +702,14 @@ impl Router {
                             break;
                         }
 
+                        // iotsphere patch: authorize the filter (PublishHook::on_subscribe).
+                        if let Some(hook) = &self.config.publish_hook {
+                            if !hook.0.on_subscribe(&client_id, &f.path) {
+                                return_codes.push(SubscribeReasonCode::Failure);
+                                continue;
+                            }
+                        }
+
                         let mut filter = f.path.clone();
                         let mut group = None;
 
