@@ -23,6 +23,7 @@ use crate::broker::{self, BrokerError, EmbeddedBroker, GatewayLink};
 use crate::config::{AuthMode, GatewayConfig};
 use crate::http::{self, HealthState};
 use crate::ingest::Ingest;
+use crate::metrics::Metrics;
 use crate::outbox::{Outbox, OutboxLimits};
 use crate::service::{Replies, ServiceSettings, ShadowService};
 use crate::shadow::Limits;
@@ -105,7 +106,8 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
     })?;
     let store = ShadowStore::open(&data_dir.join("shadows"), config.gateway.store_cache_bytes)?;
     let topics = Topics::new(&config.topics.root).map_err(GatewayError::Topics)?;
-    let replies = Replies::new(topics.clone(), &config.gateway.id);
+    let metrics = Metrics::default();
+    let replies = Replies::new(topics.clone(), &config.gateway.id, metrics.clone());
     let uplink_enabled = !config.mongodb.uri.is_empty();
     let outbox = if uplink_enabled {
         Some(Outbox::open(
@@ -116,7 +118,7 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
         None
     };
     let service = ShadowService::new(
-        topics.clone(),
+        replies.clone(),
         store.clone(),
         ServiceSettings {
             gateway_id: config.gateway.id.clone(),
@@ -141,13 +143,13 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
     let ingest = outbox
         .clone()
         .map(|outbox| Ingest::new(topics.clone(), outbox, store.db().clone()));
-    let hook = (access.is_some() || ingest.is_some()).then(|| {
-        Arc::new(GatewayHook {
-            access: access.clone(),
-            ingest,
-        }) as Arc<dyn PublishHook>
+    let hook: Arc<dyn PublishHook> = Arc::new(GatewayHook {
+        topics: topics.clone(),
+        metrics: metrics.clone(),
+        access: access.clone(),
+        ingest,
     });
-    let (broker, mut link) = EmbeddedBroker::new(&config.mqtt, hook, access.clone())?;
+    let (broker, mut link) = EmbeddedBroker::new(&config.mqtt, Some(hook), access.clone())?;
     for filter in service.request_filters() {
         link.subscribe(&filter)?;
     }
@@ -197,6 +199,7 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
         let state = HealthState {
             store: store.clone(),
             uplink: uplink_status,
+            metrics: metrics.clone(),
             started,
         };
         Some(

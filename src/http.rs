@@ -1,14 +1,17 @@
-//! The HTTP endpoints on `[http] listen`: `/health` and `/health/uplink` (JSON).
+//! The HTTP endpoints on `[http] listen`: `/health` and `/health/uplink` (JSON), and
+//! `/metrics` (Prometheus text format).
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
+use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::store::ShadowStore;
 use crate::uplink::{UplinkMode, UplinkReport, UplinkStatus};
@@ -19,6 +22,7 @@ pub struct HealthState {
     pub store: ShadowStore,
     /// `None` when no uplink is configured.
     pub uplink: Option<(UplinkStatus, Outbox)>,
+    pub metrics: Metrics,
     pub started: Instant,
 }
 
@@ -40,6 +44,7 @@ pub async fn serve(listen: &str, state: HealthState) -> std::io::Result<SocketAd
     let app = Router::new()
         .route("/health", get(health))
         .route("/health/uplink", get(uplink))
+        .route("/metrics", get(metrics))
         .with_state(state);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -64,6 +69,20 @@ async fn health(State(state): State<HealthState>) -> (StatusCode, Json<Health>) 
             version: env!("CARGO_PKG_VERSION"),
             uptime_secs: state.started.elapsed().as_secs(),
         }),
+    )
+}
+
+async fn metrics(State(state): State<HealthState>) -> impl IntoResponse {
+    let (report, outbox) = match &state.uplink {
+        Some((status, outbox)) => (Some(status.report()), Some(outbox.stats())),
+        None => (None, None),
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(report.as_ref(), outbox.as_ref()),
     )
 }
 

@@ -23,7 +23,7 @@
 //! - [`outbox`] — everything bound for the cloud, durable in sled until MongoDB has it.
 //! - [`uplink`] — MongoDB: shadows mirrored, telemetry stored, commands dispatched, and
 //!   cloud changes of `desired` watched (change stream or polling).
-//! - [`http`] — `/health` and `/health/uplink`.
+//! - [`http`] — `/health`, `/health/uplink`, `/metrics`; [`metrics`] the Prometheus counters.
 //! - [`gateway`] — wires the above and handles shutdown; [`logging`] sets up `tracing`.
 //!
 //! - [`admin`] — offline commands on the data directory (`outbox stats|list|replay|purge`).
@@ -39,6 +39,7 @@ pub mod gateway;
 pub mod http;
 pub mod ingest;
 pub mod logging;
+pub mod metrics;
 pub mod outbox;
 pub mod service;
 pub mod shadow;

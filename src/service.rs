@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::codec::{self, DecodeError, Encoding, Envelope, EnvelopeMetadata, ShadowRequest};
+use crate::metrics::Metrics;
 use crate::outbox::{Outbox, ToCloud};
 use crate::shadow::{self, Document, ErrorCode, Limits, Rejection, Section, Update};
 use crate::store::{ShadowStore, StoreError, StoredShadow};
@@ -119,15 +120,15 @@ pub struct ShadowService {
 
 impl ShadowService {
     pub fn new(
-        topics: Topics,
+        replies: Replies,
         store: ShadowStore,
         settings: ServiceSettings,
         outbox: Option<Outbox>,
     ) -> Self {
         let rate = RateLimiter::new(settings.rate_per_sec, settings.rate_burst);
         Self {
-            replies: Replies::new(topics.clone(), &settings.gateway_id),
-            topics,
+            topics: replies.topics.clone(),
+            replies,
             store,
             settings,
             rate,
@@ -344,6 +345,7 @@ impl ShadowService {
             )?;
         }
         if applied.changed {
+            self.replies.metrics.shadow_update();
             self.to_cloud(ToCloud::Shadow {
                 device_id: device_id.to_string(),
                 document: Some(applied.document.clone()),
@@ -437,17 +439,19 @@ impl ShadowService {
 }
 
 /// Formats the gateway's replies: topic, envelope and encoding.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Replies {
     topics: Topics,
     gateway_id: String,
+    metrics: Metrics,
 }
 
 impl Replies {
-    pub fn new(topics: Topics, gateway_id: &str) -> Self {
+    pub fn new(topics: Topics, gateway_id: &str, metrics: Metrics) -> Self {
         Self {
             topics,
             gateway_id: gateway_id.to_string(),
+            metrics,
         }
     }
 
@@ -470,6 +474,7 @@ impl Replies {
         token: Option<&str>,
         rejection: &Rejection,
     ) -> Outgoing {
+        self.metrics.rejection(rejection.code.as_u16());
         let payload = RejectedPayload {
             code: rejection.code.as_u16(),
             message: &rejection.message,
@@ -515,7 +520,10 @@ impl Replies {
     ) -> Outgoing {
         let topic = self.topics.shadow(device_id, kind);
         let message_type = match kind {
-            ShadowTopic::Delta => "shadow.delta",
+            ShadowTopic::Delta => {
+                self.metrics.delta_published();
+                "shadow.delta"
+            }
             ShadowTopic::Rejected => "shadow.rejected",
             _ => "shadow.document",
         };
@@ -527,10 +535,11 @@ impl Replies {
         topic: String,
         encoding: Encoding,
         token: Option<&str>,
-        message_type: &str,
+        message_type: &'static str,
         payload: &P,
         retain: bool,
     ) -> Outgoing {
+        self.metrics.message_out(message_type);
         let envelope = Envelope {
             metadata: EnvelopeMetadata {
                 message_id: uuid::Uuid::now_v7().to_string(),

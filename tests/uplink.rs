@@ -109,6 +109,11 @@ async fn a_desired_change_made_while_the_gateway_was_down_is_delivered_after_res
     mongo
         .wait_for("resume_tokens", doc! {"_id": "shadows:gw-test"}, |_| true)
         .await;
+    mongo
+        .wait_for("shadows", doc! {"_id": "h-away"}, |d| {
+            d.get_i64("version") == Ok(2)
+        })
+        .await;
     heater.disconnect().await;
     let status = gateway.terminate();
     assert!(status.success());
@@ -157,8 +162,11 @@ async fn history_lost_triggers_a_resync() {
         )
         .await
         .expect("cloud update");
+    // The gateway applied it and wrote its version 2 back: nothing of ours is pending.
     mongo
-        .wait_for("resume_tokens", doc! {"_id": "shadows:gw-test"}, |_| true)
+        .wait_for("shadows", doc! {"_id": "h-lost"}, |d| {
+            d.get_i64("version") == Ok(2)
+        })
         .await;
     heater.disconnect().await;
     assert!(gateway.terminate().success());

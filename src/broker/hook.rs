@@ -6,10 +6,14 @@
 use bytes::Bytes;
 use rumqttd::PublishHook;
 
-use crate::auth::Access;
+use crate::auth::{Access, INTERNAL_CLIENT_PREFIX};
 use crate::ingest::Ingest;
+use crate::metrics::Metrics;
+use crate::topics::{Route, Topics};
 
 pub struct GatewayHook {
+    pub topics: Topics,
+    pub metrics: Metrics,
     pub access: Option<Access>,
     pub ingest: Option<Ingest>,
 }
@@ -20,6 +24,15 @@ impl PublishHook for GatewayHook {
             // rumqttd refuses non-UTF-8 topics itself when routing.
             return self.access.is_none();
         };
+        if !client_id.starts_with(INTERNAL_CLIENT_PREFIX) {
+            self.metrics.message_in(match self.topics.parse(topic) {
+                Ok(Route::Shadow { .. }) => "shadow",
+                Ok(Route::Telemetry { .. }) => "telemetry",
+                Ok(Route::CommandRequest { .. }) => "command_request",
+                Ok(Route::CommandResponse { .. }) => "command_response",
+                Err(_) => "other",
+            });
+        }
         if let Some(access) = &self.access {
             if !access.may_publish(client_id, topic) {
                 return false;
@@ -38,6 +51,9 @@ impl PublishHook for GatewayHook {
     }
 
     fn on_connection(&self, client_id: &str, connected: bool) {
+        if !client_id.starts_with(INTERNAL_CLIENT_PREFIX) {
+            self.metrics.client_connected(connected);
+        }
         if let Some(ingest) = &self.ingest {
             ingest.on_connection(client_id, connected);
         }

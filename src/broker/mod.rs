@@ -166,7 +166,9 @@ fn rumqttd_config(mqtt: &MqttSection, listen: Option<SocketAddr>) -> rumqttd::Co
                 name: "mqtt-plain".into(),
                 listen,
                 tls: None,
-                next_connection_delay_ms: 1,
+                // No pause between accepts: rumqttd's 1 ms made a reconnect storm of 1,000
+                // heaters take 2 s just to accept (bench/RESULTS.md); CONNECT has its own timeout.
+                next_connection_delay_ms: 0,
                 connections,
             },
         )])

@@ -102,6 +102,10 @@ impl Watcher {
             }
             other => other?,
         };
+        // A position to resume from even if no cloud change comes before a restart.
+        if let Some(token) = stream.resume_token() {
+            self.store_token(&token).await?;
+        }
         tracing::info!("watching shadows for cloud changes (change stream)");
         while let Some(event) = stream.next().await {
             let event = event?;
@@ -171,7 +175,20 @@ impl Watcher {
             .map(|s| s.document.state.desired.clone())
             .unwrap_or_default();
         let local_version = local.map(|s| s.document.version).unwrap_or(0);
-        if cloud_desired == local_desired || cloud_version < local_version {
+        if cloud_desired == local_desired {
+            return None;
+        }
+        if cloud_version < local_version {
+            // Both sides changed while apart and our newer write is still queued: it will
+            // replace the cloud's desired. Known limit (README): said loudly, not silently.
+            tracing::warn!(
+                device_id,
+                cloud_version,
+                local_version,
+                cloud = %serde_json::Value::Object(cloud_desired),
+                local = %serde_json::Value::Object(local_desired),
+                "desired changed in the cloud while a newer local version waits to be written; the local version will replace it"
+            );
             return None;
         }
         Some(CloudDesired {
