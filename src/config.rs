@@ -432,10 +432,11 @@ impl GatewayConfig {
             );
         }
         if !self.mqtt.tls_listen.is_empty() {
-            problem(
-                "mqtt.tls_listen",
-                "TLS listeners are not available in this version yet; use listen".into(),
-            );
+            for (key, value) in [("mqtt.cert", &self.mqtt.cert), ("mqtt.key", &self.mqtt.key)] {
+                if value.is_empty() {
+                    problem(key, "the TLS listener needs it".into());
+                }
+            }
         }
         if !self.mqtt.client_ca.is_empty() {
             problem(

@@ -208,10 +208,13 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
                 .map_err(|e| GatewayError::Http(config.http.listen.clone(), e))?,
         )
     };
-    let listen = broker.listen()?;
+    let (listen, tls_listen) = broker.listen()?;
+    let shown =
+        |addr: Option<std::net::SocketAddr>| addr.map_or_else(|| "off".into(), |a| a.to_string());
     tracing::info!(
         gateway = %config.gateway.id,
-        mqtt = %listen.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        mqtt = %shown(listen),
+        mqtts = %shown(tls_listen),
         http = %http_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         uplink = uplink_enabled,
         root = %config.topics.root,

@@ -10,6 +10,7 @@
 //!
 //! - [`config`] — the TOML file and `IOTSPHERE__…` overrides, checked with line numbers.
 //! - [`auth`] — credentials (argon2), identities and the per-device topic ACL.
+//! - [`certs`] — TLS certificate checks and the lab's `certs dev`.
 //! - [`broker`] — the embedded rumqttd broker with bounded memory, and the gateway's
 //!   internal link into it ([`broker::link`] drains that link in batches).
 //! - [`topics`] — parses and formats the `ROOT/devices/{id}/…` topic tree.
@@ -33,6 +34,7 @@
 pub mod admin;
 pub mod auth;
 pub mod broker;
+pub mod certs;
 pub mod codec;
 pub mod config;
 pub mod gateway;

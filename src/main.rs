@@ -33,6 +33,11 @@ enum Command {
         #[arg(long, default_value = "config/gateway.toml")]
         config: PathBuf,
     },
+    /// Lab certificates (never for production: see certs/README.md).
+    Certs {
+        #[command(subcommand)]
+        action: CertsAction,
+    },
     /// Manage the credentials file (argon2 hashes; the password is read from stdin).
     Credentials {
         #[command(subcommand)]
@@ -44,6 +49,18 @@ enum Command {
         action: OutboxAction,
         #[arg(long, global = true, default_value = "config/gateway.toml")]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsAction {
+    /// A throwaway CA, a server certificate (localhost, 127.0.0.1, ::1) and device certificates.
+    Dev {
+        #[arg(long, default_value = "certs/dev")]
+        out: PathBuf,
+        /// A device certificate (CN = id) per --device.
+        #[arg(long = "device")]
+        devices: Vec<String>,
     },
 }
 
@@ -102,6 +119,20 @@ fn main() -> ExitCode {
             Err(errors) => {
                 eprintln!("{errors}");
                 ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Certs {
+            action: CertsAction::Dev { out, devices },
+        } => match iotsphere_gateway::certs::generate_dev(&out, &devices) {
+            Ok(files) => {
+                for file in files {
+                    println!("{}", file.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
             }
         },
         Command::Credentials { action } => match credentials(action) {

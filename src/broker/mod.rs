@@ -11,12 +11,14 @@ pub mod link;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use rumqttd::protocol::{Packet, Publish};
 use rumqttd::{
     Broker, ConnectionSettings, PublishHook, PublishHookHandle, RouterConfig, ServerSettings,
+    TlsConfig,
 };
 
 use crate::auth::Access;
@@ -34,6 +36,8 @@ pub enum BrokerError {
     Listen { address: String, reason: String },
     #[error("embedded broker: {0}")]
     Start(String),
+    #[error("TLS listener: {0}")]
+    Tls(String),
     /// The router went away or refused the link (kept as text: rumqttd's error is ~800 bytes).
     #[error("embedded broker link: {0}")]
     Link(String),
@@ -57,6 +61,7 @@ pub struct GatewayLink {
 pub struct EmbeddedBroker {
     broker: Broker,
     listen: Option<SocketAddr>,
+    tls_listen: Option<SocketAddr>,
 }
 
 impl EmbeddedBroker {
@@ -74,7 +79,14 @@ impl EmbeddedBroker {
         } else {
             Some(check_bindable(&mqtt.listen)?)
         };
-        let mut config = rumqttd_config(mqtt, listen);
+        let tls_listen = if mqtt.tls_listen.is_empty() {
+            None
+        } else {
+            crate::certs::check_server_identity(Path::new(&mqtt.cert), Path::new(&mqtt.key))
+                .map_err(|e| BrokerError::Tls(e.to_string()))?;
+            Some(check_bindable(&mqtt.tls_listen)?)
+        };
+        let mut config = rumqttd_config(mqtt, listen, tls_listen);
         config.router.publish_hook = hook.map(PublishHookHandle);
         if let Some(access) = access {
             for server in config
@@ -98,7 +110,14 @@ impl EmbeddedBroker {
         let broker = Broker::new(config);
         // Not a valid device id (':'), so presence and ACLs never mistake it for a device.
         let (tx, rx) = broker.link("iotsphere:gateway")?;
-        Ok((EmbeddedBroker { broker, listen }, GatewayLink { tx, rx }))
+        Ok((
+            EmbeddedBroker {
+                broker,
+                listen,
+                tls_listen,
+            },
+            GatewayLink { tx, rx },
+        ))
     }
 
     /// Another internal connection (e.g. the uplink's, to publish commands). Must be made
@@ -108,9 +127,13 @@ impl EmbeddedBroker {
         Ok(GatewayLink { tx, rx })
     }
 
-    /// Starts accepting devices; returns the plain listener's address.
-    pub fn listen(self) -> Result<Option<SocketAddr>, BrokerError> {
-        let EmbeddedBroker { mut broker, listen } = self;
+    /// Starts accepting devices; returns the plain and the TLS listeners' addresses.
+    pub fn listen(self) -> Result<(Option<SocketAddr>, Option<SocketAddr>), BrokerError> {
+        let EmbeddedBroker {
+            mut broker,
+            listen,
+            tls_listen,
+        } = self;
         std::thread::Builder::new()
             .name("broker".into())
             .spawn(move || {
@@ -120,7 +143,7 @@ impl EmbeddedBroker {
                 }
             })
             .map_err(|e| BrokerError::Start(e.to_string()))?;
-        Ok(listen)
+        Ok((listen, tls_listen))
     }
 }
 
@@ -150,7 +173,11 @@ impl GatewayLink {
     }
 }
 
-fn rumqttd_config(mqtt: &MqttSection, listen: Option<SocketAddr>) -> rumqttd::Config {
+fn rumqttd_config(
+    mqtt: &MqttSection,
+    listen: Option<SocketAddr>,
+    tls_listen: Option<SocketAddr>,
+) -> rumqttd::Config {
     let connections = ConnectionSettings {
         connection_timeout_ms: mqtt.connect_timeout_ms,
         max_payload_size: mqtt.max_payload_bytes,
@@ -159,20 +186,28 @@ fn rumqttd_config(mqtt: &MqttSection, listen: Option<SocketAddr>) -> rumqttd::Co
         external_auth: None,
         dynamic_filters: true,
     };
-    let v4 = listen.map(|listen| {
-        HashMap::from([(
-            "plain".to_string(),
-            ServerSettings {
-                name: "mqtt-plain".into(),
-                listen,
-                tls: None,
-                // No pause between accepts: rumqttd's 1 ms made a reconnect storm of 1,000
-                // heaters take 2 s just to accept (bench/RESULTS.md); CONNECT has its own timeout.
-                next_connection_delay_ms: 0,
-                connections,
-            },
-        )])
-    });
+    let server = |name: &str, listen: SocketAddr, tls: Option<TlsConfig>| ServerSettings {
+        name: name.into(),
+        listen,
+        tls,
+        // No pause between accepts: rumqttd's 1 ms made a reconnect storm of 1,000
+        // heaters take 2 s just to accept (bench/RESULTS.md); CONNECT has its own timeout.
+        next_connection_delay_ms: 0,
+        connections: connections.clone(),
+    };
+    let mut servers = HashMap::new();
+    if let Some(listen) = listen {
+        servers.insert("plain".to_string(), server("mqtt-plain", listen, None));
+    }
+    if let Some(listen) = tls_listen {
+        let tls = TlsConfig::Rustls {
+            capath: None,
+            certpath: mqtt.cert.clone(),
+            keypath: mqtt.key.clone(),
+        };
+        servers.insert("tls".to_string(), server("mqtt-tls", listen, Some(tls)));
+    }
+    let v4 = (!servers.is_empty()).then_some(servers);
     rumqttd::Config {
         id: 0,
         router: RouterConfig {

@@ -156,7 +156,8 @@ pub fn signal(child: &Child, name: &str) {
     assert!(status.success());
 }
 
-fn wait_for_port(port: u16, mut child: Option<&mut Child>) {
+/// Waits until a loopback port accepts connections (and `child`, if given, still runs).
+pub fn wait_for_port(port: u16, mut child: Option<&mut Child>) {
     let started = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Some(child) = child.as_deref_mut() {

@@ -9,7 +9,7 @@ use crate::protocol::v5::V5;
 use crate::protocol::{Packet, Protocol};
 #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
 use crate::server::tls::{self, TLSAcceptor};
-use crate::{meters, ConnectionSettings, Meter};
+use crate::{meters, ConnectionSettings, Meter, TlsConfig};
 use flume::{RecvError, SendError, Sender};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -366,19 +366,6 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
     }
 
     // Depending on TLS or not create a new Network
-    async fn tls_accept(&self, stream: TcpStream) -> Result<(Box<dyn N>, Option<String>), Error> {
-        #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
-        match &self.config.tls {
-            Some(c) => {
-                let (tenant_id, network) = TLSAcceptor::new(c)?.accept(stream).await?;
-                Ok((network, tenant_id))
-            }
-            None => Ok((Box::new(stream), None)),
-        }
-        #[cfg(not(any(feature = "use-rustls", feature = "use-native-tls")))]
-        Ok((Box::new(stream), None))
-    }
-
     pub async fn start(&mut self, link_type: LinkType) -> Result<(), Error> {
         let listener = TcpListener::bind(&self.config.listen).await?;
         let delay = Duration::from_millis(self.config.next_connection_delay_ms);
@@ -400,69 +387,91 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                 }
             };
 
-            let (network, tenant_id) = match self.tls_accept(stream).await {
-                Ok(o) => o,
-                Err(e) => {
-                    error!(error=?e, "Tls accept error");
-                    continue;
-                }
-            };
-
-            info!(
-                name=?self.config.name, ?addr, count, tenant=?tenant_id, "accept"
-            );
-
             let config = config.clone();
             let router_tx = self.router_tx.clone();
             count += 1;
 
             let protocol = self.protocol.clone();
+            let will_handlers = self.awaiting_will_handler.clone();
+            // iotsphere patch: the TLS handshake runs in the connection's own task, bounded
+            // by the connection timeout; inline in this loop, one client that never finished
+            // its handshake stopped the listener from accepting anyone else.
+            let tls = self.config.tls.clone();
+            let handshake_timeout = Duration::from_millis(config.connection_timeout_ms.into());
+            info!(name=?self.config.name, ?addr, count, "accept");
             match link_type {
                 #[cfg(feature = "websocket")]
                 LinkType::Websocket => {
-                    let stream = match accept_hdr_async(network, WSCallback).await {
-                        Ok(s) => Box::new(WsStream::new(s)),
-                        Err(e) => {
-                            error!(error=?e, "Websocket failed handshake");
-                            continue;
-                        }
-                    };
-                    task::spawn(
-                        remote(
-                            config,
-                            tenant_id.clone(),
-                            router_tx,
-                            stream,
-                            protocol,
-                            self.awaiting_will_handler.clone(),
+                    task::spawn(async move {
+                        let (network, tenant_id) = match time::timeout(
+                            handshake_timeout,
+                            tls_accept(tls, stream),
                         )
-                        .instrument(tracing::info_span!(
-                            "websocket_link",
-                            client_id = field::Empty,
-                            connection_id = field::Empty
-                        )),
-                    )
+                        .await
+                        {
+                            Ok(Ok(o)) => o,
+                            Ok(Err(e)) => return error!(error=?e, "Tls accept error"),
+                            Err(_) => return error!("Tls handshake timed out"),
+                        };
+                        let stream = match accept_hdr_async(network, WSCallback).await {
+                            Ok(s) => Box::new(WsStream::new(s)),
+                            Err(e) => return error!(error=?e, "Websocket failed handshake"),
+                        };
+                        remote(config, tenant_id.clone(), router_tx, stream, protocol, will_handlers)
+                            .instrument(tracing::info_span!(
+                                "websocket_link",
+                                client_id = field::Empty,
+                                connection_id = field::Empty
+                            ))
+                            .await
+                    });
                 }
-                LinkType::Remote => task::spawn(
-                    remote(
-                        config,
-                        tenant_id.clone(),
-                        router_tx,
-                        network,
-                        protocol,
-                        self.awaiting_will_handler.clone(),
-                    )
-                    .instrument(tracing::error_span!(
-                        "remote_link",
-                        ?tenant_id,
-                        client_id = field::Empty,
-                        connection_id = field::Empty,
-                    )),
-                ),
+                LinkType::Remote => {
+                    task::spawn(async move {
+                        let (network, tenant_id) = match time::timeout(
+                            handshake_timeout,
+                            tls_accept(tls, stream),
+                        )
+                        .await
+                        {
+                            Ok(Ok(o)) => o,
+                            Ok(Err(e)) => return error!(error=?e, "Tls accept error"),
+                            Err(_) => return error!("Tls handshake timed out"),
+                        };
+                        remote(config, tenant_id.clone(), router_tx, network, protocol, will_handlers)
+                            .instrument(tracing::error_span!(
+                                "remote_link",
+                                ?tenant_id,
+                                client_id = field::Empty,
+                                connection_id = field::Empty,
+                            ))
+                            .await
+                    });
+                }
             };
 
             time::sleep(delay).await;
         }
+    }
+}
+
+// iotsphere patch: a free function, so the handshake can run in the connection's task.
+async fn tls_accept(
+    tls: Option<TlsConfig>,
+    stream: TcpStream,
+) -> Result<(Box<dyn N>, Option<String>), Error> {
+    #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
+    match &tls {
+        Some(c) => {
+            let (tenant_id, network) = TLSAcceptor::new(c)?.accept(stream).await?;
+            Ok((network, tenant_id))
+        }
+        None => Ok((Box::new(stream), None)),
+    }
+    #[cfg(not(any(feature = "use-rustls", feature = "use-native-tls")))]
+    {
+        let _ = tls;
+        Ok((Box::new(stream), None))
     }
 }
 
