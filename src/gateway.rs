@@ -193,17 +193,22 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
     let uplink_status = uplink.as_ref().map(|u| u.status.clone()).zip(outbox);
     let from_cloud = uplink.map(|u| u.from_cloud);
 
+    let health = HealthState {
+        store: store.clone(),
+        uplink: uplink_status,
+        metrics: metrics.clone(),
+        started,
+    };
+    tokio::spawn(publish_status(
+        broker.link("iotsphere:system")?,
+        replies.clone(),
+        health.clone(),
+    ));
     let http_addr = if config.http.listen.is_empty() {
         None
     } else {
-        let state = HealthState {
-            store: store.clone(),
-            uplink: uplink_status,
-            metrics: metrics.clone(),
-            started,
-        };
         Some(
-            http::serve(&config.http.listen, state)
+            http::serve(&config.http.listen, health)
                 .await
                 .map_err(|e| GatewayError::Http(config.http.listen.clone(), e))?,
         )
@@ -267,6 +272,21 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
         tracing::error!(error = %e, "the shadow store could not be flushed at shutdown");
     }
     outcome
+}
+
+/// How often the retained `system/status` summary is refreshed.
+const STATUS_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Publishes the gateway's summary, retained, on `ROOT/system/status` at start and then
+/// every `STATUS_INTERVAL`, so a technician's MQTT client sees it on subscribing.
+async fn publish_status(mut link: GatewayLink, replies: Replies, health: HealthState) {
+    loop {
+        let status = replies.system_status(&health.summary());
+        if let Err(e) = link.publish_all([status]) {
+            tracing::warn!(error = %e, "could not publish system/status");
+        }
+        tokio::time::sleep(STATUS_INTERVAL).await;
+    }
 }
 
 /// SIGHUP re-reads the credentials file; connected clients stay connected.

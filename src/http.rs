@@ -26,15 +26,40 @@ pub struct HealthState {
     pub started: Instant,
 }
 
-#[derive(Serialize)]
+/// The gateway's summary: `/health`, and the retained `system/status` message.
+#[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Health {
+pub struct Health {
     status: &'static str,
     broker: &'static str,
     uplink: UplinkMode,
     shadows: usize,
+    connected_clients: i64,
+    outbox_items: usize,
     version: &'static str,
     uptime_secs: u64,
+}
+
+impl HealthState {
+    pub fn summary(&self) -> Health {
+        let (uplink, outbox_items) = match &self.uplink {
+            Some((status, outbox)) => {
+                let stats = outbox.stats();
+                (status.report().mode, stats.items + stats.shadows)
+            }
+            None => (UplinkMode::Offline, 0),
+        };
+        Health {
+            status: "ok",
+            broker: "up",
+            uplink,
+            shadows: self.store.len(),
+            connected_clients: self.metrics.connected_clients(),
+            outbox_items,
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_secs: self.started.elapsed().as_secs(),
+        }
+    }
 }
 
 /// Binds the listener now (a port in use is a startup error) and serves in the background.
@@ -55,21 +80,7 @@ pub async fn serve(listen: &str, state: HealthState) -> std::io::Result<SocketAd
 }
 
 async fn health(State(state): State<HealthState>) -> (StatusCode, Json<Health>) {
-    let uplink = state
-        .uplink
-        .as_ref()
-        .map_or(UplinkMode::Offline, |(status, _)| status.report().mode);
-    (
-        StatusCode::OK,
-        Json(Health {
-            status: "ok",
-            broker: "up",
-            uplink,
-            shadows: state.store.len(),
-            version: env!("CARGO_PKG_VERSION"),
-            uptime_secs: state.started.elapsed().as_secs(),
-        }),
-    )
+    (StatusCode::OK, Json(state.summary()))
 }
 
 async fn metrics(State(state): State<HealthState>) -> impl IntoResponse {

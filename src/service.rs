@@ -501,6 +501,12 @@ impl Replies {
         self.envelope(topic, encoding, None, "command.request", request, false)
     }
 
+    /// The retained `ROOT/system/status` message.
+    pub fn system_status<P: Serialize>(&self, status: &P) -> Outgoing {
+        let topic = self.topics.system("status");
+        self.envelope(topic, Encoding::Json, None, "system.status", status, true)
+    }
+
     fn clear_delta(&self, device_id: &str) -> Outgoing {
         Outgoing {
             topic: self.topics.shadow(device_id, ShadowTopic::Delta),

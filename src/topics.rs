@@ -135,6 +135,11 @@ impl Topics {
         format!("{}/devices/+/shadow/{}", self.root, kind.as_str())
     }
 
+    /// `ROOT/system/{kind}`: the gateway's own status, metrics, alerts.
+    pub fn system(&self, kind: &str) -> String {
+        format!("{}/system/{kind}", self.root)
+    }
+
     /// `ROOT/devices/{id}/commands/request`.
     pub fn command_request(&self, device_id: &str) -> String {
         format!("{}/devices/{device_id}/commands/request", self.root)

@@ -49,3 +49,16 @@ async fn health_and_metrics_show_what_happened() {
         .expect("RSS gauge");
     assert!(rss > 1_000_000.0, "{rss}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retained_system_status_greets_a_technician() {
+    let gateway = Gateway::start();
+    let mut technician = Client::connect(gateway.port, "technician").await;
+    technician.subscribe("iotsphere/system/status").await;
+    let status = technician.expect("/system/status").await;
+    assert!(status.retain);
+    let envelope = status.envelope();
+    assert_eq!(envelope["metadata"]["messageType"], "system.status");
+    assert_eq!(envelope["payload"]["broker"], "up");
+    assert_eq!(envelope["payload"]["version"], env!("CARGO_PKG_VERSION"));
+}
