@@ -351,18 +351,10 @@ impl ShadowService {
                 document: Some(applied.document.clone()),
             })?;
         }
-        let payload = DocumentPayload {
-            document: &applied.document,
-            client_token: token,
-        };
-        out.push(self.replies.publication(
-            device_id,
-            ShadowTopic::Document,
-            encoding,
-            token,
-            &payload,
-            false,
-        ));
+        out.push(
+            self.replies
+                .document(device_id, encoding, token, &applied.document),
+        );
         if shadow::delta_state(previous) != shadow::delta_state(Some(&applied.document)) {
             out.push(match &applied.delta {
                 Some(delta) => self.replies.publication(
@@ -388,18 +380,7 @@ impl ShadowService {
         out: &mut Vec<Outgoing>,
     ) -> Result<(), ServiceError> {
         let document = shadow::get(stored.map(|s| &s.document)).map_err(ServiceError::Rejected)?;
-        let payload = DocumentPayload {
-            document,
-            client_token: token,
-        };
-        out.push(self.replies.publication(
-            device_id,
-            ShadowTopic::Document,
-            encoding,
-            token,
-            &payload,
-            false,
-        ));
+        out.push(self.replies.document(device_id, encoding, token, document));
         Ok(())
     }
 
@@ -499,6 +480,28 @@ impl Replies {
     ) -> Outgoing {
         let topic = self.topics.command_request(device_id);
         self.envelope(topic, encoding, None, "command.request", request, false)
+    }
+
+    /// The whole document, the reply to every accepted request.
+    fn document(
+        &self,
+        device_id: &str,
+        encoding: Encoding,
+        token: Option<&str>,
+        document: &Document,
+    ) -> Outgoing {
+        let payload = DocumentPayload {
+            document,
+            client_token: token,
+        };
+        self.publication(
+            device_id,
+            ShadowTopic::Document,
+            encoding,
+            token,
+            &payload,
+            false,
+        )
     }
 
     /// The retained `ROOT/system/status` message.
