@@ -20,21 +20,24 @@ pub enum AdminError {
 
 /// Opens the outbox of the configured data directory.
 pub fn open_outbox(config: &GatewayConfig) -> Result<Outbox, AdminError> {
-    let dir = config.gateway.data_dir.join("shadows");
-    let store =
-        ShadowStore::open(&dir, config.gateway.store_cache_bytes).map_err(|e| match &e {
-            StoreError::Open {
-                source: sled::Error::Io(io),
-                ..
-            } if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
-                AdminError::InUse
-            }
-            _ => AdminError::Store(e),
-        })?;
+    let store = open_store(config)?;
     Ok(Outbox::open(
         store.db(),
         OutboxLimits::from(&config.outbox),
     )?)
+}
+
+fn open_store(config: &GatewayConfig) -> Result<ShadowStore, AdminError> {
+    let dir = config.gateway.data_dir.join("shadows");
+    ShadowStore::open(&dir, config.gateway.store_cache_bytes).map_err(|e| match &e {
+        StoreError::Open {
+            source: sled::Error::Io(io),
+            ..
+        } if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
+            AdminError::InUse
+        }
+        _ => AdminError::Store(e),
+    })
 }
 
 /// Replays the outbox into MongoDB once; returns what is left.
@@ -42,10 +45,12 @@ pub async fn replay(config: &GatewayConfig) -> Result<OutboxStats, AdminError> {
     if config.mongodb.uri.is_empty() {
         return Err(AdminError::NoUplink);
     }
-    let outbox = open_outbox(config)?;
+    let store = open_store(config)?;
+    let outbox = Outbox::open(store.db(), OutboxLimits::from(&config.outbox))?;
     Ok(uplink::replay(
         &config.mongodb,
         &config.gateway.id,
+        store,
         outbox,
         config.outbox.replay_rate,
     )

@@ -475,3 +475,80 @@ async fn presence_is_kept_in_the_shadow() {
     );
     assert_eq!(offline.get_str("gatewayId"), Ok("gw-test"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn desired_changed_on_both_sides_while_apart_is_merged() {
+    if std::env::var("MONGODB_URI").is_ok() {
+        eprintln!("skipped: needs the double's small oplog and per-client fail points");
+        return;
+    }
+    let mongo = Mongo::start_double(mongo_double::Options {
+        oplog_size: 20,
+        ..Default::default()
+    })
+    .await;
+    let mut gateway = Gateway::start_with(&mongo.config(""));
+    let mut heater = reported_heater(&gateway, &mongo, "h-both").await;
+    // From now on the gateway's writes fail (its appName); the cloud's do not.
+    let admin = mongo.client.database("admin");
+    admin
+        .run_command(doc! {
+            "configureFailPoint": "failCommand",
+            "mode": "alwaysOn",
+            "data": {"failCommands": ["update"], "closeConnection": true, "appName": "iotsphere-gateway/gw-test"},
+        })
+        .await
+        .expect("fail point");
+    // Locally an app sets the mode: version 2 waits in the outbox.
+    let app = Client::connect(gateway.port, "app-both").await;
+    app.publish(
+        &shadow_topic("h-both", "desired"),
+        json(&json!({"state": {"mode": "eco"}})),
+    )
+    .await;
+    heater.expect("/shadow/delta").await;
+    heater.disconnect().await;
+    assert!(gateway.terminate().success());
+    // Meanwhile the cloud sets the temperature, and the history that would tell is lost.
+    shadows(&mongo)
+        .update_one(
+            doc! {"_id": "h-both"},
+            doc! {"$set": {"state.desired.targetTemp": 66}},
+        )
+        .await
+        .expect("cloud update");
+    for i in 0..50 {
+        mongo
+            .db()
+            .collection::<BsonDocument>("noise")
+            .insert_one(doc! {"i": i})
+            .await
+            .expect("noise");
+    }
+    admin
+        .run_command(doc! {"configureFailPoint": "failCommand", "mode": "off"})
+        .await
+        .expect("fail point off");
+
+    gateway.spawn(&[]);
+    // Both changes survive: the cloud's temperature and the local mode.
+    let stored = mongo
+        .wait_for("shadows", doc! {"_id": "h-both"}, |d| {
+            d.get_document("state")
+                .and_then(|s| s.get_document("desired"))
+                .is_ok_and(|desired| {
+                    desired.get_str("mode") == Ok("eco")
+                        && desired
+                            .get_i32("targetTemp")
+                            .map(i64::from)
+                            .or(desired.get_i64("targetTemp"))
+                            == Ok(66)
+                })
+        })
+        .await;
+    assert_eq!(stored.get_i64("version"), Ok(3));
+    let mut heater = Client::connect(gateway.port, "h-both").await;
+    heater.subscribe(&shadow_topic("h-both", "delta")).await;
+    let delta = heater.expect("/shadow/delta").await.payload_json();
+    assert_eq!(delta["state"], json!({"mode": "eco", "targetTemp": 66}));
+}

@@ -16,9 +16,12 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::Encoding;
-use crate::shadow::Document;
+use crate::shadow::{Document, Object};
 
 const SHADOWS_TREE: &str = "shadows";
+/// Per device, the desired section as MongoDB last had it from us: the base of the
+/// three-way merge when both sides changed `desired` while apart.
+const CLOUD_BASE_TREE: &str = "cloud_desired_base";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -43,6 +46,7 @@ pub struct StoredShadow {
 pub struct ShadowStore {
     db: sled::Db,
     shadows: sled::Tree,
+    cloud_base: sled::Tree,
 }
 
 impl ShadowStore {
@@ -61,7 +65,12 @@ impl ShadowStore {
             .open()
             .map_err(open_error)?;
         let shadows = db.open_tree(SHADOWS_TREE).map_err(open_error)?;
-        Ok(ShadowStore { db, shadows })
+        let cloud_base = db.open_tree(CLOUD_BASE_TREE).map_err(open_error)?;
+        Ok(ShadowStore {
+            db,
+            shadows,
+            cloud_base,
+        })
     }
 
     pub fn get(&self, device_id: &str) -> Result<Option<StoredShadow>, StoreError> {
@@ -98,6 +107,24 @@ impl ShadowStore {
             let shadow = decode(&device_id, &bytes)?;
             Ok((device_id, shadow))
         })
+    }
+
+    /// The desired section MongoDB last received from this gateway for `device_id`: empty
+    /// when the gateway never wrote it (then all of MongoDB's desired is the cloud's).
+    pub fn cloud_base(&self, device_id: &str) -> Object {
+        self.cloud_base
+            .get(device_id)
+            .ok()
+            .flatten()
+            .and_then(|bytes| ciborium::from_reader(bytes.as_ref()).ok())
+            .unwrap_or_default()
+    }
+
+    /// Records what MongoDB now holds as `device_id`'s desired section (after our write).
+    pub fn set_cloud_base(&self, device_id: &str, desired: &Object) -> Result<(), StoreError> {
+        self.cloud_base
+            .insert(device_id, crate::codec::encode(Encoding::Cbor, desired))?;
+        Ok(())
     }
 
     /// The sled database, shared with the outbox so one flush covers both.

@@ -68,6 +68,8 @@ pub async fn start(
         writer::Writer {
             db: db.clone(),
             gateway_id: gateway_id.to_string(),
+            store: store.clone(),
+            to_service: to_service.clone(),
             outbox,
             own_writes: own_writes.clone(),
             status: status.clone(),
@@ -147,12 +149,18 @@ async fn connect(mongo: &MongoSection, gateway_id: &str) -> Result<Database, Upl
 pub async fn replay(
     mongo: &MongoSection,
     gateway_id: &str,
+    store: ShadowStore,
     outbox: Outbox,
     replay_rate: u32,
 ) -> Result<OutboxStats, ReplayError> {
+    // Offline replay has no shadow service: cloud changes found are left to the gateway's
+    // next start (the pending write stays in the outbox).
+    let (to_service, _) = flume::unbounded();
     let writer = writer::Writer {
         db: connect(mongo, gateway_id).await?,
         gateway_id: gateway_id.to_string(),
+        store,
+        to_service,
         outbox: outbox.clone(),
         own_writes: OwnWrites::default(),
         status: UplinkStatus::default(),

@@ -179,17 +179,16 @@ impl Watcher {
             return None;
         }
         if cloud_version < local_version {
-            // Both sides changed while apart and our newer write is still queued: it will
-            // replace the cloud's desired. Known limit (README): said loudly, not silently.
-            tracing::warn!(
-                device_id,
-                cloud_version,
-                local_version,
-                cloud = %serde_json::Value::Object(cloud_desired),
-                local = %serde_json::Value::Object(local_desired),
-                "desired changed in the cloud while a newer local version waits to be written; the local version will replace it"
-            );
-            return None;
+            // Our newer version is still queued, so both sides may have changed `desired`
+            // while apart: a three-way merge against what MongoDB last had from us. The
+            // cloud's own changes win on their fields; local changes elsewhere are kept.
+            let base = self.store.cloud_base(device_id);
+            let cloud_changes = crate::shadow::replacement_patch(&base, &cloud_desired);
+            return (!cloud_changes.is_empty()).then(|| CloudDesired {
+                device_id: device_id.to_string(),
+                state: cloud_changes,
+                replace: false,
+            });
         }
         Some(CloudDesired {
             device_id: device_id.to_string(),
@@ -287,7 +286,7 @@ impl Watcher {
 }
 
 /// `state.desired` of a shadow document as JSON.
-fn desired_of(document: &BsonDocument) -> Object {
+pub(super) fn desired_of(document: &BsonDocument) -> Object {
     match document
         .get_document("state")
         .ok()

@@ -17,9 +17,10 @@ use mongodb::Database;
 use serde_json::Value;
 
 use super::status::UplinkStatus;
+use super::watcher::CloudDesired;
 use crate::outbox::{CommandResult, Outbox, Pending, TelemetryRecord, ToCloud};
 use crate::shadow::Document;
-use crate::store::StoreError;
+use crate::store::{ShadowStore, StoreError};
 
 /// Items per round trip.
 const BATCH: usize = 500;
@@ -65,6 +66,9 @@ pub enum DrainError {
 pub struct Writer {
     pub db: Database,
     pub gateway_id: String,
+    pub store: ShadowStore,
+    /// Cloud changes found before a write, for the shadow service to merge.
+    pub to_service: flume::Sender<CloudDesired>,
     pub outbox: Outbox,
     pub own_writes: OwnWrites,
     pub status: UplinkStatus,
@@ -108,6 +112,10 @@ impl Writer {
                 document,
             } = &pending.entry.write
             {
+                if document.is_some() && self.cloud_changes_first(device_id).await? {
+                    // The merged version replaces this pending write.
+                    continue;
+                }
                 match write_shadow(
                     &self.db,
                     &self.gateway_id,
@@ -117,7 +125,13 @@ impl Writer {
                 )
                 .await
                 {
-                    Ok(()) => {}
+                    Ok(true) => {
+                        if let Some(document) = document {
+                            self.store
+                                .set_cloud_base(device_id, &document.state.desired)?;
+                        }
+                    }
+                    Ok(false) => {}
                     // The local store keeps the shadow; its next change writes it whole.
                     Err(e) if is_permanent(&e) => {
                         tracing::error!(device_id, error = %e, "MongoDB refused this shadow; not retried");
@@ -142,6 +156,50 @@ impl Writer {
             tokio::time::sleep_until(started + budget).await;
         }
         Ok(written)
+    }
+
+    /// Before a device's shadow replaces MongoDB's: did the cloud change `desired` since
+    /// MongoDB last had it from us? Then those changes go to the shadow service first (the
+    /// cloud wins on the fields it changed, local changes elsewhere are kept: a three-way
+    /// merge against the last synced desired) and this write waits for the merged version.
+    /// One read by `_id` per shadow write; a live change stream makes it rare to matter,
+    /// but after an outage both sides may have changed.
+    async fn cloud_changes_first(&self, device_id: &str) -> Result<bool, DrainError> {
+        let current = self
+            .db
+            .collection::<BsonDocument>("shadows")
+            .find_one(doc! {"_id": device_id})
+            .projection(doc! {"state.desired": 1})
+            .await?;
+        let Some(current) = current else {
+            return Ok(false);
+        };
+        let cloud_desired = super::watcher::desired_of(&current);
+        let base = self.store.cloud_base(device_id);
+        if cloud_desired == base {
+            return Ok(false);
+        }
+        let changes = crate::shadow::replacement_patch(&base, &cloud_desired);
+        tracing::info!(
+            device_id,
+            "desired changed in the cloud since the last sync; merging before writing"
+        );
+        let merge = CloudDesired {
+            device_id: device_id.to_string(),
+            state: changes,
+            replace: false,
+        };
+        if self.to_service.send(merge).is_ok() {
+            self.store.set_cloud_base(device_id, &cloud_desired)?;
+        } else {
+            // No shadow service (offline `outbox replay`): the write stays pending for the
+            // gateway's next start, which merges it.
+            tracing::warn!(
+                device_id,
+                "cloud changes to merge first; this shadow write stays in the outbox"
+            );
+        }
+        Ok(true)
     }
 
     /// Writes a batch in order: runs of telemetry with one `insertMany`, command results
@@ -241,18 +299,18 @@ fn is_permanent(e: &mongodb::error::Error) -> bool {
 
 /// Upserts the whole shadow, only over an older (or the same: a replay) version: a
 /// concurrent writer with a newer version makes the upsert collide on `_id` (11000), which
-/// is logged, never silent.
+/// is logged, never silent. Returns whether MongoDB took it.
 async fn write_shadow(
     db: &Database,
     gateway_id: &str,
     device_id: &str,
     document: Option<&Document>,
     own_writes: &OwnWrites,
-) -> Result<(), mongodb::error::Error> {
+) -> Result<bool, mongodb::error::Error> {
     let shadows = db.collection::<BsonDocument>("shadows");
     let Some(document) = document else {
         shadows.delete_one(doc! {"_id": device_id}).await?;
-        return Ok(());
+        return Ok(true);
     };
     let version = i64::try_from(document.version).unwrap_or(i64::MAX);
     let state = to_bson(&document.state)?;
@@ -275,14 +333,14 @@ async fn write_shadow(
         .with_options(upsert)
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(true),
         Err(e) if is_duplicate_key(&e) => {
             tracing::warn!(
                 device_id,
                 version,
                 "MongoDB already holds a newer version of this shadow; the local write was not applied there"
             );
-            Ok(())
+            Ok(false)
         }
         Err(e) => Err(e),
     }
