@@ -74,6 +74,10 @@ pub fn decode_value(payload: &[u8]) -> Result<(Encoding, Value), DecodeError> {
     Ok((encoding, value))
 }
 
+/// ciborium's recursion limit that accepts exactly the nesting serde_json accepts (127
+/// containers; serde_json's limit of 128 counts differently). Found by fuzzing.
+const JSON_RECURSION_LIMIT: usize = 127;
+
 /// Decodes one CBOR value (of any type) into a JSON value tree.
 pub fn decode_cbor_value(payload: &[u8]) -> Result<Value, DecodeError> {
     let malformed = |reason: String| DecodeError::Malformed {
@@ -81,8 +85,10 @@ pub fn decode_cbor_value(payload: &[u8]) -> Result<Value, DecodeError> {
         reason,
     };
     let mut reader = payload;
+    // The same nesting bound as serde_json's, so both encodings accept the same requests.
     let cbor: ciborium::Value =
-        ciborium::from_reader(&mut reader).map_err(|e| malformed(e.to_string()))?;
+        ciborium::de::from_reader_with_recursion_limit(&mut reader, JSON_RECURSION_LIMIT)
+            .map_err(|e| malformed(e.to_string()))?;
     if !reader.is_empty() {
         return Err(malformed(format!("{} trailing bytes", reader.len())));
     }
@@ -350,6 +356,24 @@ mod tests {
         let mut deep_cbor = [0xa1, 0x61, b'a'].repeat(100_000);
         deep_cbor.push(0x01);
         assert_eq!(decode_request(&deep_cbor).map_err(|e| e.code()), Err(400));
+    }
+
+    #[test]
+    fn both_encodings_accept_the_same_nesting_and_floats() {
+        // Found by fuzzing (fuzz/artifacts-found/codec_request).
+        let mut deep = json!(1);
+        for depth in 1..=130 {
+            deep = json!({ "a": deep });
+            let as_json = decode_value(&encode(Encoding::Json, &deep)).is_ok();
+            let as_cbor = decode_value(&cbor(&deep)).is_ok();
+            assert_eq!(as_json, as_cbor, "{depth} levels");
+        }
+        for float in [1.0440133473554483e21_f64, 1.88501188223486e-309] {
+            let value = json!({ "state": { "t": float } });
+            let (_, from_json) = decode_request(&encode(Encoding::Json, &value)).expect("json");
+            let (_, from_cbor) = decode_request(&cbor(&value)).expect("cbor");
+            assert_eq!(from_json, from_cbor, "{float:e}");
+        }
     }
 
     #[test]
