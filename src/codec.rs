@@ -71,7 +71,27 @@ pub fn decode_value(payload: &[u8]) -> Result<(Encoding, Value), DecodeError> {
         }
         Encoding::Cbor => decode_cbor_value(payload)?,
     };
+    check_keys(&value)?;
     Ok((encoding, value))
+}
+
+/// Refuses object keys MongoDB cannot store (a NUL byte: BSON keys are C strings). Left
+/// in, one such reading would block the uplink's queue (found while writing the fuzzers).
+pub fn check_keys(value: &Value) -> Result<(), DecodeError> {
+    let mut pending = vec![value];
+    while let Some(value) = pending.pop() {
+        match value {
+            Value::Object(object) => {
+                if object.keys().any(|k| k.contains('\0')) {
+                    return Err(DecodeError::BadShape("keys must not contain NUL".into()));
+                }
+                pending.extend(object.values());
+            }
+            Value::Array(items) => pending.extend(items),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// ciborium's recursion limit that accepts exactly the nesting serde_json accepts (127
@@ -374,6 +394,13 @@ mod tests {
             let (_, from_cbor) = decode_request(&cbor(&value)).expect("cbor");
             assert_eq!(from_json, from_cbor, "{float:e}");
         }
+    }
+
+    #[test]
+    fn keys_with_nul_are_refused() {
+        let bad = br#"{"state": {"a\u0000b": 1}}"#;
+        assert_eq!(decode_request(bad).map_err(|e| e.code()), Err(400));
+        assert!(decode_request(br#"{"state": {"a": [{"b\u0000": 1}]}}"#).is_err());
     }
 
     #[test]

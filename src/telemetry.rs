@@ -25,6 +25,7 @@ pub struct Reading {
 /// Decodes a telemetry payload.
 pub fn decode(payload: &[u8]) -> Result<Reading, DecodeError> {
     let value = decode_any(payload)?;
+    crate::codec::check_keys(&value)?;
     let (message_id, body) = match value {
         Value::Object(mut object) if object.contains_key("payload") => {
             let message_id = object

@@ -241,13 +241,29 @@ impl Writer {
     }
 
     async fn write_telemetry(&self, run: &[Pending]) -> Result<(), DrainError> {
-        let documents: Vec<BsonDocument> = run
-            .iter()
-            .filter_map(|p| match &p.entry.write {
-                ToCloud::Telemetry(record) => Some(telemetry_document(&self.gateway_id, record)),
-                _ => None,
-            })
-            .collect();
+        // A document BSON cannot hold fails the whole insertMany on the client side, as if
+        // the network had: dead-letter it alone here, so it cannot block the queue.
+        let mut documents = Vec::with_capacity(run.len());
+        let mut sent = Vec::with_capacity(run.len());
+        for pending in run {
+            let ToCloud::Telemetry(record) = &pending.entry.write else {
+                continue;
+            };
+            let document = telemetry_document(&self.gateway_id, record);
+            match bson::to_vec(&document) {
+                Ok(_) => {
+                    documents.push(document);
+                    sent.push(pending);
+                }
+                Err(e) => {
+                    self.outbox
+                        .fail_item(pending, &format!("not storable as BSON: {e}"))?;
+                }
+            }
+        }
+        if documents.is_empty() {
+            return Ok(());
+        }
         let unordered = InsertManyOptions::builder().ordered(false).build();
         let refused: HashMap<usize, String> = match self
             .db
@@ -269,7 +285,7 @@ impl Writer {
                 _ => return Err(e.into()),
             },
         };
-        for (index, pending) in run.iter().enumerate() {
+        for (index, pending) in sent.into_iter().enumerate() {
             match refused.get(&index) {
                 Some(error) => {
                     self.outbox.fail_item(pending, error)?;
