@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# Benchmarks of iotsphere-gateway side by side with mosquitto, in one run (bench/README.md).
+#
+#   bash bench/run.sh
+#
+# Builds the gateway and loadgen (release), starts mosquitto and the gateway on free
+# loopback ports, runs fan-in (1) and idle memory (4) against both, alternating
+# (mosquitto, gateway, … in every round), then round trip (2) and reconnect storm (5)
+# against the gateway, and writes bench/RESULTS.md (+ the raw JSON lines in
+# bench/results.jsonl). About 5 minutes on 2 cores once built. Everything it started is
+# stopped on exit. Knobs (environment): ROUNDS (2), IDLE_SIZES ("1000 10000"),
+# IDLE_HOLD (5 s).
+set -euo pipefail
+
+bench_dir=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$bench_dir/.." && pwd)
+work=$(mktemp -d /tmp/iotsphere-bench.XXXXXX)
+# shellcheck source=bench/common.sh
+source "$bench_dir/common.sh"
+
+ROUNDS=${ROUNDS:-2}
+IDLE_SIZES=${IDLE_SIZES:-"1000 10000"}
+IDLE_HOLD=${IDLE_HOLD:-5}
+command_line="ROUNDS=$ROUNDS IDLE_SIZES=\"$IDLE_SIZES\" IDLE_HOLD=$IDLE_HOLD bash bench/run.sh"
+started_at=$(date -u +"%Y-%m-%d %H:%M:%S UTC")
+load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
+
+raise_fd_limit
+build
+find_mosquitto
+mosquitto_version=$("$mosquitto_bin" -h 2>/dev/null | head -1 || true)
+
+results=$work/results.jsonl
+: >"$results"
+failures=()
+lg() { # loadgen ARGS…: one JSON line into the results; a failure is noted, not fatal
+  if ! "$loadgen" "$@" >>"$results"; then
+    failures+=("loadgen $*")
+    echo "!! loadgen failed: $*" >&2
+  fi
+}
+
+# 1. Fan-in, against every broker in turn, each round. Brokers:
+#   mosquitto        the reference
+#   gateway          as the issue asks: shadow engine attached, no uplink (telemetry only
+#                    passes through the broker)
+#   gateway-outbox   MongoDB configured but unreachable: every reading also goes into the
+#                    sled outbox from the router (src/ingest.rs), QoS 1 acked after fsync
+# Modes:
+#   max        QoS 0, closed loop (each publisher keeps ≤ 20 messages not yet received):
+#              the most a broker delivers without loss
+#   20k        QoS 0 at 20,000 msg/s: latency at a fixed load
+#   20k-qos1   QoS 1 at 20,000 msg/s: latency and PUBACK latency
+#   overload   QoS 1, open loop: what a broker does when publishers outrun the subscriber
+fanin_modes=(
+  "max|--qos 0 --window 20 --messages 200000"
+  "20k|--qos 0 --rate 20000 --messages 100000"
+  "20k-qos1|--qos 1 --rate 20000 --messages 100000"
+  "overload|--qos 1 --messages 200000"
+)
+step "fan-in: mosquitto, gateway, gateway-outbox; $ROUNDS rounds"
+start_mosquitto
+start_gateway
+plain_port=$GW_PORT plain_pid=$GW_PID
+start_gateway "$(outbox_env)"
+outbox_port=$GW_PORT outbox_pid=$GW_PID
+for round in $(seq "$ROUNDS"); do
+  for mode in "${fanin_modes[@]}"; do
+    tag=${mode%%|*}
+    # shellcheck disable=SC2206 # the flags split on spaces
+    flags=(${mode#*|})
+    for broker in "mosquitto $MOSQ_PORT $MOSQ_PID" "gateway $plain_port $plain_pid" \
+      "gateway-outbox $outbox_port $outbox_pid"; do
+      read -r label port pid <<<"$broker"
+      lg --broker "127.0.0.1:$port" --label "$label" --pid "$pid" --tag "$tag" --round "$round" \
+        --deadline 60 fanin --publishers 100 --payload 256 "${flags[@]}"
+    done
+  done
+done
+stop "$MOSQ_PID"
+
+# 2. Round trip, gateway only (brokers warm from the fan-in; the shadows are new).
+step "round trip: gateway, gateway-outbox"
+for round in $(seq "$ROUNDS"); do
+  for broker in "gateway $plain_port $plain_pid" "gateway-outbox $outbox_port $outbox_pid"; do
+    read -r label port pid <<<"$broker"
+    lg --broker "127.0.0.1:$port" --label "$label" --pid "$pid" --tag 1k --round "$round" \
+      --deadline 60 roundtrip --devices 1000 --rounds 3 --rate 500
+  done
+done
+stop "$plain_pid"
+stop "$outbox_pid"
+
+# 4. Idle memory: a fresh broker for every run, so "before" is a cold process.
+for size in $IDLE_SIZES; do
+  if [ "$size" -ge "$fd_limit" ]; then
+    echo "note: $size connections exceed the open-files limit $fd_limit; loadgen caps them" >&2
+  fi
+  step "idle: $size connections, mosquitto and gateway, $ROUNDS rounds"
+  for round in $(seq "$ROUNDS"); do
+    start_mosquitto
+    lg --broker "127.0.0.1:$MOSQ_PORT" --label mosquitto --pid "$MOSQ_PID" --tag "$size" --round "$round" \
+      --deadline 90 idle --connections "$size" --hold "$IDLE_HOLD"
+    stop "$MOSQ_PID"
+    start_gateway
+    lg --broker "127.0.0.1:$GW_PORT" --label gateway --pid "$GW_PID" --tag "$size" --round "$round" \
+      --deadline 90 idle --connections "$size" --hold "$IDLE_HOLD"
+    stop "$GW_PID"
+  done
+done
+
+# 5. Reconnect storm, gateway only, a fresh gateway each time; the last one after a power
+# cut (connections dropped without DISCONNECT).
+step "storm: gateway"
+for round in $(seq "$ROUNDS") abrupt; do
+  start_gateway
+  if [ "$round" = abrupt ]; then
+    lg --broker "127.0.0.1:$GW_PORT" --label gateway --pid "$GW_PID" --tag abrupt --round "$((ROUNDS + 1))" \
+      --deadline 60 storm --devices 1000 --abrupt
+  else
+    lg --broker "127.0.0.1:$GW_PORT" --label gateway --pid "$GW_PID" --tag clean --round "$round" \
+      --deadline 60 storm --devices 1000
+  fi
+  stop "$GW_PID"
+done
+
+step "write bench/RESULTS.md"
+cp "$results" "$bench_dir/results.jsonl"
+cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+memory=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+{
+  echo "# Benchmark results"
+  echo
+  echo "Written by \`bench/run.sh\` — do not edit by hand; run it again. Why a target is missed"
+  echo "and what to change: [PROFILE.md](PROFILE.md). How to run: [README.md](README.md)."
+  echo
+  echo "- **Date**: $started_at; the run took $(( $(date +%s) - started )) s (build included)."
+  echo "- **Command**: \`$command_line\` (CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target})"
+  echo "- **Machine**: $(nproc) CPUs ($cpu_model), $memory RAM, Linux $(uname -r);"
+  echo "  load average at start $load_at_start (the machine is shared: compare within a round, not across runs);"
+  echo "  open-files limit $fd_limit."
+  echo "- **mosquitto**: $mosquitto_version, config generated per start:"
+  echo "  \`$(mosquitto_conf PORT | paste -sd ';' | sed 's/;/; /g')\`."
+  echo "  TCP_NODELAY on (its best latency); the gateway's broker (rumqttd) leaves Nagle on."
+  echo "- **gateway**: release build, \`config/gateway.toml\` with"
+  echo "  \`$(gateway_env PORT HTTP DIR)\`; shadow engine attached (it subscribes to the shadow"
+  echo "  request topics only; telemetry goes through the broker to the load generator)."
+  echo "- **gateway-outbox**: the same plus \`IOTSPHERE__MONGODB__URI=mongodb://127.0.0.1:CLOSED_PORT/\`:"
+  echo "  the uplink is configured but down, so every telemetry reading is also written to the"
+  echo "  sled outbox inside the router, and QoS 1 readings are acknowledged after an fsync."
+  echo "- **loadgen**: one runtime thread, raw MQTT 3.1.1 client (TCP_NODELAY on every socket),"
+  echo "  256-byte payloads (valid JSON telemetry readings); latency = receive time − send time"
+  echo "  written in the payload (same clock). Each broker's CPU time (/proc/PID/stat) is"
+  echo "  measured over each run: CPU per message is less sensitive to the machine's other load"
+  echo "  than throughput is."
+  if [ ${#failures[@]} -gt 0 ]; then
+    echo "- **Failed runs** (no row below):"
+    for f in "${failures[@]}"; do echo "  - \`$f\`"; done
+  fi
+  echo
+  "$loadgen" summarize "$results"
+} >"$bench_dir/RESULTS.md"
+step "done: bench/RESULTS.md"

@@ -1,0 +1,165 @@
+//! Command line: one subcommand per scenario, shared flags for the broker and the bounds.
+
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Load generator for iotsphere-gateway and, side by side, any MQTT 3.1.1 broker.
+///
+/// Every run is bounded in count and in time (--deadline), talks to a loopback broker
+/// only, prints one JSON line with all its numbers on stdout and a summary on stderr.
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+#[derive(Debug, Args)]
+pub struct Common {
+    /// Broker address; loopback only.
+    #[arg(long, global = true, default_value = "127.0.0.1:1883")]
+    pub broker: SocketAddr,
+    /// Name of the broker in the report (e.g. gateway, mosquitto).
+    #[arg(long, global = true, default_value = "broker")]
+    pub label: String,
+    /// Hard limit for the whole run, in seconds; a run that reaches it reports what it
+    /// measured so far with "deadline_hit": true.
+    #[arg(long, global = true, default_value_t = 60)]
+    pub deadline: u64,
+    /// The broker's process id: its CPU time is reported (and its memory, for `idle`).
+    #[arg(long, global = true)]
+    pub pid: Option<u32>,
+    /// Topic root (the gateway's `topics.root`).
+    #[arg(long, global = true, default_value = "iotsphere")]
+    pub root: String,
+    /// Device id prefix; default `b<unix time>x<pid>-`, so runs never share shadows.
+    #[arg(long, global = true)]
+    pub id_prefix: Option<String>,
+    /// Worker threads of the load generator (it shares the machine with the broker).
+    #[arg(long, global = true, default_value_t = 1)]
+    pub threads: usize,
+    /// Connection handshakes in flight at once while opening devices.
+    #[arg(long, global = true, default_value_t = 64)]
+    pub connect_concurrency: usize,
+    /// Free-form label of this run in the report (run.sh: the fan-in mode, e.g. `max`).
+    #[arg(long, global = true, default_value = "")]
+    pub tag: String,
+    /// Round number in the report (run.sh alternates brokers A B A B).
+    #[arg(long, global = true, default_value_t = 0)]
+    pub round: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Scenario {
+    /// N publisher devices -> one QoS 0 subscriber on ROOT/devices/+/telemetry/#.
+    Fanin(FaninArgs),
+    /// desired -> delta latency: an app sets each device's desired state in turn.
+    Roundtrip(RoundtripArgs),
+    /// N connections held open (each subscribed to its delta); broker memory before/after.
+    Idle(IdleArgs),
+    /// N devices with a pending delta reconnect at once; every delta once, none missed.
+    Storm(StormArgs),
+    /// Turns the JSON lines of earlier runs into the Markdown tables of RESULTS.md.
+    Summarize(SummarizeArgs),
+}
+
+impl Scenario {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Scenario::Fanin(_) => "fanin",
+            Scenario::Roundtrip(_) => "roundtrip",
+            Scenario::Idle(_) => "idle",
+            Scenario::Storm(_) => "storm",
+            Scenario::Summarize(_) => "summarize",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FaninArgs {
+    /// Publisher connections.
+    #[arg(long, default_value_t = 100)]
+    pub publishers: usize,
+    /// Messages in total (split evenly across publishers).
+    #[arg(long, default_value_t = 200_000)]
+    pub messages: u64,
+    /// Publish QoS (the subscriber is always QoS 0).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub qos: u8,
+    /// Payload bytes: a JSON telemetry reading padded to this size (at least 96).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(96..=65_000))]
+    pub payload: u32,
+    /// Target rate in messages per second, all publishers together; 0 = as fast as possible.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Closed loop: messages per publisher published but not yet received by the
+    /// subscriber, at most; the broker then runs as fast as it can deliver, without
+    /// overflowing its buffers. 0 = open loop (only --rate limits the publishers).
+    #[arg(long, default_value_t = 0)]
+    pub window: u64,
+    /// QoS 1: unacknowledged publishes per publisher at most.
+    #[arg(long, default_value_t = 20)]
+    pub inflight: usize,
+    /// Publishes per write at most.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// After the last publish, how long the subscriber waits for stragglers (ms) once no
+    /// message arrives.
+    #[arg(long, default_value_t = 1000)]
+    pub settle_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RoundtripArgs {
+    /// Devices, each subscribed to its own delta topic.
+    #[arg(long, default_value_t = 1000)]
+    pub devices: usize,
+    /// Desired updates per device.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// Desired updates per second (the app's pace, all devices together).
+    #[arg(long, default_value_t = 500.0)]
+    pub rate: f64,
+    /// QoS of the app's desired publishes and of the devices' subscriptions.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub qos: u8,
+    /// How long to wait for late deltas after the last desired update (ms).
+    #[arg(long, default_value_t = 2000)]
+    pub settle_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IdleArgs {
+    /// Connections to open (capped by the open-files limit, which the report states).
+    #[arg(long, default_value_t = 1000)]
+    pub connections: usize,
+    /// Seconds to hold them open.
+    #[arg(long, default_value_t = 10)]
+    pub hold: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StormArgs {
+    /// Devices with a pending delta.
+    #[arg(long, default_value_t = 1000)]
+    pub devices: usize,
+    /// Desired updates per second while preparing the pending deltas.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Before the storm, drop the devices' connections without DISCONNECT (a power cut)
+    /// instead of disconnecting cleanly.
+    #[arg(long)]
+    pub abrupt: bool,
+    /// After the last device got its delta, how long to keep listening for duplicates (ms).
+    #[arg(long, default_value_t = 1000)]
+    pub settle_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SummarizeArgs {
+    /// File of JSON lines written by runs of the other subcommands.
+    pub file: std::path::PathBuf,
+}

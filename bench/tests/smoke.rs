@@ -1,0 +1,181 @@
+//! Smoke test of `loadgen`: a short `fanin` against a mosquitto started on a free port
+//! (scripts/install-test-deps.sh installs it), and a short `roundtrip` against the
+//! gateway when its binary was built next to this test (`cargo test --workspace` builds
+//! it; `cargo test -p iotsphere-bench` alone may not, and then that half is skipped).
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Kills the broker when the test ends, whatever happens.
+struct Broker(Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address").port()
+}
+
+fn wait_for_port(port: u16, broker: &mut Broker) {
+    let until = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = broker.0.try_wait() {
+            panic!("the broker exited with {status}");
+        }
+        assert!(
+            Instant::now() < until,
+            "the broker did not listen on {port} within 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn mosquitto_path() -> Option<PathBuf> {
+    [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+/// Runs loadgen and returns its JSON line.
+fn loadgen(args: &[&str]) -> Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run loadgen");
+    assert!(output.status.success(), "loadgen {args:?} failed");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().expect("one JSON line");
+    serde_json::from_str(line).expect("the line is JSON")
+}
+
+#[test]
+fn fanin_against_mosquitto() {
+    let mosquitto =
+        mosquitto_path().expect("mosquitto is not installed: run scripts/install-test-deps.sh");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let config = dir.path().join("mosquitto.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_type error\n"
+        ),
+    )
+    .expect("write mosquitto.conf");
+    let mut broker = Broker(
+        Command::new(mosquitto)
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start mosquitto"),
+    );
+    wait_for_port(port, &mut broker);
+
+    let address = format!("127.0.0.1:{port}");
+    let run = loadgen(&[
+        "--broker",
+        &address,
+        "--deadline",
+        "10",
+        "fanin",
+        "--publishers",
+        "5",
+        "--messages",
+        "2000",
+        "--rate",
+        "4000",
+        "--qos",
+        "1",
+    ]);
+    let results = &run["results"];
+    assert_eq!(results["sent"], 2000, "{run}");
+    assert_eq!(results["lost"], 0, "{run}");
+    assert_eq!(results["duplicates"], 0, "{run}");
+    assert_eq!(results["acked"], 2000, "{run}");
+    assert!(
+        results["delivered_per_s"].as_f64().unwrap_or(0.0) > 0.0,
+        "{run}"
+    );
+    assert_eq!(run["errors"]["count"], 0, "{run}");
+}
+
+/// The gateway binary of this workspace, if it was built in this test's target directory.
+fn gateway_path() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    // target/<profile>/deps/smoke-HASH → target/<profile>/iotsphere-gateway
+    let path = exe.parent()?.parent()?.join("iotsphere-gateway");
+    path.exists().then_some(path)
+}
+
+#[test]
+fn roundtrip_against_the_gateway() {
+    let Some(gateway) = gateway_path() else {
+        eprintln!(
+            "skipped: no iotsphere-gateway binary next to this test (run cargo test --workspace)"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let config = dir.path().join("gateway.toml");
+    std::fs::copy(workspace.join("config/gateway.toml"), &config)
+        .expect("copy config/gateway.toml");
+    let port = free_port();
+    let mut broker = Broker(
+        Command::new(gateway)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("IOTSPHERE__MQTT__LISTEN", format!("127.0.0.1:{port}"))
+            .env(
+                "IOTSPHERE__HTTP__LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            )
+            .env("IOTSPHERE__GATEWAY__DATA_DIR", dir.path().join("data"))
+            .env("IOTSPHERE__LOG__LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the gateway"),
+    );
+    wait_for_port(port, &mut broker);
+
+    let address = format!("127.0.0.1:{port}");
+    let run = loadgen(&[
+        "--broker",
+        &address,
+        "--deadline",
+        "10",
+        "roundtrip",
+        "--devices",
+        "20",
+        "--rounds",
+        "2",
+        "--rate",
+        "100",
+    ]);
+    let results = &run["results"];
+    assert_eq!(results["desired_sent"], 40, "{run}");
+    assert_eq!(results["missing"], 0, "{run}");
+    assert_eq!(results["duplicates"], 0, "{run}");
+    assert!(
+        results["desired_to_delta"]["p50_us"].as_u64().unwrap_or(0) > 0,
+        "{run}"
+    );
+    assert_eq!(run["errors"]["count"], 0, "{run}");
+}
