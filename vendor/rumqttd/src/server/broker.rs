@@ -38,7 +38,7 @@ use crate::link::local::{self, LinkRx, LinkTx};
 use crate::router::{Event, Router};
 use crate::{Config, ConnectionId, ServerSettings};
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::error::Elapsed;
 use tokio::{task, time};
 
@@ -367,7 +367,16 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
 
     // Depending on TLS or not create a new Network
     pub async fn start(&mut self, link_type: LinkType) -> Result<(), Error> {
-        let listener = TcpListener::bind(&self.config.listen).await?;
+        // iotsphere patch: a listen backlog of 1024 (tokio's bind uses 128), so a reconnect
+        // storm of a building's heaters does not lose SYNs and wait for retransmits.
+        let socket = if self.config.listen.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(self.config.listen)?;
+        let listener = socket.listen(1024)?;
         let delay = Duration::from_millis(self.config.next_connection_delay_ms);
         let mut count: usize = 0;
 
@@ -380,7 +389,11 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
         loop {
             // Await new network connection.
             let (stream, addr) = match listener.accept().await {
-                Ok((s, r)) => (s, r),
+                Ok((s, r)) => {
+                    // iotsphere patch: no Nagle delay on small MQTT packets (p99 latency).
+                    let _ = s.set_nodelay(true);
+                    (s, r)
+                }
                 Err(e) => {
                     error!(error=?e, "Unable to accept socket.");
                     continue;
