@@ -69,13 +69,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-
-    fn object(value: Value) -> Object {
-        match value {
-            Value::Object(map) => map,
-            other => panic!("not an object: {other}"),
-        }
-    }
+    use crate::shadow::test_object as object;
 
     fn merged(state: Value, metadata: Value, update: Value) -> (Value, Value) {
         let mut state = object(state);

@@ -38,6 +38,15 @@ mod error;
 mod merge;
 mod validate;
 
+/// A JSON object literal as an `Object`, for the engine's tests.
+#[cfg(test)]
+fn test_object(value: serde_json::Value) -> Object {
+    match value {
+        serde_json::Value::Object(map) => map,
+        other => panic!("not an object: {other}"),
+    }
+}
+
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]

@@ -132,13 +132,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-
-    fn object(value: Value) -> Object {
-        match value {
-            Value::Object(map) => map,
-            other => panic!("not an object: {other}"),
-        }
-    }
+    use crate::shadow::test_object as object;
 
     #[test]
     fn depth_counts_objects_and_arrays_that_hold_containers() {
