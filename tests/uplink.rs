@@ -32,6 +32,21 @@ async fn reported_heater(gateway: &Gateway, mongo: &Mongo, id: &str) -> Client {
     heater
 }
 
+/// The first delta (retained or live) whose targetTemp is `target`, skipping older ones.
+async fn delta_with_target(heater: &mut Client, target: i64) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    loop {
+        let delta = heater.expect("/shadow/delta").await.payload_json();
+        if delta["state"]["targetTemp"] == target {
+            return delta;
+        }
+        assert!(
+            started.elapsed() < common::WAIT,
+            "no delta with targetTemp {target}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn device_reports_reach_mongodb_with_version_and_gateway() {
     let mongo = Mongo::start().await;
@@ -128,18 +143,8 @@ async fn a_desired_change_made_while_the_gateway_was_down_is_delivered_after_res
     gateway.spawn(&[]);
     let mut heater = Client::connect(gateway.port, "h-away").await;
     heater.subscribe(&shadow_topic("h-away", "delta")).await;
-    let started = std::time::Instant::now();
-    loop {
-        let delta = heater.expect("/shadow/delta").await.payload_json();
-        if delta["state"]["targetTemp"] == 64 {
-            assert_eq!(delta["state"]["mode"], "eco");
-            break;
-        }
-        assert!(
-            started.elapsed() < common::WAIT,
-            "no delta with targetTemp 64"
-        );
-    }
+    let delta = delta_with_target(&mut heater, 64).await;
+    assert_eq!(delta["state"]["mode"], "eco");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -190,14 +195,7 @@ async fn history_lost_triggers_a_resync() {
     gateway.spawn(&[]);
     let mut heater = Client::connect(gateway.port, "h-lost").await;
     heater.subscribe(&shadow_topic("h-lost", "delta")).await;
-    let started = std::time::Instant::now();
-    loop {
-        let delta = heater.expect("/shadow/delta").await.payload_json();
-        if delta["state"]["targetTemp"] == 66 {
-            break;
-        }
-        assert!(started.elapsed() < common::WAIT, "no resynced delta");
-    }
+    delta_with_target(&mut heater, 66).await;
     // And the watcher is live again after the resync.
     shadows(&mongo)
         .update_one(
