@@ -1,5 +1,7 @@
 //! Logs through `tracing`: pretty for a terminal, JSON lines for journald.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSection};
@@ -21,7 +23,9 @@ pub fn init(log: &LogSection) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, not in a log file or journald.
+        .with_ansi(std::io::stderr().is_terminal());
     // A second init (tests) keeps the first subscriber.
     let _ = match log.format {
         LogFormat::Pretty => builder.try_init(),
