@@ -3,9 +3,11 @@
 //! - **Credentials file**: one `name:argon2-hash` per line (device ids and service names),
 //!   never a plain password; managed with `iotsphere-gateway credentials add|remove|list`
 //!   and reloaded on SIGHUP without dropping connections.
-//! - **Identity** (`auth.mode = "password"`): the MQTT username is a device id or the
-//!   name of an `[[auth.services]]` entry. A device's client id must equal its username.
-//!   Failures are refused at CONNECT and logged to the `audit` target.
+//! - **Identity**: with `auth.mode = "password"` the MQTT username, with
+//!   `auth.mode = "certificate"` the CN of the client certificate (verified against
+//!   `mqtt.client_ca` by the TLS handshake), is a device id or the name of an
+//!   `[[auth.services]]` entry. A device's client id must equal that name. Failures are
+//!   refused at CONNECT and logged to the `audit` target with the peer's address.
 //! - **ACL**, enforced inside the broker before a message is routed (rumqttd publish hook):
 //!   a device publishes only to its own request topics (`shadow/reported`, `shadow/get`,
 //!   `telemetry/…`, `commands/response`) and subscribes only under its own
@@ -15,6 +17,7 @@
 //!   refused subscription gets SUBACK failure; both are audited.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -176,6 +179,41 @@ pub enum Role {
     Service(String),
 }
 
+/// A client asking to connect.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectAttempt<'a> {
+    pub client_id: &'a str,
+    /// User name and password from CONNECT, if any.
+    pub login: Option<(&'a str, &'a str)>,
+    pub peer: SocketAddr,
+    /// DER of the client certificate the TLS handshake verified against `mqtt.client_ca`.
+    pub certificate: Option<&'a [u8]>,
+}
+
+/// The lab mode's CONNECT check: anyone, except the gateway's own client ids (a device
+/// using one would take over an internal link). Audited like the secure modes.
+pub fn admit_anonymous(attempt: &ConnectAttempt<'_>) -> bool {
+    let ConnectAttempt {
+        client_id, peer, ..
+    } = *attempt;
+    if client_id.starts_with(INTERNAL_CLIENT_PREFIX) {
+        tracing::warn!(target: "audit", client_id, %peer, reason = "reserved client id", "connection refused");
+        return false;
+    }
+    tracing::info!(target: "audit", client_id, %peer, "connected (anonymous)");
+    true
+}
+
+/// How clients prove who they are.
+enum Proof {
+    Password {
+        file: PathBuf,
+        credentials: RwLock<Credentials>,
+    },
+    /// The TLS handshake verified the chain; the CN names the client.
+    Certificate,
+}
+
 /// Authentication and topic ACL, shared by the broker's connect handler and publish hook.
 #[derive(Clone)]
 pub struct Access {
@@ -184,81 +222,115 @@ pub struct Access {
 
 struct AccessInner {
     topics: Topics,
-    credentials_file: PathBuf,
-    credentials: RwLock<Credentials>,
+    proof: Proof,
     services: HashMap<String, ServiceRole>,
-    /// client id → role, set at each successful CONNECT.
-    sessions: RwLock<HashMap<String, Role>>,
+    /// client id → role and peer address, set at each successful CONNECT.
+    sessions: RwLock<HashMap<String, (Role, SocketAddr)>>,
 }
 
 impl Access {
+    /// Password mode: identities from the credentials file.
     pub fn load(
         topics: Topics,
         credentials_file: &Path,
         services: &[ServiceRole],
     ) -> Result<Access, AuthError> {
         let credentials = Credentials::load(credentials_file)?;
-        Ok(Access {
+        let proof = Proof::Password {
+            file: credentials_file.to_path_buf(),
+            credentials: RwLock::new(credentials),
+        };
+        Ok(Access::new(topics, proof, services))
+    }
+
+    /// Certificate mode: identities from verified client certificates.
+    pub fn certificates(topics: Topics, services: &[ServiceRole]) -> Access {
+        Access::new(topics, Proof::Certificate, services)
+    }
+
+    fn new(topics: Topics, proof: Proof, services: &[ServiceRole]) -> Access {
+        Access {
             inner: Arc::new(AccessInner {
                 topics,
-                credentials_file: credentials_file.to_path_buf(),
-                credentials: RwLock::new(credentials),
+                proof,
                 services: services
                     .iter()
                     .map(|s| (s.name.clone(), s.clone()))
                     .collect(),
                 sessions: RwLock::default(),
             }),
-        })
+        }
     }
 
-    /// Re-reads the credentials file (SIGHUP); connected clients stay connected.
+    /// Re-reads the credentials file (SIGHUP); connected clients stay connected. Returns
+    /// how many entries it holds (0 in certificate mode, which has no file: certificate
+    /// files are read at every TLS handshake).
     pub fn reload(&self) -> Result<usize, AuthError> {
-        let fresh = Credentials::load(&self.inner.credentials_file)?;
+        let Proof::Password { file, credentials } = &self.inner.proof else {
+            return Ok(0);
+        };
+        let fresh = Credentials::load(file)?;
         let count = fresh.entries.len();
-        *self
-            .inner
-            .credentials
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = fresh;
+        *credentials.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         Ok(count)
     }
 
-    /// The CONNECT check (runs argon2: call it off the I/O thread).
-    pub fn authenticate(&self, client_id: &str, username: &str, password: &str) -> bool {
+    /// The CONNECT check (runs argon2 in password mode: call it off the I/O thread).
+    pub fn authenticate(&self, attempt: &ConnectAttempt<'_>) -> bool {
+        let ConnectAttempt {
+            client_id, peer, ..
+        } = *attempt;
         let refuse = |why: &str| {
-            tracing::warn!(target: "audit", client_id, username, reason = why, "connection refused");
+            let username = attempt.login.map(|(username, _)| username);
+            tracing::warn!(target: "audit", client_id, username, %peer, reason = why, "connection refused");
             false
         };
         if client_id.starts_with(INTERNAL_CLIENT_PREFIX) {
             return refuse("reserved client id");
         }
-        let verified = self
-            .inner
-            .credentials
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .verify(username, password);
-        if !verified {
-            return refuse("bad username or password");
-        }
-        let role = if self.inner.services.contains_key(username) {
-            Role::Service(username.to_string())
-        } else if client_id == username {
-            Role::Device(username.to_string())
-        } else {
-            return refuse("a device's client id must equal its username");
+        let name = match &self.inner.proof {
+            Proof::Password { credentials, .. } => {
+                let Some((username, password)) = attempt.login else {
+                    return refuse("no username and password");
+                };
+                let verified = credentials
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .verify(username, password);
+                if !verified {
+                    return refuse("bad username or password");
+                }
+                username.to_string()
+            }
+            Proof::Certificate => {
+                let Some(certificate) = attempt.certificate else {
+                    return refuse("no client certificate");
+                };
+                match crate::certs::common_name(certificate) {
+                    Some(cn) => cn,
+                    None => return refuse("the client certificate has no readable CN"),
+                }
+            }
         };
-        tracing::info!(target: "audit", client_id, ?role, "connected");
+        let role = if self.inner.services.contains_key(&name) {
+            Role::Service(name)
+        } else if client_id == name && topics::is_valid_id(&name) {
+            Role::Device(name)
+        } else {
+            return refuse(
+                "a device's client id must equal its identity (username or certificate CN)",
+            );
+        };
+        tracing::info!(target: "audit", client_id, ?role, %peer, "connected");
         self.inner
             .sessions
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(client_id.to_string(), role);
+            .insert(client_id.to_string(), (role, peer));
         true
     }
 
-    fn role(&self, client_id: &str) -> Option<Role> {
+    fn session(&self, client_id: &str) -> Option<(Role, SocketAddr)> {
         self.inner
             .sessions
             .read()
@@ -280,8 +352,9 @@ impl Access {
                 ..
             })
         );
+        let session = self.session(client_id);
         let allowed = !gateway_only
-            && match self.role(client_id) {
+            && match session.as_ref().map(|(role, _)| role.clone()) {
                 Some(Role::Device(id)) => match route {
                     Ok(Route::Shadow { device_id, kind }) => {
                         device_id == id && matches!(kind, ShadowTopic::Reported | ShadowTopic::Get)
@@ -298,7 +371,8 @@ impl Access {
                 None => false,
             };
         if !allowed {
-            tracing::warn!(target: "audit", client_id, topic, "publish denied");
+            let peer = session.map_or_else(|| "unknown".into(), |(_, peer)| peer.to_string());
+            tracing::warn!(target: "audit", client_id, %peer, topic, "publish denied");
         }
         allowed
     }
@@ -308,7 +382,8 @@ impl Access {
         if client_id.starts_with(INTERNAL_CLIENT_PREFIX) {
             return true;
         }
-        let allowed = match self.role(client_id) {
+        let session = self.session(client_id);
+        let allowed = match session.as_ref().map(|(role, _)| role.clone()) {
             Some(Role::Device(id)) => {
                 let own = format!("{}/devices/{id}/", self.inner.topics.root());
                 filter.starts_with(&own) && !filter[..own.len()].contains(['+', '#'])
@@ -321,7 +396,8 @@ impl Access {
             None => false,
         };
         if !allowed {
-            tracing::warn!(target: "audit", client_id, filter, "subscribe denied");
+            let peer = session.map_or_else(|| "unknown".into(), |(_, peer)| peer.to_string());
+            tracing::warn!(target: "audit", client_id, %peer, filter, "subscribe denied");
         }
         allowed
     }
@@ -411,26 +487,75 @@ mod tests {
         ));
     }
 
+    const PEER: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40000);
+
+    fn login<'a>(client_id: &'a str, username: &'a str, password: &'a str) -> ConnectAttempt<'a> {
+        ConnectAttempt {
+            client_id,
+            login: Some((username, password)),
+            peer: PEER,
+            certificate: None,
+        }
+    }
+
+    #[test]
+    fn certificate_identities() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::certs::generate_dev(dir.path(), &["heater-1".into(), "cloud-app".into()])
+            .expect("certs");
+        let der = |name: &str| {
+            let pem = std::fs::read(dir.path().join(format!("{name}.crt"))).expect("read");
+            let cert = rustls_pemfile::certs(&mut pem.as_slice()).next();
+            cert.expect("one").expect("PEM").as_ref().to_vec()
+        };
+        let (heater, app) = (der("heater-1"), der("cloud-app"));
+        let services = [ServiceRole {
+            name: "cloud-app".into(),
+            ..ServiceRole::default()
+        }];
+        let access = Access::certificates(Topics::new("iotsphere").expect("root"), &services);
+        let attempt = |client_id, certificate| ConnectAttempt {
+            client_id,
+            login: None,
+            peer: PEER,
+            certificate,
+        };
+        assert!(access.authenticate(&attempt("heater-1", Some(&heater))));
+        assert!(
+            !access.authenticate(&attempt("heater-2", Some(&heater))),
+            "client id must equal the CN"
+        );
+        assert!(
+            !access.authenticate(&attempt("heater-1", None)),
+            "no certificate"
+        );
+        assert!(access.authenticate(&attempt("dashboard", Some(&app))));
+        assert!(access.may_publish("heater-1", "iotsphere/devices/heater-1/shadow/reported"));
+        assert!(!access.may_publish("heater-1", "iotsphere/devices/heater-2/shadow/reported"));
+        assert_eq!(access.reload().expect("nothing to reload"), 0);
+    }
+
     #[test]
     fn identities() {
         let dir = tempfile::tempdir().expect("tempdir");
         let access = access(dir.path());
-        assert!(access.authenticate("heater-1", "heater-1", "pw-heater-1"));
-        assert!(!access.authenticate("heater-1", "heater-1", "wrong"));
+        assert!(access.authenticate(&login("heater-1", "heater-1", "pw-heater-1")));
+        assert!(!access.authenticate(&login("heater-1", "heater-1", "wrong")));
         assert!(
-            !access.authenticate("heater-2", "heater-1", "pw-heater-1"),
+            !access.authenticate(&login("heater-2", "heater-1", "pw-heater-1")),
             "client id must equal username"
         );
-        assert!(access.authenticate("any-client", "cloud-app", "pw-cloud-app"));
-        assert!(!access.authenticate("iotsphere:gateway", "cloud-app", "pw-cloud-app"));
+        assert!(access.authenticate(&login("any-client", "cloud-app", "pw-cloud-app")));
+        assert!(!access.authenticate(&login("iotsphere:gateway", "cloud-app", "pw-cloud-app")));
     }
 
     #[test]
     fn device_and_service_acl() {
         let dir = tempfile::tempdir().expect("tempdir");
         let access = access(dir.path());
-        assert!(access.authenticate("heater-1", "heater-1", "pw-heater-1"));
-        assert!(access.authenticate("app", "cloud-app", "pw-cloud-app"));
+        assert!(access.authenticate(&login("heater-1", "heater-1", "pw-heater-1")));
+        assert!(access.authenticate(&login("app", "cloud-app", "pw-cloud-app")));
         let cases = [
             (
                 "heater-1",

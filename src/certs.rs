@@ -1,9 +1,13 @@
-//! TLS material: the startup check of `[mqtt] cert`/`key`, and `certs dev`, which makes a
+//! TLS material: the startup checks of `[mqtt] cert`/`key`/`client_ca`, the CN of a client
+//! certificate (a device's identity in certificate mode), and `certs dev`, which makes a
 //! throwaway CA, a server certificate and device certificates for the lab.
 
 use std::path::{Path, PathBuf};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
@@ -34,6 +38,44 @@ fn read(path: &Path) -> Result<Vec<u8>, CertError> {
         path: path.display().to_string(),
         source,
     })
+}
+
+/// The files a TLS listener needs (`mqtt.cert`, `key`, and `client_ca` when set), checked
+/// at startup and by `check-config`; nothing to check without `tls_listen`.
+pub fn check_tls_files(mqtt: &crate::config::MqttSection) -> Result<(), CertError> {
+    if mqtt.tls_listen.is_empty() {
+        return Ok(());
+    }
+    check_server_identity(Path::new(&mqtt.cert), Path::new(&mqtt.key))?;
+    if !mqtt.client_ca.is_empty() {
+        check_client_ca(Path::new(&mqtt.client_ca))?;
+    }
+    Ok(())
+}
+
+/// Checks `mqtt.client_ca` before the listener starts: readable, with at least one
+/// certificate, all of them valid X.509.
+pub fn check_client_ca(ca: &Path) -> Result<usize, CertError> {
+    let pem = read(ca)?;
+    let name = ca.display().to_string();
+    let mut count = 0;
+    for der in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let der = der.map_err(|_| CertError::BadCertificate(name.clone()))?;
+        x509_parser::parse_x509_certificate(der.as_ref())
+            .map_err(|_| CertError::BadCertificate(name.clone()))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err(CertError::NoCertificate(name));
+    }
+    Ok(count)
+}
+
+/// The subject CN of a DER certificate: in certificate mode, who the client is.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = parsed.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
 }
 
 /// Checks the server certificate and key before the listener starts, so a wrong path or a
@@ -108,6 +150,7 @@ pub fn generate_dev(out: &Path, devices: &[String]) -> Result<Vec<PathBuf>, Cert
     server_params
         .distinguished_name
         .push(DnType::CommonName, "iotsphere-gateway");
+    server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let server = server_params
         .signed_by(&server_key, &ca, &ca_key)
         .map_err(gen)?;
@@ -120,6 +163,7 @@ pub fn generate_dev(out: &Path, devices: &[String]) -> Result<Vec<PathBuf>, Cert
         params
             .distinguished_name
             .push(DnType::CommonName, device.as_str());
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let cert = params.signed_by(&key, &ca, &ca_key).map_err(gen)?;
         write(&format!("{device}.crt"), cert.pem())?;
         write(&format!("{device}.key"), key.serialize_pem())?;
@@ -155,5 +199,23 @@ mod tests {
             check_server_identity(&server_crt, &server_crt),
             Err(CertError::NoKey(_))
         ));
+        assert_eq!(check_client_ca(&dir.path().join("ca.crt")).expect("ca"), 1);
+        assert!(matches!(
+            check_client_ca(&server_key),
+            Err(CertError::NoCertificate(_))
+        ));
+    }
+
+    #[test]
+    fn a_device_certificate_names_its_device() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        generate_dev(dir.path(), &["heater-7".to_string()]).expect("generate");
+        let pem = std::fs::read(dir.path().join("heater-7.crt")).expect("read");
+        let der = rustls_pemfile::certs(&mut pem.as_slice())
+            .next()
+            .expect("one certificate")
+            .expect("PEM");
+        assert_eq!(common_name(der.as_ref()).as_deref(), Some("heater-7"));
+        assert_eq!(common_name(b"not a certificate"), None);
     }
 }

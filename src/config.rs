@@ -78,6 +78,9 @@ pub struct MqttSection {
     /// Segments kept per filter (rumqttd `max_segment_count`); memory per busy filter is
     /// at most `segment_bytes * segments`.
     pub segments: usize,
+    /// Distinct topic filters one connection may subscribe to; each new filter costs the
+    /// router a commit log, so this bounds what one client can make the gateway allocate.
+    pub max_subscriptions: usize,
 }
 
 impl Default for MqttSection {
@@ -94,6 +97,7 @@ impl Default for MqttSection {
             connect_timeout_ms: 5000,
             segment_bytes: 256 * 1024,
             segments: 4,
+            max_subscriptions: 32,
         }
     }
 }
@@ -438,10 +442,16 @@ impl GatewayConfig {
                 }
             }
         }
-        if !self.mqtt.client_ca.is_empty() {
+        if !self.mqtt.client_ca.is_empty() && self.mqtt.tls_listen.is_empty() {
             problem(
                 "mqtt.client_ca",
-                "client certificates are not available in this version yet".into(),
+                "client certificates need the TLS listener: set tls_listen".into(),
+            );
+        }
+        if !(1..=10_000).contains(&self.mqtt.max_subscriptions) {
+            problem(
+                "mqtt.max_subscriptions",
+                "must be between 1 and 10000".into(),
             );
         }
         if !(128..=256 * 1024 * 1024).contains(&self.mqtt.max_payload_bytes) {
@@ -476,11 +486,20 @@ impl GatewayConfig {
             problem("mqtt.segments", "must be between 1 and 1024".into());
         }
         if self.auth.mode == AuthMode::Certificate {
-            problem(
-                "auth.mode",
-                "certificate mode needs TLS, not available in this version yet; use \"password\""
-                    .into(),
-            );
+            if self.mqtt.client_ca.is_empty() {
+                problem(
+                    "auth.mode",
+                    "certificate mode needs mqtt.client_ca (the CA that signs device certificates) and mqtt.tls_listen"
+                        .into(),
+                );
+            }
+            if !self.mqtt.listen.is_empty() {
+                problem(
+                    "mqtt.listen",
+                    "certificate mode: clients on the plain listener have no certificate and would all be refused; set listen = \"\""
+                        .into(),
+                );
+            }
         }
         if self.auth.mode == AuthMode::Password && self.auth.credentials_file.is_empty() {
             problem(
@@ -1023,5 +1042,24 @@ mod tests {
         assert!(err.0[0]
             .to_string()
             .starts_with("/nonexistent/gw.toml: -: cannot read the file"));
+    }
+
+    #[test]
+    fn certificate_mode_needs_a_client_ca_and_no_plain_listener() {
+        let lines = problem_lines("[auth]\nmode = \"certificate\"\n", &[]);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[0].contains("auth.mode: certificate mode needs mqtt.client_ca"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].contains("mqtt.listen: certificate mode"),
+            "{lines:?}"
+        );
+        let lines = problem_lines("[mqtt]\nclient_ca = \"ca.crt\"\n", &[]);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("mqtt.client_ca: client certificates need the TLS listener"));
+        let text = "[mqtt]\nlisten = \"\"\ntls_listen = \"0.0.0.0:8883\"\nclient_ca = \"ca.crt\"\n\n[auth]\nmode = \"certificate\"\n";
+        assert_eq!(problem_lines(text, &[]), Vec::<String>::new());
     }
 }

@@ -18,7 +18,7 @@ use rumqttd::PublishHook;
 use tokio::sync::watch;
 
 use crate::auth::{Access, AuthError};
-use crate::broker::hook::GatewayHook;
+use crate::broker::hook::{GatewayHook, SubscriptionLimit};
 use crate::broker::{self, BrokerError, EmbeddedBroker, GatewayLink};
 use crate::config::{AuthMode, GatewayConfig};
 use crate::http::{self, HealthState};
@@ -134,11 +134,12 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
 
     let access = match config.auth.mode {
         AuthMode::Anonymous => None,
-        _ => Some(Access::load(
+        AuthMode::Password => Some(Access::load(
             topics.clone(),
             Path::new(&config.auth.credentials_file),
             &config.auth.services,
         )?),
+        AuthMode::Certificate => Some(Access::certificates(topics.clone(), &config.auth.services)),
     };
     let ingest = outbox
         .clone()
@@ -148,6 +149,7 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
         metrics: metrics.clone(),
         access: access.clone(),
         ingest,
+        subscriptions: SubscriptionLimit::new(config.mqtt.max_subscriptions),
     });
     let (broker, mut link) = EmbeddedBroker::new(&config.mqtt, Some(hook), access.clone())?;
     for filter in service.request_filters() {

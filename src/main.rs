@@ -112,10 +112,16 @@ const EXIT_CONFIG: u8 = 2;
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::CheckConfig { config } => match GatewayConfig::load(&config) {
-            Ok(_) => {
-                println!("{}: ok", config.display());
-                ExitCode::SUCCESS
-            }
+            Ok(loaded) => match iotsphere_gateway::certs::check_tls_files(&loaded.mqtt) {
+                Ok(()) => {
+                    println!("{}: ok", config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: TLS files: {e}", config.display());
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            },
             Err(errors) => {
                 eprintln!("{errors}");
                 ExitCode::from(EXIT_CONFIG)

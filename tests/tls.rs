@@ -1,4 +1,5 @@
-//! The TLS listener, with mosquitto's clients (OpenSSL) as the independent TLS peer.
+//! The TLS listener and mutual TLS (certificate mode), with mosquitto's clients (OpenSSL)
+//! as the independent TLS peer.
 
 mod common;
 
@@ -10,12 +11,16 @@ use std::time::Duration;
 use common::{free_port, Gateway, BIN};
 
 fn dev_certs(dir: &std::path::Path) {
-    let out = Command::new(BIN)
-        .args(["certs", "dev", "--out"])
-        .arg(dir)
-        .args(["--device", "heater-1"])
-        .output()
-        .expect("certs dev");
+    dev_certs_for(dir, &["heater-1"]);
+}
+
+fn dev_certs_for(dir: &std::path::Path, devices: &[&str]) {
+    let mut command = Command::new(BIN);
+    command.args(["certs", "dev", "--out"]).arg(dir);
+    for device in devices {
+        command.args(["--device", device]);
+    }
+    let out = command.output().expect("certs dev");
     assert!(
         out.status.success(),
         "{}",
@@ -28,12 +33,11 @@ fn tls_works_and_plain_mqtt_on_the_tls_port_does_not() {
     let certs = tempfile::tempdir().expect("tempdir");
     dev_certs(certs.path());
     let tls_port = free_port();
-    let mut gateway = Gateway::start_with("");
+    let mut gateway = Gateway::configure("");
     // The [mqtt] section is the fixture's; TLS settings come as environment overrides.
     let tls = format!("127.0.0.1:{tls_port}");
     let cert = certs.path().join("server.crt").display().to_string();
     let key = certs.path().join("server.key").display().to_string();
-    assert!(gateway.terminate().success());
     gateway.spawn(&[
         ("IOTSPHERE__MQTT__TLS_LISTEN", tls.as_str()),
         ("IOTSPHERE__MQTT__CERT", cert.as_str()),
@@ -133,4 +137,167 @@ fn a_missing_or_mismatched_certificate_stops_the_start_with_a_clear_error() {
     let mismatched = run(&path("server.crt"), &path("heater-1.key"));
     assert_eq!(mismatched.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&mismatched.stderr).contains("do not belong together"));
+}
+
+/// mosquitto_pub over TLS as `client_id`, with `cert` = Some((certificate, key)).
+fn tls_publish(
+    port: u16,
+    ca: &std::path::Path,
+    client_id: &str,
+    cert: Option<(&std::path::Path, &std::path::Path)>,
+    topic: &str,
+) -> std::process::Output {
+    let mut command = Command::new("mosquitto_pub");
+    command
+        .args([
+            "-h",
+            "localhost",
+            "-p",
+            &port.to_string(),
+            "-i",
+            client_id,
+            "--cafile",
+        ])
+        .arg(ca);
+    if let Some((crt, key)) = cert {
+        command.arg("--cert").arg(crt).arg("--key").arg(key);
+    }
+    command
+        .args(["-q", "1", "-t", topic, "-m", r#"{"state":{"t":1}}"#])
+        .output()
+        .expect("mosquitto_pub over TLS")
+}
+
+#[test]
+fn mutual_tls_names_each_device_by_its_certificate() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    dev_certs_for(certs.path(), &["heater-1", "heater-2", "cloud-app"]);
+    let foreign = tempfile::tempdir().expect("tempdir");
+    dev_certs_for(foreign.path(), &["heater-1"]);
+    let ours = |name: &str| certs.path().join(name);
+
+    let mut gateway = Gateway::configure(
+        "[auth]\nmode = \"certificate\"\n\n[[auth.services]]\nname = \"cloud-app\"\nsubscribe = [\"iotsphere/devices/+/shadow/document\"]\n",
+    );
+    // Certificate mode has no plain listener: the fixture waits on the TLS port instead.
+    gateway.port = free_port();
+    let tls = format!("127.0.0.1:{}", gateway.port);
+    let path = |name: &str| ours(name).display().to_string();
+    gateway.spawn(&[
+        ("IOTSPHERE__MQTT__LISTEN", ""),
+        ("IOTSPHERE__MQTT__TLS_LISTEN", tls.as_str()),
+        ("IOTSPHERE__MQTT__CERT", path("server.crt").as_str()),
+        ("IOTSPHERE__MQTT__KEY", path("server.key").as_str()),
+        ("IOTSPHERE__MQTT__CLIENT_CA", path("ca.crt").as_str()),
+    ]);
+
+    let ca = ours("ca.crt");
+    let (app_crt, app_key) = (ours("cloud-app.crt"), ours("cloud-app.key"));
+    let sub = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "localhost",
+            "-p",
+            &gateway.port.to_string(),
+            "-i",
+            "dashboard",
+        ])
+        .arg("--cafile")
+        .arg(&ca)
+        .arg("--cert")
+        .arg(&app_crt)
+        .arg("--key")
+        .arg(&app_key)
+        .args([
+            "-t",
+            "iotsphere/devices/+/shadow/document",
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub over mTLS");
+    std::thread::sleep(Duration::from_millis(500));
+
+    let (heater_crt, heater_key) = (ours("heater-1.crt"), ours("heater-1.key"));
+    let heater_1 = Some((heater_crt.as_path(), heater_key.as_path()));
+    let reported = |id: &str| format!("iotsphere/devices/{id}/shadow/reported");
+    // heater-1 may not write heater-2's shadow (denied and dropped), then writes its own.
+    let denied = tls_publish(
+        gateway.port,
+        &ca,
+        "heater-1",
+        heater_1,
+        &reported("heater-2"),
+    );
+    assert!(
+        denied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
+    let ok = tls_publish(
+        gateway.port,
+        &ca,
+        "heater-1",
+        heater_1,
+        &reported("heater-1"),
+    );
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let out = sub.wait_with_output().expect("sub output");
+    let document = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the service saw no document");
+    assert!(
+        document.contains("devices/heater-1/shadow/document") && document.contains("\"version\":1"),
+        "the first document is heater-1's own: {document}"
+    );
+
+    let no_cert = tls_publish(gateway.port, &ca, "heater-1", None, &reported("heater-1"));
+    assert!(
+        !no_cert.status.success(),
+        "connected without a client certificate"
+    );
+    let (foreign_crt, foreign_key) = (
+        foreign.path().join("heater-1.crt"),
+        foreign.path().join("heater-1.key"),
+    );
+    let foreign_cert = Some((foreign_crt.as_path(), foreign_key.as_path()));
+    let wrong_ca = tls_publish(
+        gateway.port,
+        &ca,
+        "heater-1",
+        foreign_cert,
+        &reported("heater-1"),
+    );
+    assert!(
+        !wrong_ca.status.success(),
+        "a certificate of another CA was accepted"
+    );
+    let borrowed = tls_publish(
+        gateway.port,
+        &ca,
+        "heater-2",
+        heater_1,
+        &reported("heater-2"),
+    );
+    assert!(
+        !borrowed.status.success(),
+        "heater-1's certificate connected as heater-2"
+    );
+
+    let log = gateway.log();
+    let audited_lines = [
+        "publish denied",
+        "connection refused",
+        "TLS handshake failed",
+        "peer=127.0.0.1:",
+    ];
+    for audited in audited_lines {
+        assert!(log.contains(audited), "audit log lacks `{audited}`:\n{log}");
+    }
 }

@@ -1,7 +1,10 @@
 //! The gateway's hook inside rumqttd's router (vendor/rumqttd `PublishHook`): for every
 //! PUBLISH, first the ACL (`auth::Access`, when a secure auth mode is on), then ingest of
 //! what the cloud needs (`ingest::Ingest`, when an uplink is on) — all before the router
-//! routes or acknowledges the message.
+//! routes or acknowledges the message. Subscriptions pass the ACL and a per-client limit.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 
 use bytes::Bytes;
 use rumqttd::PublishHook;
@@ -16,6 +19,48 @@ pub struct GatewayHook {
     pub metrics: Metrics,
     pub access: Option<Access>,
     pub ingest: Option<Ingest>,
+    pub subscriptions: SubscriptionLimit,
+}
+
+/// `mqtt.max_subscriptions`: distinct filters per connection. rumqttd keeps a commit log
+/// per filter, so without it one client could make the router allocate without bound.
+pub struct SubscriptionLimit {
+    max_per_client: usize,
+    filters_by_client: Mutex<HashMap<String, HashSet<String>>>,
+}
+
+impl SubscriptionLimit {
+    pub fn new(max_per_client: usize) -> Self {
+        Self {
+            max_per_client,
+            filters_by_client: Mutex::default(),
+        }
+    }
+
+    /// Counts `filter` for `client_id`; false when it would be one too many.
+    fn admit(&self, client_id: &str, filter: &str) -> bool {
+        let mut by_client = self
+            .filters_by_client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let filters = by_client.entry(client_id.to_string()).or_default();
+        if filters.contains(filter) {
+            return true;
+        }
+        if filters.len() >= self.max_per_client {
+            tracing::warn!(target: "audit", client_id, filter, limit = self.max_per_client, "subscribe refused: too many subscriptions");
+            return false;
+        }
+        filters.insert(filter.to_string());
+        true
+    }
+
+    fn forget(&self, client_id: &str) {
+        self.filters_by_client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(client_id);
+    }
 }
 
 impl PublishHook for GatewayHook {
@@ -53,6 +98,9 @@ impl PublishHook for GatewayHook {
     fn on_connection(&self, client_id: &str, connected: bool) {
         if !client_id.starts_with(INTERNAL_CLIENT_PREFIX) {
             self.metrics.client_connected(connected);
+            if !connected {
+                self.subscriptions.forget(client_id);
+            }
         }
         if let Some(ingest) = &self.ingest {
             ingest.on_connection(client_id, connected);
@@ -60,8 +108,38 @@ impl PublishHook for GatewayHook {
     }
 
     fn on_subscribe(&self, client_id: &str, filter: &str) -> bool {
+        if client_id.starts_with(INTERNAL_CLIENT_PREFIX) {
+            return true;
+        }
         self.access
             .as_ref()
             .is_none_or(|access| access.may_subscribe(client_id, filter))
+            && self.subscriptions.admit(client_id, filter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limit_counts_distinct_filters_per_connection() {
+        let limit = SubscriptionLimit::new(2);
+        assert!(limit.admit("heater-1", "a/delta"));
+        assert!(
+            limit.admit("heater-1", "a/delta"),
+            "a repeated filter is not new"
+        );
+        assert!(limit.admit("heater-1", "a/document"));
+        assert!(!limit.admit("heater-1", "a/rejected"));
+        assert!(
+            limit.admit("heater-2", "b/delta"),
+            "other clients have their own count"
+        );
+        limit.forget("heater-1");
+        assert!(
+            limit.admit("heater-1", "a/rejected"),
+            "a new connection starts at 0"
+        );
     }
 }

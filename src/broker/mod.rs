@@ -11,17 +11,16 @@ pub mod link;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use rumqttd::protocol::{Packet, Publish};
 use rumqttd::{
-    Broker, ConnectionSettings, PublishHook, PublishHookHandle, RouterConfig, ServerSettings,
-    TlsConfig,
+    Broker, ConnectRequest, ConnectionSettings, PublishHook, PublishHookHandle, RouterConfig,
+    ServerSettings, TlsConfig,
 };
 
-use crate::auth::Access;
+use crate::auth::{admit_anonymous, Access, ConnectAttempt};
 use crate::config::MqttSection;
 use crate::service::Outgoing;
 
@@ -82,30 +81,31 @@ impl EmbeddedBroker {
         let tls_listen = if mqtt.tls_listen.is_empty() {
             None
         } else {
-            crate::certs::check_server_identity(Path::new(&mqtt.cert), Path::new(&mqtt.key))
-                .map_err(|e| BrokerError::Tls(e.to_string()))?;
+            crate::certs::check_tls_files(mqtt).map_err(|e| BrokerError::Tls(e.to_string()))?;
             Some(check_bindable(&mqtt.tls_listen)?)
         };
         let mut config = rumqttd_config(mqtt, listen, tls_listen);
         config.router.publish_hook = hook.map(PublishHookHandle);
-        if let Some(access) = access {
-            for server in config
-                .v4
-                .iter_mut()
-                .flat_map(|servers| servers.values_mut())
-            {
+        for server in config
+            .v4
+            .iter_mut()
+            .flat_map(|servers| servers.values_mut())
+        {
+            let access = access.clone();
+            server.set_connect_handler(move |request: ConnectRequest| {
                 let access = access.clone();
-                server.set_auth_handler(move |client_id, username, password| {
-                    let access = access.clone();
-                    async move {
-                        tokio::task::spawn_blocking(move || {
-                            access.authenticate(&client_id, &username, &password)
+                async move {
+                    match access {
+                        None => admit_anonymous(&attempt(&request)),
+                        // Argon2 takes milliseconds of CPU: never on the I/O threads.
+                        Some(access) => tokio::task::spawn_blocking(move || {
+                            access.authenticate(&attempt(&request))
                         })
                         .await
-                        .unwrap_or(false)
+                        .unwrap_or(false),
                     }
-                });
-            }
+                }
+            });
         }
         let broker = Broker::new(config);
         // Not a valid device id (':'), so presence and ACLs never mistake it for a device.
@@ -173,6 +173,18 @@ impl GatewayLink {
     }
 }
 
+fn attempt(request: &ConnectRequest) -> ConnectAttempt<'_> {
+    ConnectAttempt {
+        client_id: &request.client_id,
+        login: request
+            .login
+            .as_ref()
+            .map(|(user, password)| (user.as_str(), password.as_str())),
+        peer: request.peer.addr,
+        certificate: request.peer.certificate.as_deref(),
+    }
+}
+
 fn rumqttd_config(
     mqtt: &MqttSection,
     listen: Option<SocketAddr>,
@@ -184,6 +196,7 @@ fn rumqttd_config(
         max_inflight_count: mqtt.max_inflight,
         auth: None,
         external_auth: None,
+        connect_handler: None,
         dynamic_filters: true,
     };
     let server = |name: &str, listen: SocketAddr, tls: Option<TlsConfig>| ServerSettings {
@@ -201,7 +214,8 @@ fn rumqttd_config(
     }
     if let Some(listen) = tls_listen {
         let tls = TlsConfig::Rustls {
-            capath: None,
+            // Set: the handshake requires a client certificate signed by this CA.
+            capath: (!mqtt.client_ca.is_empty()).then(|| mqtt.client_ca.clone()),
             certpath: mqtt.cert.clone(),
             keypath: mqtt.key.clone(),
         };

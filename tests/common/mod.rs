@@ -39,16 +39,20 @@ impl Gateway {
     /// Starts with extra TOML appended to the base config (sections must not repeat
     /// `[gateway]` or `[mqtt]`; use env overrides for those — see `start_with_env`).
     pub fn start_with(extra_config: &str) -> Gateway {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut gateway = Gateway {
+        let mut gateway = Self::configure(extra_config);
+        gateway.spawn(&[]);
+        gateway
+    }
+
+    /// A gateway not started yet: set ports or pass env overrides to `spawn`.
+    pub fn configure(extra_config: &str) -> Gateway {
+        Gateway {
             child: None,
             port: free_port(),
             http_port: free_port(),
-            dir,
+            dir: tempfile::tempdir().expect("tempdir"),
             extra_config: extra_config.to_string(),
-        };
-        gateway.spawn(&[]);
-        gateway
+        }
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -131,6 +135,17 @@ impl Gateway {
         self.child
             .as_mut()
             .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// VmRSS of the running gateway, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("gateway is running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
     }
 
     pub fn data_dir(&self) -> PathBuf {

@@ -51,6 +51,32 @@ pub type AuthHandler = Arc<
         + Sync,
 >;
 
+// iotsphere patch: authentication that needs more than the CONNECT's login (the peer's
+// address for the audit log, the client certificate for mTLS identity). See PATCHES.md.
+/// A client asking to connect, as the connect handler sees it.
+#[derive(Debug, Clone)]
+pub struct ConnectRequest {
+    pub client_id: ClientId,
+    /// User name and password from CONNECT, if it carried them.
+    pub login: Option<(AuthUser, AuthPass)>,
+    pub peer: Peer,
+}
+
+/// Where a connection comes from.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// DER of the client's leaf certificate; only on a TLS listener with `capath`, where
+    /// the handshake has verified it against that CA.
+    pub certificate: Option<Vec<u8>>,
+}
+
+pub type ConnectHandler = Arc<
+    dyn Fn(ConnectRequest) -> Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+        + Send
+        + Sync,
+>;
+
 #[derive(Debug, Default, Serialize, Deserialize, Clone)]
 pub struct Config {
     pub id: usize,
@@ -127,6 +153,19 @@ impl ServerSettings {
     {
         self.connections.set_auth_handler(auth_fn)
     }
+
+    // iotsphere patch: see `ConnectRequest`.
+    /// Decides every CONNECT on this server (replaces `auth`/`external_auth`).
+    pub fn set_connect_handler<F, O>(&mut self, connect_fn: F)
+    where
+        F: Fn(ConnectRequest) -> O + Send + Sync + 'static,
+        O: IntoFuture<Output = bool> + 'static,
+        O::IntoFuture: Send,
+    {
+        self.connections.connect_handler = Some(Arc::new(move |request| {
+            Box::pin(connect_fn(request).into_future())
+        }));
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, Clone)]
@@ -150,6 +189,9 @@ pub struct ConnectionSettings {
     pub auth: Option<HashMap<String, String>>,
     #[serde(skip)]
     pub external_auth: Option<AuthHandler>,
+    // iotsphere patch: see `ConnectRequest`.
+    #[serde(skip)]
+    pub connect_handler: Option<ConnectHandler>,
     #[serde(default)]
     pub dynamic_filters: bool,
 }
@@ -176,6 +218,7 @@ impl fmt::Debug for ConnectionSettings {
             .field("max_inflight_count", &self.max_inflight_count)
             .field("auth", &self.auth)
             .field("external_auth", &self.external_auth.is_some())
+            .field("connect_handler", &self.connect_handler.is_some())
             .field("dynamic_filters", &self.dynamic_filters)
             .finish()
     }

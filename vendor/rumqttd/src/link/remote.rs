@@ -4,7 +4,7 @@ use crate::link::network::Network;
 use crate::local::LinkBuilder;
 use crate::protocol::{ConnAck, Connect, ConnectReturnCode, Login, Packet, Protocol};
 use crate::router::{Event, Notification};
-use crate::{ConnectionId, ConnectionSettings};
+use crate::{ConnectRequest, ConnectionId, ConnectionSettings, Peer};
 
 use flume::{RecvError, SendError, Sender, TrySendError};
 use std::cmp::min;
@@ -175,6 +175,7 @@ impl<P: Protocol> RemoteLink<P> {
 pub async fn mqtt_connect<P>(
     config: Arc<ConnectionSettings>,
     network: &mut Network<P>,
+    peer: Peer,
 ) -> Result<Packet, Error>
 where
     P: Protocol,
@@ -196,7 +197,26 @@ where
 
     Span::current().record("client_id", &connect.client_id);
 
-    if let Err(e) = handle_auth(config.clone(), login.as_ref(), &connect.client_id).await {
+    // iotsphere patch: a connect handler, when set, decides with the peer's address and
+    // certificate as well as the login.
+    let authorized = match &config.connect_handler {
+        Some(handler) => {
+            let request = ConnectRequest {
+                client_id: connect.client_id.clone(),
+                login: login
+                    .as_ref()
+                    .map(|l| (l.username.clone(), l.password.clone())),
+                peer,
+            };
+            if handler(request).await {
+                Ok(())
+            } else {
+                Err(Error::InvalidAuth)
+            }
+        }
+        None => handle_auth(config.clone(), login.as_ref(), &connect.client_id).await,
+    };
+    if let Err(e) = authorized {
         // iotsphere patch: tell the client why (CONNACK "bad user name or password")
         // instead of only closing the connection.
         let ack = ConnAck {
@@ -292,6 +312,7 @@ mod tests {
             max_inflight_count: 0,
             auth: None,
             external_auth: None,
+            connect_handler: None,
             dynamic_filters: false,
         }
     }

@@ -9,7 +9,7 @@ use crate::protocol::v5::V5;
 use crate::protocol::{Packet, Protocol};
 #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
 use crate::server::tls::{self, TLSAcceptor};
-use crate::{meters, ConnectionSettings, Meter, TlsConfig};
+use crate::{meters, ConnectionSettings, Meter, Peer, TlsConfig};
 use flume::{RecvError, SendError, Sender};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -416,21 +416,24 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                 #[cfg(feature = "websocket")]
                 LinkType::Websocket => {
                     task::spawn(async move {
-                        let (network, tenant_id) = match time::timeout(
+                        let (network, tenant_id, certificate) = match time::timeout(
                             handshake_timeout,
                             tls_accept(tls, stream),
                         )
                         .await
                         {
                             Ok(Ok(o)) => o,
-                            Ok(Err(e)) => return error!(error=?e, "Tls accept error"),
-                            Err(_) => return error!("Tls handshake timed out"),
+                            // iotsphere patch: a refused client certificate is a security
+                            // event; the embedding gateway's audit log records it.
+                            Ok(Err(e)) => return warn!(target: "audit", error=%e, peer=%addr, "TLS handshake failed"),
+                            Err(_) => return warn!(target: "audit", peer=%addr, "TLS handshake timed out"),
                         };
+                        let peer = Peer { addr, certificate };
                         let stream = match accept_hdr_async(network, WSCallback).await {
                             Ok(s) => Box::new(WsStream::new(s)),
                             Err(e) => return error!(error=?e, "Websocket failed handshake"),
                         };
-                        remote(config, tenant_id.clone(), router_tx, stream, protocol, will_handlers)
+                        remote(config, tenant_id.clone(), peer, router_tx, stream, protocol, will_handlers)
                             .instrument(tracing::info_span!(
                                 "websocket_link",
                                 client_id = field::Empty,
@@ -441,17 +444,20 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                 }
                 LinkType::Remote => {
                     task::spawn(async move {
-                        let (network, tenant_id) = match time::timeout(
+                        let (network, tenant_id, certificate) = match time::timeout(
                             handshake_timeout,
                             tls_accept(tls, stream),
                         )
                         .await
                         {
                             Ok(Ok(o)) => o,
-                            Ok(Err(e)) => return error!(error=?e, "Tls accept error"),
-                            Err(_) => return error!("Tls handshake timed out"),
+                            // iotsphere patch: a refused client certificate is a security
+                            // event; the embedding gateway's audit log records it.
+                            Ok(Err(e)) => return warn!(target: "audit", error=%e, peer=%addr, "TLS handshake failed"),
+                            Err(_) => return warn!(target: "audit", peer=%addr, "TLS handshake timed out"),
                         };
-                        remote(config, tenant_id.clone(), router_tx, network, protocol, will_handlers)
+                        let peer = Peer { addr, certificate };
+                        remote(config, tenant_id.clone(), peer, router_tx, network, protocol, will_handlers)
                             .instrument(tracing::error_span!(
                                 "remote_link",
                                 ?tenant_id,
@@ -468,23 +474,22 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
     }
 }
 
-// iotsphere patch: a free function, so the handshake can run in the connection's task.
-async fn tls_accept(
-    tls: Option<TlsConfig>,
-    stream: TcpStream,
-) -> Result<(Box<dyn N>, Option<String>), Error> {
+// iotsphere patch: a free function, so the handshake can run in the connection's task;
+// it also returns the client's verified certificate (DER), if it presented one.
+type Accepted = (Box<dyn N>, Option<String>, Option<Vec<u8>>);
+async fn tls_accept(tls: Option<TlsConfig>, stream: TcpStream) -> Result<Accepted, Error> {
     #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
     match &tls {
         Some(c) => {
-            let (tenant_id, network) = TLSAcceptor::new(c)?.accept(stream).await?;
-            Ok((network, tenant_id))
+            let (tenant_id, network, certificate) = TLSAcceptor::new(c)?.accept(stream).await?;
+            Ok((network, tenant_id, certificate))
         }
-        None => Ok((Box::new(stream), None)),
+        None => Ok((Box::new(stream), None, None)),
     }
     #[cfg(not(any(feature = "use-rustls", feature = "use-native-tls")))]
     {
         let _ = tls;
-        Ok((Box::new(stream), None))
+        Ok((Box::new(stream), None, None))
     }
 }
 
@@ -514,6 +519,7 @@ impl Callback for WSCallback {
 async fn remote<P: Protocol>(
     config: Arc<ConnectionSettings>,
     tenant_id: Option<String>,
+    peer: Peer,
     router_tx: Sender<(ConnectionId, Event)>,
     stream: Box<dyn N>,
     protocol: P,
@@ -528,10 +534,11 @@ async fn remote<P: Protocol>(
 
     let dynamic_filters = config.dynamic_filters;
 
-    let connect_packet = match mqtt_connect(config, &mut network).await {
+    let peer_addr = peer.addr;
+    let connect_packet = match mqtt_connect(config, &mut network, peer).await {
         Ok(p) => p,
         Err(e) => {
-            error!(error=?e, "Error while handling MQTT connect packet");
+            error!(error=?e, ?peer_addr, "Error while handling MQTT connect packet");
             return;
         }
     };

@@ -8,7 +8,7 @@ use {
 };
 
 use crate::TlsConfig;
-#[cfg(feature = "verify-client-cert")]
+#[cfg(feature = "use-rustls")]
 use tokio_rustls::rustls::{server::WebPkiClientVerifier, RootCertStore};
 #[cfg(feature = "use-rustls")]
 use {
@@ -115,7 +115,11 @@ impl TLSAcceptor {
         }
     }
 
-    pub async fn accept(&self, stream: TcpStream) -> Result<(Option<String>, Box<dyn N>), Error> {
+    // iotsphere patch: also returns the client's leaf certificate (DER), if it sent one.
+    pub async fn accept(
+        &self,
+        stream: TcpStream,
+    ) -> Result<(Option<String>, Box<dyn N>, Option<Vec<u8>>), Error> {
         match self {
             #[cfg(feature = "use-rustls")]
             TLSAcceptor::Rustls { acceptor } => {
@@ -132,8 +136,14 @@ impl TLSAcceptor {
                 #[cfg(not(feature = "verify-client-cert"))]
                 let tenant_id: Option<String> = None;
 
+                let certificate = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .map(|leaf| leaf.to_vec());
                 let network = Box::new(stream);
-                Ok((tenant_id, network))
+                Ok((tenant_id, network, certificate))
             }
             #[cfg(feature = "use-native-tls")]
             TLSAcceptor::NativeTLS { acceptor } => {
@@ -146,7 +156,7 @@ impl TLSAcceptor {
                 //     .to_der()?;
                 // let tenant_id = extract_tenant_id(&peer_certificate)?;
                 let network = Box::new(stream);
-                Ok((None, network))
+                Ok((None, network, None))
             }
         }
     }
@@ -191,10 +201,6 @@ impl TLSAcceptor {
             ));
         };
 
-        #[cfg(not(feature = "verify-client-cert"))]
-        if ca_path.is_some() {
-            tracing::warn!("verify-client-cert feature is disabled, CA cert will be ignored and no client authentication is done.");
-        }
 
         let (certs, key) = {
             // Get certificates
@@ -236,8 +242,28 @@ impl TLSAcceptor {
             builder.with_client_cert_verifier(verifier)
         };
 
+        // iotsphere patch: without the verify-client-cert feature (which also forces tenant
+        // prefixes onto client ids), `capath` still requires client certificates signed by
+        // one of the CAs in that file; who the client is stays the connect handler's call.
         #[cfg(not(feature = "verify-client-cert"))]
-        let builder = builder.with_no_client_auth();
+        let builder = match ca_path {
+            None => builder.with_no_client_auth(),
+            Some(ca_path) => {
+                let ca_file =
+                    File::open(ca_path).map_err(|_| Error::CaFileNotFound(ca_path.clone()))?;
+                let mut store = RootCertStore::empty();
+                for ca_cert in rustls_pemfile::certs(&mut BufReader::new(ca_file)) {
+                    let ca_cert = ca_cert.map_err(|_| Error::InvalidCACert(ca_path.clone()))?;
+                    store
+                        .add(ca_cert)
+                        .map_err(|_| Error::InvalidCACert(ca_path.clone()))?;
+                }
+                let verifier = WebPkiClientVerifier::builder(Arc::new(store))
+                    .build()
+                    .map_err(|_| Error::InvalidCACert(ca_path.clone()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
 
         let server_config = builder.with_single_cert(certs, key)?;
 
