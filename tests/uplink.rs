@@ -429,6 +429,59 @@ async fn commands_are_sent_answered_and_expired() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn scheduled_commands_wait_for_their_time_also_across_a_restart() {
+    use mongodb::bson::DateTime;
+    let later = |millis: i64| DateTime::from_millis(DateTime::now().timestamp_millis() + millis);
+    let mongo = Mongo::start().await;
+    let mut gateway = Gateway::start_with(&mongo.config(""));
+    let request_topic = "iotsphere/devices/h-sched/commands/request";
+    let mut heater = reported_heater(&gateway, &mongo, "h-sched").await;
+    heater.subscribe(request_topic).await;
+    let commands = mongo.db().collection::<BsonDocument>("commands");
+    let due = later(2_000);
+    commands
+        .insert_many([
+            doc! {"_id": "descale", "deviceId": "h-sched", "name": "descale", "status": "pending", "notBefore": due, "createdAt": DateTime::now()},
+            // Expires before it is due: never sent.
+            doc! {"_id": "stale", "deviceId": "h-sched", "name": "boost", "status": "pending", "notBefore": due, "expiresAt": later(1_000), "createdAt": DateTime::now()},
+        ])
+        .await
+        .expect("insert scheduled commands");
+    heater
+        .expect_none("/commands/request", Duration::from_millis(1_500))
+        .await;
+    let request = heater.expect("/commands/request").await.payload_json();
+    assert!(DateTime::now() >= due, "sent before notBefore");
+    assert_eq!(request["commandId"], "descale");
+    mongo
+        .wait_for("commands", doc! {"_id": "stale"}, |d| {
+            d.get_str("status") == Ok("expired")
+        })
+        .await;
+    heater
+        .expect_none("/commands/request", Duration::from_millis(500))
+        .await;
+
+    // Scheduled (as an RFC 3339 string, the seeds' style), then the gateway restarts.
+    let due = later(3_000);
+    let due_text = due.try_to_rfc3339_string().expect("rfc3339");
+    commands
+        .insert_one(doc! {"_id": "night", "deviceId": "h-sched", "name": "eco", "status": "pending", "notBefore": due_text, "createdAt": DateTime::now()})
+        .await
+        .expect("insert");
+    heater.disconnect().await;
+    gateway.restart();
+    let mut heater = Client::connect(gateway.port, "h-sched").await;
+    heater.subscribe(request_topic).await;
+    let request = heater.expect("/commands/request").await.payload_json();
+    assert!(
+        DateTime::now() >= due,
+        "sent before notBefore after a restart"
+    );
+    assert_eq!(request["commandId"], "night");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn presence_is_kept_in_the_shadow() {
     let mongo = Mongo::start().await;
     let gateway = Gateway::start_with(&mongo.config(""));

@@ -5,6 +5,11 @@
 //! becomes `expired` and is never sent. The device's answer comes back through the shadow
 //! service and the outbox (`CommandResult`).
 //!
+//! **Scheduled commands** carry `notBefore` (a BSON date or an RFC 3339 string; the
+//! seeds' `delayedUntil` is accepted too): they stay `pending` in MongoDB until then, so a
+//! restart or an outage in between loses nothing — every scan finds them again and the
+//! gateway sleeps until the earliest one is due. `expiresAt` still wins.
+//!
 //! Found by a change stream on inserts (replica set) or by polling (standalone), plus a
 //! scan of pending commands at every (re)start, so nothing inserted while the gateway was
 //! down is missed.
@@ -51,7 +56,7 @@ pub async fn run(
     sink: &mut dyn CommandSink,
 ) -> Result<(), mongodb::error::Error> {
     let commands = db.collection::<BsonDocument>("commands");
-    dispatch_pending(db, store, sink).await?;
+    let mut next_due = dispatch_pending(db, store, sink).await?;
     if mode == UplinkMode::ChangeStream {
         let mut stream = commands
             .watch()
@@ -60,58 +65,101 @@ pub async fn run(
             ])
             .full_document(FullDocumentType::UpdateLookup)
             .await?;
-        while let Some(event) = stream.next().await {
-            if let Some(command) = event?.full_document {
-                dispatch(db, store, &command, sink).await?;
+        loop {
+            tokio::select! {
+                event = stream.next() => {
+                    let Some(event) = event else { return Ok(()) };
+                    if let Some(command) = event?.full_document {
+                        let due = dispatch(db, store, &command, sink).await?;
+                        next_due = earliest(next_due, due);
+                    }
+                }
+                () = sleep_until_due(next_due, RESCAN_INTERVAL) => {
+                    next_due = dispatch_pending(db, store, sink).await?;
+                }
             }
         }
-        Ok(())
     } else {
         loop {
-            tokio::time::sleep(poll_interval).await;
-            dispatch_pending(db, store, sink).await?;
+            sleep_until_due(next_due, poll_interval).await;
+            next_due = dispatch_pending(db, store, sink).await?;
         }
     }
 }
 
+/// With a change stream, pending commands are still scanned this often: one inserted for
+/// a device before that device first reported here is only found by a scan.
+const RESCAN_INTERVAL: Duration = Duration::from_secs(60);
+
+fn earliest(a: Option<DateTime>, b: Option<DateTime>) -> Option<DateTime> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Sleeps until `due` (a scheduled command's time), or at most `cap`.
+async fn sleep_until_due(due: Option<DateTime>, cap: Duration) {
+    let until_due = due.map_or(cap, |due| {
+        let millis = due.timestamp_millis() - DateTime::now().timestamp_millis();
+        Duration::from_millis(u64::try_from(millis).unwrap_or(0))
+    });
+    tokio::time::sleep(until_due.min(cap)).await;
+}
+
+/// A point in time given as a BSON date or an RFC 3339 string.
+fn instant(command: &BsonDocument, key: &str) -> Option<DateTime> {
+    match command.get(key)? {
+        Bson::DateTime(at) => Some(*at),
+        Bson::String(text) => DateTime::parse_rfc3339_str(text).ok(),
+        _ => None,
+    }
+}
+
+/// Sends every pending command that is due; returns when the next scheduled one is.
 async fn dispatch_pending(
     db: &Database,
     store: &ShadowStore,
     sink: &mut dyn CommandSink,
-) -> Result<(), mongodb::error::Error> {
+) -> Result<Option<DateTime>, mongodb::error::Error> {
     let mut cursor = db
         .collection::<BsonDocument>("commands")
         .find(doc! {"status": "pending"})
         .sort(doc! {"createdAt": 1})
         .await?;
+    let mut next_due = None;
     while let Some(command) = cursor.next().await {
-        dispatch(db, store, &command?, sink).await?;
+        let due = dispatch(db, store, &command?, sink).await?;
+        next_due = earliest(next_due, due);
     }
-    Ok(())
+    Ok(next_due)
 }
 
-/// Sends one pending command if its device is served here and it has not expired.
+/// Sends one pending command if its device is served here, it is due and it has not
+/// expired; returns its time when it is scheduled for later.
 async fn dispatch(
     db: &Database,
     store: &ShadowStore,
     command: &BsonDocument,
     sink: &mut dyn CommandSink,
-) -> Result<(), mongodb::error::Error> {
+) -> Result<Option<DateTime>, mongodb::error::Error> {
     let Ok(device_id) = command.get_str("deviceId") else {
-        return Ok(());
+        return Ok(None);
     };
     // Devices this gateway serves are those in its shadow store.
     if !matches!(store.get(device_id), Ok(Some(_))) {
-        return Ok(());
+        return Ok(None);
     }
     let Some(id) = command.get("_id").cloned() else {
-        return Ok(());
+        return Ok(None);
     };
     let commands = db.collection::<BsonDocument>("commands");
     let now = DateTime::now();
-    let expired = command
-        .get_datetime("expiresAt")
-        .is_ok_and(|expires_at| *expires_at <= now);
+    let expired = instant(command, "expiresAt").is_some_and(|expires_at| expires_at <= now);
+    let not_before = instant(command, "notBefore").or_else(|| instant(command, "delayedUntil"));
+    if let Some(not_before) = not_before.filter(|at| *at > now && !expired) {
+        return Ok(Some(not_before));
+    }
     let status = if expired { "expired" } else { "sent" };
     let marked = commands
         .update_one(
@@ -120,7 +168,7 @@ async fn dispatch(
         )
         .await?;
     if marked.modified_count == 0 || expired {
-        return Ok(());
+        return Ok(None);
     }
     let request = CommandRequest {
         command_id: match &id {
@@ -137,5 +185,5 @@ async fn dispatch(
     };
     sink.send(device_id, &request);
     tracing::info!(device_id, command_id = %request.command_id, name = %request.name, "command sent");
-    Ok(())
+    Ok(None)
 }
