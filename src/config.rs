@@ -182,6 +182,8 @@ pub struct MongoSection {
     pub database: String,
     pub change_streams: ChangeStreams,
     pub poll_interval_ms: u64,
+    /// Days MongoDB keeps telemetry (a TTL index on `ts`); 0 = for ever.
+    pub telemetry_retention_days: u32,
 }
 
 impl Default for MongoSection {
@@ -191,6 +193,7 @@ impl Default for MongoSection {
             database: "iotsphere".into(),
             change_streams: ChangeStreams::Auto,
             poll_interval_ms: 1000,
+            telemetry_retention_days: 90,
         }
     }
 }
@@ -563,6 +566,12 @@ impl GatewayConfig {
             problem(
                 "mongodb.poll_interval_ms",
                 "must be at least 50 (ms)".into(),
+            );
+        }
+        if self.mongodb.telemetry_retention_days > 36_500 {
+            problem(
+                "mongodb.telemetry_retention_days",
+                "must be at most 36500 (100 years); 0 keeps telemetry for ever".into(),
             );
         }
         if self.outbox.max_bytes < 1024 * 1024 {

@@ -603,3 +603,53 @@ async fn desired_changed_on_both_sides_while_apart_is_merged() {
     let delta = heater.expect("/shadow/delta").await.payload_json();
     assert_eq!(delta["state"], json!({"mode": "eco", "targetTemp": 66}));
 }
+
+/// The gateway's TTL index on `telemetry`, as (field, expireAfterSeconds), once it settles.
+async fn retention_index(mongo: &Mongo, want: Option<i64>) -> Option<(String, i64)> {
+    use futures_util::TryStreamExt;
+    let started = std::time::Instant::now();
+    loop {
+        let indexes: Vec<_> = mongo
+            .db()
+            .collection::<BsonDocument>("telemetry")
+            .list_indexes()
+            .await
+            .map(|cursor| cursor.try_collect())
+            .expect("listIndexes")
+            .await
+            .unwrap_or_default();
+        let ttl = indexes.iter().find_map(|index| {
+            let seconds = index.options.as_ref()?.expire_after?.as_secs();
+            let field = index.keys.keys().next()?.clone();
+            Some((field, i64::try_from(seconds).ok()?))
+        });
+        if ttl.as_ref().map(|(_, seconds)| *seconds) == want || started.elapsed() > common::WAIT {
+            return ttl;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn telemetry_retention_is_a_ttl_index_that_follows_the_config() {
+    let mongo = Mongo::start().await;
+    let mut gateway = Gateway::start_with(&mongo.config("telemetry_retention_days = 7"));
+    assert_eq!(
+        retention_index(&mongo, Some(7 * 86_400)).await,
+        Some(("ts".to_string(), 7 * 86_400))
+    );
+    assert!(gateway.terminate().success());
+    gateway.spawn(&[("IOTSPHERE__MONGODB__TELEMETRY_RETENTION_DAYS", "30")]);
+    assert_eq!(
+        retention_index(&mongo, Some(30 * 86_400)).await,
+        Some(("ts".to_string(), 30 * 86_400)),
+        "a changed retention replaces the index"
+    );
+    assert!(gateway.terminate().success());
+    gateway.spawn(&[("IOTSPHERE__MONGODB__TELEMETRY_RETENTION_DAYS", "0")]);
+    assert_eq!(
+        retention_index(&mongo, None).await,
+        None,
+        "0 keeps telemetry for ever"
+    );
+}

@@ -89,6 +89,7 @@ pub async fn start(
         to_service,
     };
     let preference = mongo.change_streams;
+    let telemetry_retention_days = mongo.telemetry_retention_days;
     let supervisor_status = status.clone();
     tokio::spawn(async move {
         let mut retry = RETRY_MIN;
@@ -108,6 +109,7 @@ pub async fn start(
                 }
             };
             ensure_indexes(&db).await;
+            ensure_retention(&db, "telemetry", "ts", telemetry_retention_days).await;
             supervisor_status.update(|r| {
                 r.mode = mode;
                 r.connected = true;
@@ -194,6 +196,62 @@ async fn detect_mode(
         ChangeStreams::Auto if streams_possible && !forced_polling => UplinkMode::ChangeStream,
         ChangeStreams::Auto => UplinkMode::Polling,
     })
+}
+
+/// Name of the TTL index the gateway keeps on a collection it writes.
+const RETENTION_INDEX: &str = "retention_ttl";
+const INDEX_OPTIONS_CONFLICT: i32 = 85;
+const INDEX_KEY_SPECS_CONFLICT: i32 = 86;
+
+/// Keeps `collection` for `days` (by the date in `field`) with a TTL index; 0 = for ever
+/// (the gateway's TTL index, if any, is dropped). A changed retention replaces the index
+/// (drop + create works on every MongoDB; collMod would need 5.0+ semantics). Failures are
+/// only logged: retention is housekeeping, never a reason to stop the uplink.
+async fn ensure_retention(db: &Database, collection: &str, field: &str, days: u32) {
+    let collection = db.collection::<mongodb::bson::Document>(collection);
+    let drop = || collection.drop_index(RETENTION_INDEX);
+    if days == 0 {
+        if drop().await.is_ok() {
+            tracing::info!(
+                collection = collection.name(),
+                "retention off: TTL index dropped"
+            );
+        }
+        return;
+    }
+    let index = || {
+        IndexModel::builder()
+            .keys(doc! {field: 1})
+            .options(
+                IndexOptions::builder()
+                    .name(RETENTION_INDEX.to_string())
+                    .expire_after(Duration::from_secs(u64::from(days) * 86_400))
+                    .build(),
+            )
+            .build()
+    };
+    let result = match collection.create_index(index()).await {
+        Err(e)
+            if matches!(
+                watcher::error_code(&e),
+                Some(INDEX_OPTIONS_CONFLICT | INDEX_KEY_SPECS_CONFLICT)
+            ) =>
+        {
+            tracing::info!(
+                collection = collection.name(),
+                days,
+                "retention changed: replacing the TTL index"
+            );
+            match drop().await {
+                Ok(()) => collection.create_index(index()).await.map(|_| ()),
+                Err(e) => Err(e),
+            }
+        }
+        other => other.map(|_| ()),
+    };
+    if let Err(e) = result {
+        tracing::warn!(collection = collection.name(), error = %e, "could not set the retention (TTL) index");
+    }
 }
 
 /// The indexes the uplink's queries need; idempotent, failures only logged.
