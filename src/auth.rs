@@ -314,7 +314,7 @@ impl Access {
         };
         let role = if self.inner.services.contains_key(&name) {
             Role::Service(name)
-        } else if client_id == name && topics::is_valid_id(&name) {
+        } else if client_id == name && topics::is_valid_id(&name) && name != topics::BATCH {
             Role::Device(name)
         } else {
             return refuse(

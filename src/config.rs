@@ -38,6 +38,37 @@ pub struct GatewayConfig {
     pub bridge: BridgeSection,
     pub http: HttpSection,
     pub log: LogSection,
+    /// `[[alerts]]`: alert rules.
+    pub alerts: Vec<AlertRuleConfig>,
+}
+
+/// An alert rule as written in the config (checked by `alerts::AlertRule::parse`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertRuleConfig {
+    pub name: String,
+    /// `telemetry.<kind>[.<field>]`, `reported.<field>` or `offline`.
+    pub source: String,
+    /// `> N`, `>= N`, `< N`, `<= N`, `== V`, `!= V` or `changed`; empty for `offline`.
+    pub condition: String,
+    /// How long the condition must hold before the alert fires (and stop before it clears).
+    #[serde(rename = "for")]
+    pub hold: String,
+    pub severity: crate::alerts::Severity,
+    pub cooldown: String,
+}
+
+impl Default for AlertRuleConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            source: String::new(),
+            condition: String::new(),
+            hold: "0s".into(),
+            severity: crate::alerts::Severity::Warning,
+            cooldown: "10m".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -184,6 +215,8 @@ pub struct MongoSection {
     pub poll_interval_ms: u64,
     /// Days MongoDB keeps telemetry (a TTL index on `ts`); 0 = for ever.
     pub telemetry_retention_days: u32,
+    /// Days MongoDB keeps alerts (a TTL index on `firedAt`); 0 = for ever.
+    pub alerts_retention_days: u32,
 }
 
 impl Default for MongoSection {
@@ -194,6 +227,7 @@ impl Default for MongoSection {
             change_streams: ChangeStreams::Auto,
             poll_interval_ms: 1000,
             telemetry_retention_days: 90,
+            alerts_retention_days: 365,
         }
     }
 }
@@ -568,11 +602,33 @@ impl GatewayConfig {
                 "must be at least 50 (ms)".into(),
             );
         }
-        if self.mongodb.telemetry_retention_days > 36_500 {
-            problem(
+        for (key, days) in [
+            (
                 "mongodb.telemetry_retention_days",
-                "must be at most 36500 (100 years); 0 keeps telemetry for ever".into(),
-            );
+                self.mongodb.telemetry_retention_days,
+            ),
+            (
+                "mongodb.alerts_retention_days",
+                self.mongodb.alerts_retention_days,
+            ),
+        ] {
+            if days > 36_500 {
+                problem(
+                    key,
+                    "must be at most 36500 (100 years); 0 keeps for ever".into(),
+                );
+            }
+        }
+        let mut rule_names = std::collections::HashSet::new();
+        for (index, rule) in self.alerts.iter().enumerate() {
+            if let Err((field, message)) = crate::alerts::AlertRule::parse(rule) {
+                problem(&format!("alerts[{index}].{field}"), message);
+            } else if !rule_names.insert(rule.name.as_str()) {
+                problem(
+                    &format!("alerts[{index}].name"),
+                    format!("`{}` is used by another rule", rule.name),
+                );
+            }
         }
         if self.outbox.max_bytes < 1024 * 1024 {
             problem(

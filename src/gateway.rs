@@ -17,6 +17,7 @@ use rumqttd::PublishHook;
 
 use tokio::sync::watch;
 
+use crate::alerts::{self, AlertRule, Engine};
 use crate::auth::{Access, AuthError};
 use crate::broker::hook::{GatewayHook, SubscriptionLimit};
 use crate::broker::{self, BrokerError, EmbeddedBroker, GatewayLink};
@@ -144,12 +145,25 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
     let ingest = outbox
         .clone()
         .map(|outbox| Ingest::new(topics.clone(), outbox, store.db().clone()));
+    let alert_rules = config
+        .alerts
+        .iter()
+        .filter_map(|rule| AlertRule::parse(rule).ok())
+        .collect::<Vec<_>>();
+    let (alert_feed, alert_inbox) = match alert_rules.is_empty() {
+        true => (None, None),
+        false => {
+            let (feed, inbox) = alerts::feed();
+            (Some(feed), Some(inbox))
+        }
+    };
     let hook: Arc<dyn PublishHook> = Arc::new(GatewayHook {
         topics: topics.clone(),
         metrics: metrics.clone(),
         access: access.clone(),
         ingest,
         subscriptions: SubscriptionLimit::new(config.mqtt.max_subscriptions),
+        alerts: alert_feed,
     });
     let (broker, mut link) = EmbeddedBroker::new(&config.mqtt, Some(hook), access.clone())?;
     for filter in service.request_filters() {
@@ -192,6 +206,16 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
         }
         None => None,
     };
+    if let Some(inbox) = alert_inbox {
+        tracing::info!(rules = alert_rules.len(), "alert rules active");
+        tokio::spawn(alerts::run(
+            Engine::new(alert_rules),
+            inbox,
+            broker.link("iotsphere:alerts")?,
+            replies.clone(),
+            outbox.clone(),
+        ));
+    }
     let uplink_status = uplink.as_ref().map(|u| u.status.clone()).zip(outbox);
     let from_cloud = uplink.map(|u| u.from_cloud);
 

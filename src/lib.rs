@@ -24,6 +24,8 @@
 //! - [`outbox`] — everything bound for the cloud, durable in sled until MongoDB has it.
 //! - [`uplink`] — MongoDB: shadows mirrored, telemetry stored, commands dispatched, and
 //!   cloud changes of `desired` watched (change stream or polling).
+//! - [`alerts`] — alert rules judged on readings, reported state and presence; published
+//!   and stored.
 //! - [`http`] — `/health`, `/health/uplink`, `/metrics`; [`metrics`] the Prometheus counters.
 //! - [`gateway`] — wires the above and handles shutdown; [`logging`] sets up `tracing`.
 //!
@@ -32,6 +34,7 @@
 //! `main.rs` only parses the command line and calls into these modules.
 
 pub mod admin;
+pub mod alerts;
 pub mod auth;
 pub mod broker;
 pub mod certs;

@@ -51,6 +51,8 @@ pub enum ToCloud {
         connected: bool,
         at_ms: i64,
     },
+    /// An alert fired or cleared: its document in `alerts`.
+    Alert(crate::alerts::AlertEvent),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -505,6 +505,13 @@ impl Replies {
     }
 
     /// The retained `ROOT/system/status` message.
+    /// An alert fired or cleared: on `devices/batch/alerts` and `system/alerts`.
+    pub fn alert(&self, event: &crate::alerts::AlertEvent) -> [Outgoing; 2] {
+        let token = Some(event.alert_id.as_str());
+        [self.topics.batch("alerts"), self.topics.system("alerts")]
+            .map(|topic| self.envelope(topic, Encoding::Json, token, "alert", event, false))
+    }
+
     pub fn system_status<P: Serialize>(&self, status: &P) -> Outgoing {
         let topic = self.topics.system("status");
         self.envelope(topic, Encoding::Json, None, "system.status", status, true)

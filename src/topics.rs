@@ -95,6 +95,9 @@ pub struct Topics {
 }
 
 /// A device id is 1-64 of `[A-Za-z0-9_-]` (DESIGN.md §5); the same rule names gateways.
+/// The `devices/batch/...` level: reserved, so no device can own those topics.
+pub const BATCH: &str = "batch";
+
 pub fn is_valid_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id
@@ -138,6 +141,11 @@ impl Topics {
     /// `ROOT/system/{kind}`: the gateway's own status, metrics, alerts.
     pub fn system(&self, kind: &str) -> String {
         format!("{}/system/{kind}", self.root)
+    }
+
+    /// `ROOT/devices/batch/{kind}`: fleet-wide summaries (`batch` is no device id).
+    pub fn batch(&self, kind: &str) -> String {
+        format!("{}/devices/{BATCH}/{kind}", self.root)
     }
 
     /// `ROOT/devices/{id}/commands/request`.

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use rumqttd::PublishHook;
 
+use crate::alerts::AlertFeed;
 use crate::auth::{Access, INTERNAL_CLIENT_PREFIX};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
@@ -20,6 +21,8 @@ pub struct GatewayHook {
     pub access: Option<Access>,
     pub ingest: Option<Ingest>,
     pub subscriptions: SubscriptionLimit,
+    /// Set when alert rules are configured.
+    pub alerts: Option<AlertFeed>,
 }
 
 /// `mqtt.max_subscriptions`: distinct filters per connection. rumqttd keeps a commit log
@@ -86,6 +89,11 @@ impl PublishHook for GatewayHook {
         if let Some(ingest) = &self.ingest {
             ingest.on_publish(topic, payload, qos);
         }
+        if let Some(alerts) = &self.alerts {
+            if !client_id.starts_with(INTERNAL_CLIENT_PREFIX) {
+                alerts.publish(&self.topics, topic, payload);
+            }
+        }
         true
     }
 
@@ -100,6 +108,9 @@ impl PublishHook for GatewayHook {
             self.metrics.client_connected(connected);
             if !connected {
                 self.subscriptions.forget(client_id);
+            }
+            if let Some(alerts) = &self.alerts {
+                alerts.connection(client_id, connected);
             }
         }
         if let Some(ingest) = &self.ingest {

@@ -26,8 +26,9 @@ use crate::service::Outgoing;
 
 /// Messages the router hands a connection per scheduling round before it must ask for more.
 const MAX_OUTGOING_PACKET_COUNT: u64 = 200;
-/// Connections the gateway opens into its own router (the shadow-service link).
-const INTERNAL_LINKS: usize = 4;
+/// Connections the gateway may open into its own router (`iotsphere:gateway`, `:uplink`,
+/// `:system`, `:alerts`, …), on top of `mqtt.max_connections`.
+const INTERNAL_LINKS: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {

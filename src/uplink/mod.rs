@@ -89,7 +89,10 @@ pub async fn start(
         to_service,
     };
     let preference = mongo.change_streams;
-    let telemetry_retention_days = mongo.telemetry_retention_days;
+    let retention = [
+        ("telemetry", "ts", mongo.telemetry_retention_days),
+        ("alerts", "firedAt", mongo.alerts_retention_days),
+    ];
     let supervisor_status = status.clone();
     tokio::spawn(async move {
         let mut retry = RETRY_MIN;
@@ -109,7 +112,9 @@ pub async fn start(
                 }
             };
             ensure_indexes(&db).await;
-            ensure_retention(&db, "telemetry", "ts", telemetry_retention_days).await;
+            for (collection, field, days) in retention {
+                ensure_retention(&db, collection, field, days).await;
+            }
             supervisor_status.update(|r| {
                 r.mode = mode;
                 r.connected = true;

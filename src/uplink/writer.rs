@@ -219,6 +219,7 @@ impl Writer {
             let pending = &items[index];
             let written = match &pending.entry.write {
                 ToCloud::CommandResult(result) => write_command_result(&self.db, result).await,
+                ToCloud::Alert(event) => write_alert(&self.db, &self.gateway_id, event).await,
                 ToCloud::Presence {
                     device_id,
                     connected,
@@ -401,6 +402,40 @@ async fn write_presence(
             }},
         )
         .with_options(UpdateOptions::builder().upsert(true).build())
+        .await?;
+    Ok(())
+}
+
+/// One document per alert (`_id` = alert id): opened by its firing, closed by its
+/// clearing; both upsert, so a replay changes nothing and a clearing whose firing was
+/// dropped (outbox full) still leaves a record.
+async fn write_alert(
+    db: &Database,
+    gateway_id: &str,
+    event: &crate::alerts::AlertEvent,
+) -> Result<(), mongodb::error::Error> {
+    use crate::alerts::AlertState;
+    let at = DateTime::from_millis(event.at_ms);
+    let severity = bson::to_bson(&event.severity).unwrap_or(Bson::Null);
+    let update = match event.state {
+        AlertState::Firing => doc! {
+            "$set": {"status": "open"},
+            "$setOnInsert": {
+                "rule": &event.rule, "deviceId": &event.device_id, "severity": severity,
+                "gatewayId": gateway_id, "firedAt": at, "value": json_to_bson(&event.value),
+            },
+        },
+        AlertState::Cleared => doc! {
+            "$set": {"status": "cleared", "clearedAt": at, "clearValue": json_to_bson(&event.value)},
+            "$setOnInsert": {
+                "rule": &event.rule, "deviceId": &event.device_id, "severity": severity,
+                "gatewayId": gateway_id, "firedAt": at,
+            },
+        },
+    };
+    db.collection::<BsonDocument>("alerts")
+        .update_one(doc! {"_id": &event.alert_id}, update)
+        .upsert(true)
         .await?;
     Ok(())
 }

@@ -1,0 +1,192 @@
+//! Alert rules (`[[alerts]]` in the config): over-temperature, pressure, heater faults,
+//! devices offline. Each firing and clearing is published on `ROOT/devices/batch/alerts`
+//! and `ROOT/system/alerts` and, with an uplink, stored in MongoDB `alerts` through the
+//! outbox (so an outage loses none).
+//!
+//! - [`rule`] — a rule as configured, parsed and checked at startup.
+//! - [`engine`] — the pure state machine: debounce (`for`), one open alert per rule and
+//!   device, cooldown.
+//! - [`AlertFeed`] / [`run`] — the broker hook hands what devices publish and their
+//!   connects/disconnects to the alert task (never blocking the router); the task judges,
+//!   ticks once a second and publishes.
+
+pub mod engine;
+pub mod rule;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+pub use engine::{AlertEvent, AlertState, Engine, Observation};
+pub use rule::{AlertRule, Severity};
+
+use crate::broker::GatewayLink;
+use crate::outbox::{Outbox, ToCloud};
+use crate::service::Replies;
+use crate::topics::{Route, ShadowTopic, Topics};
+
+/// Observations waiting for the alert task; beyond this they are dropped (counted), so a
+/// stalled task can never hold up the router or grow memory without bound.
+const FEED_CAPACITY: usize = 10_000;
+const TICK: Duration = Duration::from_secs(1);
+
+/// What the broker hook passes on: raw, decoded by the alert task, not the router.
+enum Raw {
+    Telemetry {
+        device_id: String,
+        kind: String,
+        payload: Bytes,
+    },
+    Reported {
+        device_id: String,
+        payload: Bytes,
+    },
+    Connection {
+        device_id: String,
+        connected: bool,
+    },
+}
+
+/// The hook's handle: cheap, non-blocking.
+#[derive(Clone)]
+pub struct AlertFeed {
+    tx: flume::Sender<Raw>,
+    dropped: Arc<AtomicUsize>,
+}
+
+/// The task's end of the feed.
+pub struct AlertInbox {
+    rx: flume::Receiver<Raw>,
+}
+
+pub fn feed() -> (AlertFeed, AlertInbox) {
+    let (tx, rx) = flume::bounded(FEED_CAPACITY);
+    (
+        AlertFeed {
+            tx,
+            dropped: Arc::default(),
+        },
+        AlertInbox { rx },
+    )
+}
+
+impl AlertFeed {
+    /// A publication a device made (already past the ACL).
+    pub fn publish(&self, topics: &Topics, topic: &str, payload: &Bytes) {
+        let raw = match topics.parse(topic) {
+            Ok(Route::Telemetry { device_id, kind }) => Raw::Telemetry {
+                device_id: device_id.to_string(),
+                kind: kind.to_string(),
+                payload: payload.clone(),
+            },
+            Ok(Route::Shadow {
+                device_id,
+                kind: ShadowTopic::Reported,
+            }) => Raw::Reported {
+                device_id: device_id.to_string(),
+                payload: payload.clone(),
+            },
+            _ => return,
+        };
+        self.send(raw);
+    }
+
+    pub fn connection(&self, device_id: &str, connected: bool) {
+        self.send(Raw::Connection {
+            device_id: device_id.to_string(),
+            connected,
+        });
+    }
+
+    fn send(&self, raw: Raw) {
+        if self.tx.try_send(raw).is_err() {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped == 1 || dropped % 1000 == 0 {
+                tracing::warn!(dropped, "alert task behind: observations dropped");
+            }
+        }
+    }
+}
+
+/// Decodes what the hook passed on; malformed payloads were already answered or logged
+/// by the shadow service and the ingest, so they are skipped quietly here.
+fn observation(raw: Raw) -> Option<Observation> {
+    Some(match raw {
+        Raw::Telemetry {
+            device_id,
+            kind,
+            payload,
+        } => Observation::Telemetry {
+            device_id,
+            kind,
+            value: crate::telemetry::decode(&payload).ok()?.value,
+        },
+        Raw::Reported { device_id, payload } => {
+            let (_, request) = crate::codec::decode_request(&payload).ok()?;
+            Observation::Reported {
+                device_id,
+                state: serde_json::Value::Object(request.state?),
+            }
+        }
+        Raw::Connection {
+            device_id,
+            connected,
+        } => Observation::Connection {
+            device_id,
+            connected,
+        },
+    })
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The alert task: judges observations, ticks, publishes and stores every event.
+pub async fn run(
+    mut engine: Engine,
+    inbox: AlertInbox,
+    mut link: GatewayLink,
+    replies: Replies,
+    outbox: Option<Outbox>,
+) {
+    let mut ticker = tokio::time::interval(TICK);
+    loop {
+        let events = tokio::select! {
+            raw = inbox.rx.recv_async() => match raw {
+                Ok(raw) => match observation(raw) {
+                    Some(observation) => engine.observe(now_ms(), &observation),
+                    None => continue,
+                },
+                Err(_) => return,
+            },
+            _ = ticker.tick() => engine.tick(now_ms()),
+        };
+        if events.is_empty() {
+            continue;
+        }
+        for event in events {
+            tracing::info!(
+                rule = %event.rule,
+                device_id = %event.device_id,
+                severity = ?event.severity,
+                state = ?event.state,
+                value = %event.value,
+                "alert"
+            );
+            if let Err(e) = link.publish_all(replies.alert(&event)) {
+                tracing::warn!(error = %e, "could not publish an alert");
+            }
+            if let Some(outbox) = &outbox {
+                match outbox.push(ToCloud::Alert(event)) {
+                    Ok(_) => outbox.wake(),
+                    Err(e) => tracing::error!(error = %e, "could not queue an alert for MongoDB"),
+                }
+            }
+        }
+    }
+}
