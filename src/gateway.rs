@@ -18,6 +18,7 @@ use rumqttd::PublishHook;
 use tokio::sync::watch;
 
 use crate::auth::{Access, AuthError};
+use crate::bridge::{Bridge, BridgeError, BRIDGE_CLIENT_ID};
 use crate::broker::hook::GatewayHook;
 use crate::broker::{self, BrokerError, EmbeddedBroker, GatewayLink};
 use crate::config::{AuthMode, GatewayConfig};
@@ -47,6 +48,8 @@ pub enum GatewayError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Uplink(#[from] UplinkError),
+    #[error(transparent)]
+    Bridge(#[from] BridgeError),
     #[error("auth.credentials_file: {0}")]
     Auth(#[from] AuthError),
     #[error("http.listen `{0}`: {1}")]
@@ -143,11 +146,18 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
     let ingest = outbox
         .clone()
         .map(|outbox| Ingest::new(topics.clone(), outbox, store.db().clone()));
+    let (bridge, capture) = if config.bridge.url.is_empty() {
+        (None, None)
+    } else {
+        let (bridge, capture) = Bridge::new(&config, store.db())?;
+        (Some(bridge), Some(capture))
+    };
     let hook: Arc<dyn PublishHook> = Arc::new(GatewayHook {
         topics: topics.clone(),
         metrics: metrics.clone(),
         access: access.clone(),
         ingest,
+        bridge: capture,
     });
     let (broker, mut link) = EmbeddedBroker::new(&config.mqtt, Some(hook), access.clone())?;
     for filter in service.request_filters() {
@@ -193,9 +203,15 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
     let uplink_status = uplink.as_ref().map(|u| u.status.clone()).zip(outbox);
     let from_cloud = uplink.map(|u| u.from_cloud);
 
+    let bridge_status = match bridge {
+        Some(bridge) => Some(bridge.start(broker.link(BRIDGE_CLIENT_ID)?)),
+        None => None,
+    };
+
     let health = HealthState {
         store: store.clone(),
         uplink: uplink_status,
+        bridge: bridge_status,
         metrics: metrics.clone(),
         started,
     };
@@ -222,6 +238,7 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
         mqtts = %shown(tls_listen),
         http = %http_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         uplink = uplink_enabled,
+        bridge = %if config.bridge.url.is_empty() { "off" } else { config.bridge.url.as_str() },
         root = %config.topics.root,
         data_dir = %config.gateway.data_dir.display(),
         version = env!("CARGO_PKG_VERSION"),

@@ -24,6 +24,8 @@
 //! - [`outbox`] — everything bound for the cloud, durable in sled until MongoDB has it.
 //! - [`uplink`] — MongoDB: shadows mirrored, telemetry stored, commands dispatched, and
 //!   cloud changes of `desired` watched (change stream or polling).
+//! - [`bridge`] — the optional upstream MQTT broker (rumqttc): `forward` topics sent up
+//!   through their own outbox, `subscribe` topics applied locally.
 //! - [`http`] — `/health`, `/health/uplink`, `/metrics`; [`metrics`] the Prometheus counters.
 //! - [`gateway`] — wires the above and handles shutdown; [`logging`] sets up `tracing`.
 //!
@@ -33,6 +35,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod bridge;
 pub mod broker;
 pub mod certs;
 pub mod codec;

@@ -1,12 +1,14 @@
 //! The gateway's hook inside rumqttd's router (vendor/rumqttd `PublishHook`): for every
 //! PUBLISH, first the ACL (`auth::Access`, when a secure auth mode is on), then ingest of
-//! what the cloud needs (`ingest::Ingest`, when an uplink is on) — all before the router
-//! routes or acknowledges the message.
+//! what the cloud needs (`ingest::Ingest`, when an uplink is on), then what the upstream
+//! broker gets (`bridge::Capture`, when a bridge is on) — all before the router routes or
+//! acknowledges the message.
 
 use bytes::Bytes;
 use rumqttd::PublishHook;
 
 use crate::auth::{Access, INTERNAL_CLIENT_PREFIX};
+use crate::bridge::Capture;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::topics::{Route, Topics};
@@ -16,6 +18,7 @@ pub struct GatewayHook {
     pub metrics: Metrics,
     pub access: Option<Access>,
     pub ingest: Option<Ingest>,
+    pub bridge: Option<Capture>,
 }
 
 impl PublishHook for GatewayHook {
@@ -41,12 +44,18 @@ impl PublishHook for GatewayHook {
         if let Some(ingest) = &self.ingest {
             ingest.on_publish(topic, payload, qos);
         }
+        if let Some(bridge) = &self.bridge {
+            bridge.on_publish(client_id, topic, payload, qos);
+        }
         true
     }
 
     fn before_acks(&self) {
         if let Some(ingest) = &self.ingest {
             ingest.before_acks();
+        }
+        if let Some(bridge) = &self.bridge {
+            bridge.before_acks();
         }
     }
 
