@@ -24,12 +24,18 @@ struct Mosquitto {
 }
 
 impl Mosquitto {
-    /// `listener` is the listener's extra configuration (e.g. TLS files).
-    fn start(listener: &str) -> Mosquitto {
+    /// A broker anyone may use.
+    fn anonymous() -> Mosquitto {
+        Self::start("allow_anonymous true")
+    }
+
+    /// `extra` follows the first listener's line: its options (e.g. TLS files), more
+    /// listeners, and the access settings.
+    fn start(extra: &str) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let config = format!(
-            "listener {port} 127.0.0.1\n{listener}\nallow_anonymous true\n\
+            "listener {port} 127.0.0.1\n{extra}\n\
              persistence true\npersistence_location {}/\n\
              max_queued_messages 10000\nset_tcp_nodelay true\nlog_dest file {}\n\
              # Started as root, mosquitto would switch to its own user, who cannot write here.\n\
@@ -129,22 +135,16 @@ fn wait_for_bridge(gateway: &Gateway, check: impl Fn(&Value) -> bool) -> Value {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reported_state_reaches_the_upstream_subscriber() {
-    let cloud = Mosquitto::start("");
-    let gateway = Gateway::start_with(&bridge_config(
-        &format!("mqtt://127.0.0.1:{}", cloud.port),
-        "",
-    ));
-    let mut subscriber = Client::connect(cloud.port, "cloud-service").await;
+/// A device reports; `subscriber` (on the cloud broker) gets the gateway's document under
+/// the prefix.
+async fn reported_state_goes_up(gateway: &Gateway, subscriber: &mut Client) {
     subscriber
         .subscribe(&format!(
             "{PREFIX}/{}",
             shadow_topic("heater-1", "document")
         ))
         .await;
-    wait_for_bridge(&gateway, |b| b["connected"] == true);
-
+    wait_for_bridge(gateway, |b| b["connected"] == true);
     let heater = Client::connect(gateway.port, "heater-1").await;
     heater
         .publish(
@@ -161,6 +161,17 @@ async fn reported_state_reaches_the_upstream_subscriber() {
         document.payload_json()["state"]["reported"]["temperature"],
         48.5
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reported_state_reaches_the_upstream_subscriber() {
+    let cloud = Mosquitto::anonymous();
+    let gateway = Gateway::start_with(&bridge_config(
+        &format!("mqtt://127.0.0.1:{}", cloud.port),
+        "",
+    ));
+    let mut subscriber = Client::connect(cloud.port, "cloud-service").await;
+    reported_state_goes_up(&gateway, &mut subscriber).await;
     // The document and the gateway's system/status, acknowledged and out of the outbox.
     wait_for_bridge(&gateway, |b| {
         b["forwarded"].as_u64() >= Some(2) && b["queued"] == 0
@@ -174,7 +185,7 @@ async fn reported_state_reaches_the_upstream_subscriber() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_desired_reaches_the_device_without_loops() {
-    let cloud = Mosquitto::start("");
+    let cloud = Mosquitto::anonymous();
     // `shadow/desired` is in both lists: a local app's desired goes up, the cloud's comes
     // down, and neither comes back.
     let forward = "forward = [\"iotsphere/devices/+/shadow/document\", \
@@ -229,6 +240,23 @@ async fn upstream_desired_reaches_the_device_without_loops() {
     documents.expect("/shadow/document").await;
     watcher.expect("/shadow/desired").await;
 
+    // A command from the cloud reaches the device as sent.
+    heater
+        .subscribe("iotsphere/devices/heater-1/commands/request")
+        .await;
+    let command = json!({"commandId": "c-1", "name": "reboot", "args": {}});
+    service
+        .publish(
+            &format!("{PREFIX}/iotsphere/devices/heater-1/commands/request"),
+            common::json(&command),
+        )
+        .await;
+    let received = heater.expect("/commands/request").await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&received.payload).expect("JSON"),
+        command
+    );
+
     // A local app's desired: forwarded once; its echo from upstream is not applied again.
     let app = Client::connect(gateway.port, "local-app").await;
     app.publish(
@@ -247,7 +275,7 @@ async fn upstream_desired_reaches_the_device_without_loops() {
     documents.expect_none("/shadow/document", quiet).await;
     watcher.expect_none("/shadow/desired", quiet).await;
     let bridge = bridge_health(&gateway);
-    assert_eq!(bridge["received"], 2, "the echo is not counted: {bridge}");
+    assert_eq!(bridge["received"], 3, "the echo is not counted: {bridge}");
 }
 
 /// One device's readings, `seq` 0.., on its telemetry topic.
@@ -266,7 +294,7 @@ fn readings(device_id: &str, count: usize) -> Vec<(String, Vec<u8>)> {
 async fn an_upstream_outage_loses_nothing_and_duplicates_nothing() {
     const DEVICES: usize = 4;
     const PER_DEVICE: usize = 250;
-    let mut cloud = Mosquitto::start("");
+    let mut cloud = Mosquitto::anonymous();
     let telemetry = format!("{PREFIX}/iotsphere/devices/+/telemetry/#");
     // A persistent cloud subscriber: the broker queues for it across the restart.
     let mut subscriber = Client::connect_with(cloud.port, "cloud-archive", false).await;
@@ -337,10 +365,12 @@ async fn an_upstream_outage_loses_nothing_and_duplicates_nothing() {
     eprintln!("{total} messages replayed upstream {replay:?} after the broker restarted");
 }
 
+/// The lab CA, server certificate, and a client certificate for the bridge (`gw-test`).
 fn dev_certs(dir: &Path) {
     let out = Command::new(common::BIN)
         .args(["certs", "dev", "--out"])
         .arg(dir)
+        .args(["--device", "gw-test"])
         .output()
         .expect("certs dev");
     assert!(
@@ -358,7 +388,7 @@ async fn the_bridge_speaks_tls_to_mosquitto_with_a_ca_file() {
     let file = |name: &str| certs.path().join(name).display().to_string();
     // TLS for the bridge; a plain listener for the test's subscriber.
     let cloud = Mosquitto::start(&format!(
-        "cafile {}\ncertfile {}\nkeyfile {}\nlistener {plain_port} 127.0.0.1",
+        "cafile {}\ncertfile {}\nkeyfile {}\nlistener {plain_port} 127.0.0.1\nallow_anonymous true",
         file("ca.crt"),
         file("server.crt"),
         file("server.key"),
@@ -369,22 +399,60 @@ async fn the_bridge_speaks_tls_to_mosquitto_with_a_ca_file() {
         &format!("ca_file = \"{}\"", file("ca.crt")),
     ));
     let mut subscriber = Client::connect(plain_port, "cloud-service").await;
-    subscriber
-        .subscribe(&format!(
-            "{PREFIX}/{}",
-            shadow_topic("heater-1", "document")
-        ))
-        .await;
-    wait_for_bridge(&gateway, |b| b["connected"] == true);
-    let heater = Client::connect(gateway.port, "heater-1").await;
-    heater
-        .publish(
-            &shadow_topic("heater-1", "reported"),
-            common::json(&json!({"state": {"on": true}})),
-        )
-        .await;
-    let document = subscriber.expect("/shadow/document").await;
-    assert_eq!(document.payload_json()["state"]["reported"]["on"], true);
+    reported_state_goes_up(&gateway, &mut subscriber).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_logs_in_with_a_client_certificate_and_a_password() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    dev_certs(certs.path());
+    let file = |name: &str| certs.path().join(name).display().to_string();
+    let passwords = file("mosquitto.passwd");
+    for (create, user, password) in [
+        (true, "gw-test", "bridge-secret"),
+        (false, "cloud-service", "service-secret"),
+    ] {
+        let mut passwd = Command::new("mosquitto_passwd");
+        if create {
+            passwd.arg("-c");
+        }
+        let status = passwd
+            .args(["-b", passwords.as_str(), user, password])
+            .status()
+            .expect("mosquitto_passwd: run scripts/install-test-deps.sh");
+        assert!(status.success());
+    }
+    let plain_port = free_port();
+    let cloud = Mosquitto::start(&format!(
+        "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n\
+         listener {plain_port} 127.0.0.1\nallow_anonymous false\npassword_file {passwords}",
+        file("ca.crt"),
+        file("server.crt"),
+        file("server.key"),
+    ));
+    wait_for_port(plain_port, None);
+    let password_file = certs.path().join("bridge-password");
+    std::fs::write(&password_file, "bridge-secret\n").expect("password file");
+    let gateway = Gateway::start_with(&bridge_config(
+        &format!("mqtts://127.0.0.1:{}", cloud.port),
+        &format!(
+            "ca_file = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\n\
+             username = \"gw-test\"\npassword_file = \"{}\"",
+            file("ca.crt"),
+            file("gw-test.crt"),
+            file("gw-test.key"),
+            password_file.display()
+        ),
+    ));
+    let mut subscriber = Client::connect_as(
+        plain_port,
+        "cloud-service",
+        "cloud-service",
+        "service-secret",
+    )
+    .await
+    .expect("the cloud service logs in");
+    reported_state_goes_up(&gateway, &mut subscriber).await;
 }
 
 #[test]
