@@ -5,11 +5,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, http_get, shadow_topic, wait_for_port, Client, Gateway, RawClient, WAIT};
+use common::{
+    dev_certs, free_port, http_get, shadow_topic, wait_for_port, Client, Gateway, RawClient, WAIT,
+};
 use serde_json::{json, Value};
 
 /// What the bridge's tests configure upstream: `prefix` is `gateways/gw-test`.
@@ -365,25 +367,10 @@ async fn an_upstream_outage_loses_nothing_and_duplicates_nothing() {
     eprintln!("{total} messages replayed upstream {replay:?} after the broker restarted");
 }
 
-/// The lab CA, server certificate, and a client certificate for the bridge (`gw-test`).
-fn dev_certs(dir: &Path) {
-    let out = Command::new(common::BIN)
-        .args(["certs", "dev", "--out"])
-        .arg(dir)
-        .args(["--device", "gw-test"])
-        .output()
-        .expect("certs dev");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bridge_speaks_tls_to_mosquitto_with_a_ca_file() {
     let certs = tempfile::tempdir().expect("tempdir");
-    dev_certs(certs.path());
+    dev_certs(certs.path(), "gw-test");
     let plain_port = free_port();
     let file = |name: &str| certs.path().join(name).display().to_string();
     // TLS for the bridge; a plain listener for the test's subscriber.
@@ -405,7 +392,7 @@ async fn the_bridge_speaks_tls_to_mosquitto_with_a_ca_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bridge_logs_in_with_a_client_certificate_and_a_password() {
     let certs = tempfile::tempdir().expect("tempdir");
-    dev_certs(certs.path());
+    dev_certs(certs.path(), "gw-test");
     let file = |name: &str| certs.path().join(name).display().to_string();
     let passwords = file("mosquitto.passwd");
     for (create, user, password) in [

@@ -7,26 +7,12 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, Gateway, BIN};
-
-fn dev_certs(dir: &std::path::Path) {
-    let out = Command::new(BIN)
-        .args(["certs", "dev", "--out"])
-        .arg(dir)
-        .args(["--device", "heater-1"])
-        .output()
-        .expect("certs dev");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::{dev_certs, free_port, Gateway, BIN};
 
 #[test]
 fn tls_works_and_plain_mqtt_on_the_tls_port_does_not() {
     let certs = tempfile::tempdir().expect("tempdir");
-    dev_certs(certs.path());
+    dev_certs(certs.path(), "heater-1");
     let tls_port = free_port();
     let mut gateway = Gateway::start_with("");
     // The [mqtt] section is the fixture's; TLS settings come as environment overrides.
@@ -102,7 +88,7 @@ fn tls_works_and_plain_mqtt_on_the_tls_port_does_not() {
 #[test]
 fn a_missing_or_mismatched_certificate_stops_the_start_with_a_clear_error() {
     let certs = tempfile::tempdir().expect("tempdir");
-    dev_certs(certs.path());
+    dev_certs(certs.path(), "heater-1");
     let run = |cert: &str, key: &str| {
         let dir = tempfile::tempdir().expect("tempdir");
         Command::new(BIN)

@@ -196,6 +196,22 @@ impl Received {
     }
 }
 
+/// `certs dev` into `dir`: the lab CA, a server certificate, and one client certificate per
+/// device (CN = id).
+pub fn dev_certs(dir: &std::path::Path, device: &str) {
+    let out = Command::new(BIN)
+        .args(["certs", "dev", "--out"])
+        .arg(dir)
+        .args(["--device", device])
+        .output()
+        .expect("certs dev");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A real MQTT client (rumqttc) with its event loop on a task.
 pub struct Client {
     pub client: AsyncClient,
