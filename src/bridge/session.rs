@@ -14,7 +14,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS,
+    SubscribeFilter, SubscribeReasonCode,
+};
 use tokio::sync::mpsc;
 
 use super::backoff::Backoff;
@@ -47,8 +50,9 @@ pub struct Session {
     status: BridgeStatus,
     echoes: Echoes,
     backoff: Backoff,
-    /// Subscribed once in this process: afterwards only when the broker lost our session
-    /// (resubscribing would make it resend every retained message).
+    /// The upstream broker acknowledged our subscriptions once in this process: afterwards
+    /// they are renewed only when it lost our session (resubscribing would make it resend
+    /// every retained message).
     subscribed: bool,
 }
 
@@ -169,13 +173,34 @@ impl Session {
         if self.subscribed && session_present {
             return Ok(());
         }
-        for filter in &self.subscribe {
-            client
-                .try_subscribe(format!("{}/{filter}", self.prefix), QoS::AtLeastOnce)
-                .map_err(|e| e.to_string())?;
+        if self.subscribe.is_empty() {
+            self.subscribed = true;
+            return Ok(());
         }
+        let filters = self
+            .subscribe
+            .iter()
+            .map(|filter| SubscribeFilter::new(self.upstream_topic(filter), QoS::AtLeastOnce));
+        client
+            .try_subscribe_many(filters)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The SUBACK of our subscriptions (one SUBSCRIBE with every filter).
+    fn on_suback(&mut self, codes: &[SubscribeReasonCode]) {
         self.subscribed = true;
-        Ok(())
+        for (filter, code) in self.subscribe.iter().zip(codes) {
+            if *code == SubscribeReasonCode::Failure {
+                tracing::error!(
+                    filter = %self.upstream_topic(filter),
+                    "the upstream broker refused the subscription; nothing arrives from it"
+                );
+            }
+        }
+    }
+
+    fn upstream_topic(&self, local: &str) -> String {
+        format!("{}/{local}", self.prefix)
     }
 
     async fn on_event(&mut self, client: &AsyncClient, event: Event, inflight: &mut Inflight) {
@@ -201,6 +226,7 @@ impl Session {
                 }
             }
             Event::Incoming(Packet::Publish(publish)) => self.on_upstream(client, &publish),
+            Event::Incoming(Packet::SubAck(ack)) => self.on_suback(&ack.return_codes),
             _ => {}
         }
     }
@@ -221,9 +247,13 @@ impl Session {
                 let _ = self.outbox.remove_item(&pending);
                 continue;
             };
-            let topic = format!("{}/{}", self.prefix, message.topic);
             client
-                .try_publish(topic, QoS::AtLeastOnce, false, message.payload.clone())
+                .try_publish(
+                    self.upstream_topic(&message.topic),
+                    QoS::AtLeastOnce,
+                    false,
+                    message.payload.clone(),
+                )
                 .map_err(|e| e.to_string())?;
             if self
                 .subscribe
