@@ -292,15 +292,72 @@ fn readings(device_id: &str, count: usize) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// `devices` devices publish `per_device` readings each at once, QoS 1; every one acknowledged.
+fn publish_readings(port: u16, devices: usize, per_device: usize) {
+    let publishers: Vec<_> = (0..devices)
+        .map(|d| {
+            std::thread::spawn(move || {
+                let device_id = format!("heater-{d}");
+                let mut device = RawClient::connect(port, &device_id).expect("connect");
+                let acked = device.publish_all(&readings(&device_id, per_device));
+                device.disconnect();
+                acked
+            })
+        })
+        .collect();
+    for publisher in publishers {
+        assert_eq!(publisher.join().expect("publisher"), Ok(per_device));
+    }
+}
+
+/// The upstream topic filter of every device's telemetry.
+fn upstream_telemetry() -> String {
+    format!("{PREFIX}/iotsphere/devices/+/telemetry/#")
+}
+
+/// Reads what `publish_readings` sent from the cloud subscriber: each device's readings
+/// exactly once and in order, then nothing more for a second. Returns when the last one
+/// arrived.
+async fn expect_every_reading_once_in_order(
+    subscriber: &mut Client,
+    devices: usize,
+    per_device: usize,
+    gateway: &Gateway,
+) -> Instant {
+    let mut seqs: HashMap<String, Vec<i64>> = HashMap::new();
+    for _ in 0..devices * per_device {
+        let message = subscriber.next_within(WAIT).await.unwrap_or_else(|| {
+            panic!(
+                "only {seqs:?} arrived; bridge {}\n{}",
+                bridge_health(gateway),
+                gateway.log(),
+            )
+        });
+        let reading: Value = serde_json::from_slice(&message.payload).expect("reading");
+        let seq = reading["seq"].as_i64().expect("seq");
+        seqs.entry(message.topic).or_default().push(seq);
+    }
+    let last_arrived = Instant::now();
+    subscriber
+        .expect_none("/telemetry/temperature", Duration::from_secs(1))
+        .await;
+    assert_eq!(seqs.len(), devices);
+    let expected: Vec<i64> = (0..).take(per_device).collect();
+    for (topic, seqs) in &seqs {
+        assert_eq!(*seqs, expected, "{topic}: every reading once, in order");
+    }
+    last_arrived
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_outage_loses_nothing_and_duplicates_nothing() {
     const DEVICES: usize = 4;
     const PER_DEVICE: usize = 250;
+    let total = DEVICES * PER_DEVICE;
     let mut cloud = Mosquitto::anonymous();
-    let telemetry = format!("{PREFIX}/iotsphere/devices/+/telemetry/#");
     // A persistent cloud subscriber: the broker queues for it across the restart.
     let mut subscriber = Client::connect_with(cloud.port, "cloud-archive", false).await;
-    subscriber.subscribe(&telemetry).await;
+    subscriber.subscribe(&upstream_telemetry()).await;
     let gateway = Gateway::start_with(&bridge_config(
         &format!("mqtt://127.0.0.1:{}", cloud.port),
         "",
@@ -310,54 +367,16 @@ async fn an_upstream_outage_loses_nothing_and_duplicates_nothing() {
     cloud.stop();
     subscriber.expect_disconnected().await;
     wait_for_bridge(&gateway, |b| b["connected"] == false);
-    let port = gateway.port;
-    let publishers: Vec<_> = (0..DEVICES)
-        .map(|d| {
-            std::thread::spawn(move || {
-                let device_id = format!("heater-{d}");
-                let mut device = RawClient::connect(port, &device_id).expect("connect");
-                let acked = device.publish_all(&readings(&device_id, PER_DEVICE));
-                device.disconnect();
-                acked
-            })
-        })
-        .collect();
-    for publisher in publishers {
-        assert_eq!(publisher.join().expect("publisher"), Ok(PER_DEVICE));
-    }
-    let total = DEVICES * PER_DEVICE;
+    publish_readings(gateway.port, DEVICES, PER_DEVICE);
     let bridge = wait_for_bridge(&gateway, |b| b["queued"].as_u64() >= Some(total as u64));
     assert_eq!(bridge["connected"], false, "{bridge}");
 
     let restarted = Instant::now();
     cloud.spawn();
     let mut subscriber = Client::connect_with(cloud.port, "cloud-archive", false).await;
-    let mut seqs: HashMap<String, Vec<i64>> = HashMap::new();
-    for _ in 0..total {
-        let message = subscriber.next_within(WAIT).await.unwrap_or_else(|| {
-            panic!(
-                "only {seqs:?} arrived; bridge {}\n{}\n{}",
-                bridge_health(&gateway),
-                gateway.log(),
-                std::fs::read_to_string(cloud.dir.path().join("mosquitto.log")).unwrap_or_default()
-            )
-        });
-        let reading: Value = serde_json::from_slice(&message.payload).expect("reading");
-        let seq = reading["seq"].as_i64().expect("seq");
-        seqs.entry(message.topic).or_default().push(seq);
-    }
-    let replay = restarted.elapsed();
-    subscriber
-        .expect_none("/telemetry/temperature", Duration::from_secs(1))
-        .await;
-    assert_eq!(seqs.len(), DEVICES);
-    for (topic, seqs) in &seqs {
-        assert_eq!(
-            *seqs,
-            (0..PER_DEVICE as i64).collect::<Vec<_>>(),
-            "{topic}: every reading once, in order"
-        );
-    }
+    let last_arrived =
+        expect_every_reading_once_in_order(&mut subscriber, DEVICES, PER_DEVICE, &gateway).await;
+    let replay = last_arrived - restarted;
     let bridge = wait_for_bridge(&gateway, |b| b["queued"] == 0);
     assert_eq!(bridge["reconnects"], 1, "{bridge}");
     assert!(
@@ -365,6 +384,30 @@ async fn an_upstream_outage_loses_nothing_and_duplicates_nothing() {
         "{bridge}"
     );
     eprintln!("{total} messages replayed upstream {replay:?} after the broker restarted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_devices_were_acknowledged_survives_a_kill_9_while_upstream_is_down() {
+    const DEVICES: usize = 2;
+    const PER_DEVICE: usize = 100;
+    let mut cloud = Mosquitto::anonymous();
+    let mut subscriber = Client::connect_with(cloud.port, "cloud-archive", false).await;
+    subscriber.subscribe(&upstream_telemetry()).await;
+    cloud.stop();
+    subscriber.expect_disconnected().await;
+
+    let mut gateway = Gateway::start_with(&bridge_config(
+        &format!("mqtt://127.0.0.1:{}", cloud.port),
+        "",
+    ));
+    publish_readings(gateway.port, DEVICES, PER_DEVICE);
+    gateway.kill9();
+    gateway.spawn(&[]);
+    let total = (DEVICES * PER_DEVICE) as u64;
+    wait_for_bridge(&gateway, |b| b["queued"].as_u64() >= Some(total));
+    cloud.spawn();
+    let mut subscriber = Client::connect_with(cloud.port, "cloud-archive", false).await;
+    expect_every_reading_once_in_order(&mut subscriber, DEVICES, PER_DEVICE, &gateway).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
