@@ -4,7 +4,7 @@
 //! mirror state owned elsewhere (outbox, uplink, memory) are read at scrape time.
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -62,6 +62,9 @@ struct Inner {
     bridge_received: Counter,
     bridge_queued: Gauge,
     bridge_dropped: Gauge,
+    /// Serializes the bridge counters' catch-up, so two scrapes at once cannot both add
+    /// the same difference.
+    bridge_catch_up: Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -87,6 +90,7 @@ impl Default for Metrics {
             bridge_received: Counter::default(),
             bridge_queued: Gauge::default(),
             bridge_dropped: Gauge::default(),
+            bridge_catch_up: Mutex::new(()),
             registry: Registry::default(),
         };
         registry.register(
@@ -227,6 +231,10 @@ impl Metrics {
         let inner = &self.0;
         if let Some(bridge) = bridge {
             inner.bridge_connected.set(i64::from(bridge.connected));
+            let _catching_up = inner
+                .bridge_catch_up
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             for (counter, total) in [
                 (&inner.bridge_reconnects, bridge.reconnects),
                 (&inner.bridge_forwarded, bridge.forwarded),
