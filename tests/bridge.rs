@@ -168,7 +168,7 @@ async fn reported_state_goes_up(gateway: &Gateway, subscriber: &mut Client) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reported_state_reaches_the_upstream_subscriber() {
     let cloud = Mosquitto::anonymous();
-    let gateway = Gateway::start_with(&bridge_config(
+    let mut gateway = Gateway::start_with(&bridge_config(
         &format!("mqtt://127.0.0.1:{}", cloud.port),
         "",
     ));
@@ -183,6 +183,8 @@ async fn reported_state_reaches_the_upstream_subscriber() {
         metrics.contains("iotsphere_bridge_connected 1"),
         "{metrics}"
     );
+    // The bridge does not hold up shutdown (terminate() requires exit 0 within 5 s).
+    assert!(gateway.terminate().success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
