@@ -415,7 +415,7 @@ async fn what_devices_were_acknowledged_survives_a_kill_9_while_upstream_is_down
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bridge_speaks_tls_to_mosquitto_with_a_ca_file() {
     let certs = tempfile::tempdir().expect("tempdir");
-    dev_certs(certs.path(), "gw-test");
+    dev_certs(certs.path(), &["gw-test"]);
     let plain_port = free_port();
     let file = |name: &str| certs.path().join(name).display().to_string();
     // TLS for the bridge; a plain listener for the test's subscriber.
@@ -437,7 +437,7 @@ async fn the_bridge_speaks_tls_to_mosquitto_with_a_ca_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bridge_logs_in_with_a_client_certificate_and_a_password() {
     let certs = tempfile::tempdir().expect("tempdir");
-    dev_certs(certs.path(), "gw-test");
+    dev_certs(certs.path(), &["gw-test"]);
     let file = |name: &str| certs.path().join(name).display().to_string();
     let passwords = file("mosquitto.passwd");
     for (create, user, password) in [

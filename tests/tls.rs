@@ -12,7 +12,7 @@ use common::{dev_certs, free_port, Gateway, BIN};
 #[test]
 fn tls_works_and_plain_mqtt_on_the_tls_port_does_not() {
     let certs = tempfile::tempdir().expect("tempdir");
-    dev_certs(certs.path(), "heater-1");
+    dev_certs(certs.path(), &["heater-1"]);
     let tls_port = free_port();
     let mut gateway = Gateway::start_with("");
     // The [mqtt] section is the fixture's; TLS settings come as environment overrides.
@@ -88,7 +88,7 @@ fn tls_works_and_plain_mqtt_on_the_tls_port_does_not() {
 #[test]
 fn a_missing_or_mismatched_certificate_stops_the_start_with_a_clear_error() {
     let certs = tempfile::tempdir().expect("tempdir");
-    dev_certs(certs.path(), "heater-1");
+    dev_certs(certs.path(), &["heater-1"]);
     let run = |cert: &str, key: &str| {
         let dir = tempfile::tempdir().expect("tempdir");
         Command::new(BIN)

@@ -198,13 +198,13 @@ impl Received {
 
 /// `certs dev` into `dir`: the lab CA, a server certificate, and one client certificate per
 /// device (CN = id).
-pub fn dev_certs(dir: &std::path::Path, device: &str) {
-    let out = Command::new(BIN)
-        .args(["certs", "dev", "--out"])
-        .arg(dir)
-        .args(["--device", device])
-        .output()
-        .expect("certs dev");
+pub fn dev_certs(dir: &std::path::Path, devices: &[&str]) {
+    let mut command = Command::new(BIN);
+    command.args(["certs", "dev", "--out"]).arg(dir);
+    for device in devices {
+        command.args(["--device", device]);
+    }
+    let out = command.output().expect("certs dev");
     assert!(
         out.status.success(),
         "{}",
