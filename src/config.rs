@@ -276,11 +276,24 @@ impl OutboxSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BridgeSection {
+    /// `mqtt://host:port` or `mqtts://host:port`; empty: no bridge.
     pub url: String,
     pub client_id: String,
     pub prefix: String,
     pub forward: Vec<String>,
     pub subscribe: Vec<String>,
+    /// PEM CA bundle that signs the upstream broker's certificate (mqtts).
+    pub ca_file: String,
+    /// PEM client certificate and key, when the upstream broker wants mTLS.
+    pub client_cert: String,
+    pub client_key: String,
+    pub username: String,
+    /// A file holding the password (first line), so it is not in this file in clear.
+    pub password_file: String,
+    pub keepalive_secs: u16,
+    /// Reconnect delays: doubling from min to max, with jitter.
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
 }
 
 impl Default for BridgeSection {
@@ -303,6 +316,125 @@ impl Default for BridgeSection {
             ]
             .map(String::from)
             .to_vec(),
+            ca_file: String::new(),
+            client_cert: String::new(),
+            client_key: String::new(),
+            username: String::new(),
+            password_file: String::new(),
+            keepalive_secs: 30,
+            reconnect_min_ms: 500,
+            reconnect_max_ms: 30_000,
+        }
+    }
+}
+
+/// Where the upstream broker is, from `bridge.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl BridgeSection {
+    /// `mqtt://host[:port]` (default 1883) or `mqtts://host[:port]` (default 8883).
+    pub fn parsed_url(&self) -> Result<BridgeUrl, String> {
+        let shape = "must be mqtt://host:port or mqtts://host:port";
+        let (tls, rest) = if let Some(rest) = self.url.strip_prefix("mqtts://") {
+            (true, rest)
+        } else if let Some(rest) = self.url.strip_prefix("mqtt://") {
+            (false, rest)
+        } else {
+            return Err(shape.into());
+        };
+        let default_port = if tls { 8883 } else { 1883 };
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) if !rest.ends_with(']') => {
+                (host, port.parse::<u16>().map_err(|_| shape.to_string())?)
+            }
+            _ => (rest, default_port),
+        };
+        check_listen_address(&format!("{host}:{port}")).map_err(|_| shape.to_string())?;
+        Ok(BridgeUrl {
+            tls,
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port,
+        })
+    }
+
+    fn validate(&self, problem: &mut impl FnMut(&str, String)) {
+        let url = self.parsed_url();
+        if let Err(message) = &url {
+            problem("bridge.url", message.clone());
+        }
+        let tls = url.is_ok_and(|u| u.tls);
+        if self.client_id.is_empty() || self.client_id.len() > 128 {
+            problem("bridge.client_id", "must be 1-128 characters".into());
+        }
+        let prefix_ok = !self.prefix.is_empty()
+            && !self.prefix.starts_with('/')
+            && !self.prefix.ends_with('/')
+            && !self.prefix.contains(['+', '#']);
+        if !prefix_ok {
+            problem(
+                "bridge.prefix",
+                "must be a topic without wildcards and without leading or trailing /".into(),
+            );
+        }
+        for (list, filters) in [
+            ("bridge.forward", &self.forward),
+            ("bridge.subscribe", &self.subscribe),
+        ] {
+            if let Some((index, bad)) = filters
+                .iter()
+                .enumerate()
+                .find(|(_, f)| !is_valid_filter(f))
+            {
+                problem(
+                    &format!("{list}[{index}]"),
+                    format!("`{bad}` is not an MQTT topic filter"),
+                );
+            }
+        }
+        if tls && self.ca_file.is_empty() {
+            problem(
+                "bridge.ca_file",
+                "mqtts needs the CA that signs the broker's certificate (for a public CA: \
+                 /etc/ssl/certs/ca-certificates.crt)"
+                    .into(),
+            );
+        }
+        for (key, value) in [
+            ("bridge.ca_file", &self.ca_file),
+            ("bridge.client_cert", &self.client_cert),
+        ] {
+            if !tls && !value.is_empty() {
+                problem(key, "only used with an mqtts:// url".into());
+            }
+        }
+        if self.client_cert.is_empty() != self.client_key.is_empty() {
+            problem(
+                "bridge.client_key",
+                "client_cert and client_key go together".into(),
+            );
+        }
+        if !self.password_file.is_empty() && self.username.is_empty() {
+            problem("bridge.username", "password_file needs a username".into());
+        }
+        if self.keepalive_secs < 5 {
+            problem("bridge.keepalive_secs", "must be at least 5".into());
+        }
+        if self.reconnect_min_ms < 10 {
+            problem("bridge.reconnect_min_ms", "must be at least 10 (ms)".into());
+        }
+        if self.reconnect_max_ms < self.reconnect_min_ms {
+            problem(
+                "bridge.reconnect_max_ms",
+                "must be at least reconnect_min_ms".into(),
+            );
         }
     }
 }
@@ -652,10 +784,7 @@ impl GatewayConfig {
             );
         }
         if !self.bridge.url.is_empty() {
-            problem(
-                "bridge.url",
-                "the upstream bridge is not available in this version yet; leave it empty".into(),
-            );
+            self.bridge.validate(&mut problem);
         }
         if !self.http.listen.is_empty() {
             if let Err(message) = check_listen_address(&self.http.listen) {
@@ -1074,6 +1203,52 @@ mod tests {
             lines[1].starts_with("F:3:18: bridge.forward[1]: invalid type"),
             "{lines:?}"
         );
+    }
+
+    #[test]
+    fn a_bridge_section_is_checked() {
+        let config = load_str(
+            "[bridge]\nurl = \"mqtts://cloud.example.com\"\nca_file = \"/etc/ssl/ca.pem\"\n",
+            &[],
+        )
+        .expect("a valid bridge");
+        let url = config.bridge.parsed_url().expect("url");
+        assert_eq!(
+            (url.tls, url.host.as_str(), url.port),
+            (true, "cloud.example.com", 8883)
+        );
+        let url = BridgeSection {
+            url: "mqtt://[::1]:1884".into(),
+            ..BridgeSection::default()
+        }
+        .parsed_url()
+        .expect("url");
+        assert_eq!((url.tls, url.host.as_str(), url.port), (false, "::1", 1884));
+
+        let text = "[bridge]\nurl = \"mqtt://cloud:1883\"\nca_file = \"ca.pem\"\n\
+                    client_key = \"k.pem\"\npassword_file = \"pw\"\nreconnect_max_ms = 1\n";
+        assert_eq!(
+            problem_lines(text, &[]),
+            vec![
+                "F:3:11: bridge.ca_file: only used with an mqtts:// url",
+                "F:4:14: bridge.client_key: client_cert and client_key go together",
+                "F: bridge.username: password_file needs a username",
+                "F:6:20: bridge.reconnect_max_ms: must be at least reconnect_min_ms",
+            ]
+        );
+        for bad in [
+            "cloud:1883",
+            "mqtt://",
+            "mqtt://cloud:0",
+            "mqtt://cloud:x",
+            "ws://cloud",
+        ] {
+            let section = BridgeSection {
+                url: bad.into(),
+                ..BridgeSection::default()
+            };
+            assert!(section.parsed_url().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::alerts::{self, AlertRule, Engine};
 use crate::auth::{Access, AuthError};
+use crate::bridge::{Bridge, BridgeError, BRIDGE_CLIENT_ID};
 use crate::broker::hook::{GatewayHook, SubscriptionLimit};
 use crate::broker::{self, BrokerError, EmbeddedBroker, GatewayLink};
 use crate::config::{AuthMode, GatewayConfig};
@@ -48,6 +49,8 @@ pub enum GatewayError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Uplink(#[from] UplinkError),
+    #[error(transparent)]
+    Bridge(#[from] BridgeError),
     #[error("auth.credentials_file: {0}")]
     Auth(#[from] AuthError),
     #[error("http.listen `{0}`: {1}")]
@@ -157,6 +160,12 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
             (Some(feed), Some(inbox))
         }
     };
+    let (bridge, capture) = if config.bridge.url.is_empty() {
+        (None, None)
+    } else {
+        let (bridge, capture) = Bridge::new(&config, store.db())?;
+        (Some(bridge), Some(capture))
+    };
     let hook: Arc<dyn PublishHook> = Arc::new(GatewayHook {
         topics: topics.clone(),
         metrics: metrics.clone(),
@@ -164,6 +173,7 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
         ingest,
         subscriptions: SubscriptionLimit::new(config.mqtt.max_subscriptions),
         alerts: alert_feed,
+        bridge: capture,
     });
     let (broker, mut link) = EmbeddedBroker::new(&config.mqtt, Some(hook), access.clone())?;
     for filter in service.request_filters() {
@@ -219,17 +229,23 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
     let uplink_status = uplink.as_ref().map(|u| u.status.clone()).zip(outbox);
     let from_cloud = uplink.map(|u| u.from_cloud);
 
+    let bridge_status = match bridge {
+        Some(bridge) => Some(bridge.start(broker.link(BRIDGE_CLIENT_ID)?)),
+        None => None,
+    };
+
     let health = HealthState {
         store: store.clone(),
         uplink: uplink_status,
+        bridge: bridge_status,
         metrics: metrics.clone(),
         started,
     };
-    tokio::spawn(publish_status(
-        broker.link("iotsphere:system")?,
-        replies.clone(),
-        health.clone(),
-    ));
+    // The first status goes to the router before the listeners open, so the very first
+    // client to subscribe finds it retained.
+    let mut system_link = broker.link("iotsphere:system")?;
+    system_link.publish_all([replies.system_status(&health.summary())])?;
+    tokio::spawn(publish_status(system_link, replies.clone(), health.clone()));
     let http_addr = if config.http.listen.is_empty() {
         None
     } else {
@@ -248,6 +264,7 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
         mqtts = %shown(tls_listen),
         http = %http_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         uplink = uplink_enabled,
+        bridge = %if config.bridge.url.is_empty() { "off" } else { config.bridge.url.as_str() },
         root = %config.topics.root,
         data_dir = %config.gateway.data_dir.display(),
         version = env!("CARGO_PKG_VERSION"),
@@ -307,11 +324,11 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(30);
 /// every `STATUS_INTERVAL`, so a technician's MQTT client sees it on subscribing.
 async fn publish_status(mut link: GatewayLink, replies: Replies, health: HealthState) {
     loop {
+        tokio::time::sleep(STATUS_INTERVAL).await;
         let status = replies.system_status(&health.summary());
         if let Err(e) = link.publish_all([status]) {
             tracing::warn!(error = %e, "could not publish system/status");
         }
-        tokio::time::sleep(STATUS_INTERVAL).await;
     }
 }
 

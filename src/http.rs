@@ -11,6 +11,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
+use crate::bridge::{BridgeReport, BridgeStatus};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::store::ShadowStore;
@@ -22,6 +23,8 @@ pub struct HealthState {
     pub store: ShadowStore,
     /// `None` when no uplink is configured.
     pub uplink: Option<(UplinkStatus, Outbox)>,
+    /// `None` when no bridge is configured.
+    pub bridge: Option<BridgeStatus>,
     pub metrics: Metrics,
     pub started: Instant,
 }
@@ -36,6 +39,9 @@ pub struct Health {
     shadows: usize,
     connected_clients: i64,
     outbox_items: usize,
+    /// The upstream MQTT bridge; absent when none is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bridge: Option<BridgeReport>,
     version: &'static str,
     uptime_secs: u64,
 }
@@ -56,6 +62,7 @@ impl HealthState {
             shadows: self.store.len(),
             connected_clients: self.metrics.connected_clients(),
             outbox_items,
+            bridge: self.bridge.as_ref().map(BridgeStatus::report),
             version: env!("CARGO_PKG_VERSION"),
             uptime_secs: self.started.elapsed().as_secs(),
         }
@@ -93,7 +100,11 @@ async fn metrics(State(state): State<HealthState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(report.as_ref(), outbox.as_ref()),
+        state.metrics.render(
+            report.as_ref(),
+            outbox.as_ref(),
+            state.bridge.as_ref().map(BridgeStatus::report).as_ref(),
+        ),
     )
 }
 

@@ -26,6 +26,8 @@
 //!   cloud changes of `desired` watched (change stream or polling).
 //! - [`alerts`] — alert rules judged on readings, reported state and presence; published
 //!   and stored.
+//! - [`bridge`] — the optional upstream MQTT broker (rumqttc): `forward` topics sent up
+//!   through their own outbox, `subscribe` topics applied locally.
 //! - [`http`] — `/health`, `/health/uplink`, `/metrics`; [`metrics`] the Prometheus counters.
 //! - [`gateway`] — wires the above and handles shutdown; [`logging`] sets up `tracing`.
 //!
@@ -36,6 +38,7 @@
 pub mod admin;
 pub mod alerts;
 pub mod auth;
+pub mod bridge;
 pub mod broker;
 pub mod certs;
 pub mod codec;

@@ -4,7 +4,7 @@
 //! mirror state owned elsewhere (outbox, uplink, memory) are read at scrape time.
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -13,6 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::bridge::BridgeReport;
 use crate::outbox::OutboxStats;
 use crate::uplink::{UplinkMode, UplinkReport};
 
@@ -55,6 +56,15 @@ struct Inner {
     outbox_bytes: Gauge,
     outbox_dropped: Family<ReasonLabel, Gauge>,
     resident_memory: Gauge,
+    bridge_connected: Gauge,
+    bridge_reconnects: Counter,
+    bridge_forwarded: Counter,
+    bridge_received: Counter,
+    bridge_queued: Gauge,
+    bridge_dropped: Gauge,
+    /// Serializes the bridge counters' catch-up, so two scrapes at once cannot both add
+    /// the same difference.
+    bridge_catch_up: Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -74,6 +84,13 @@ impl Default for Metrics {
             outbox_bytes: Gauge::default(),
             outbox_dropped: Family::default(),
             resident_memory: Gauge::default(),
+            bridge_connected: Gauge::default(),
+            bridge_reconnects: Counter::default(),
+            bridge_forwarded: Counter::default(),
+            bridge_received: Counter::default(),
+            bridge_queued: Gauge::default(),
+            bridge_dropped: Gauge::default(),
+            bridge_catch_up: Mutex::new(()),
             registry: Registry::default(),
         };
         registry.register(
@@ -136,6 +153,36 @@ impl Default for Metrics {
             "Resident memory of the gateway (VmRSS)",
             inner.resident_memory.clone(),
         );
+        registry.register(
+            "bridge_connected",
+            "1 when the upstream MQTT broker is connected",
+            inner.bridge_connected.clone(),
+        );
+        registry.register(
+            "bridge_reconnects",
+            "Connections to the upstream MQTT broker lost",
+            inner.bridge_reconnects.clone(),
+        );
+        registry.register(
+            "bridge_forwarded",
+            "Messages the upstream MQTT broker acknowledged",
+            inner.bridge_forwarded.clone(),
+        );
+        registry.register(
+            "bridge_received",
+            "Messages from the upstream MQTT broker published locally",
+            inner.bridge_received.clone(),
+        );
+        registry.register(
+            "bridge_queued",
+            "Messages waiting for the upstream MQTT broker",
+            inner.bridge_queued.clone(),
+        );
+        registry.register(
+            "bridge_dropped",
+            "Messages dropped from the bridge's outbox since start (full or expired)",
+            inner.bridge_dropped.clone(),
+        );
         Metrics(Arc::new(Inner { registry, ..inner }))
     }
 }
@@ -175,8 +222,30 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with the state-mirroring gauges refreshed.
-    pub fn render(&self, uplink: Option<&UplinkReport>, outbox: Option<&OutboxStats>) -> String {
+    pub fn render(
+        &self,
+        uplink: Option<&UplinkReport>,
+        outbox: Option<&OutboxStats>,
+        bridge: Option<&BridgeReport>,
+    ) -> String {
         let inner = &self.0;
+        if let Some(bridge) = bridge {
+            inner.bridge_connected.set(i64::from(bridge.connected));
+            let _catching_up = inner
+                .bridge_catch_up
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for (counter, total) in [
+                (&inner.bridge_reconnects, bridge.reconnects),
+                (&inner.bridge_forwarded, bridge.forwarded),
+                (&inner.bridge_received, bridge.received),
+            ] {
+                // The bridge keeps the totals; the counters catch up at scrape time.
+                counter.inc_by(total.saturating_sub(counter.get()));
+            }
+            inner.bridge_queued.set(to_i64(bridge.queued));
+            inner.bridge_dropped.set(to_i64(bridge.dropped));
+        }
         if let Some(report) = uplink {
             inner.uplink_connected.set(i64::from(report.connected));
             for (mode, name) in [
@@ -251,6 +320,12 @@ mod tests {
                 dropped_full: 2,
                 ..OutboxStats::default()
             }),
+            Some(&BridgeReport {
+                connected: true,
+                forwarded: 7,
+                queued: 2,
+                ..BridgeReport::default()
+            }),
         );
         for line in [
             "iotsphere_messages_in_total{kind=\"telemetry\"} 1",
@@ -258,6 +333,9 @@ mod tests {
             "iotsphere_connected_clients 1",
             "iotsphere_outbox_items 3",
             "iotsphere_outbox_dropped{reason=\"full\"} 2",
+            "iotsphere_bridge_connected 1",
+            "iotsphere_bridge_forwarded_total 7",
+            "iotsphere_bridge_queued 2",
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }

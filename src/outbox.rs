@@ -31,9 +31,24 @@ use crate::shadow::Document;
 use crate::store::StoreError;
 use crate::telemetry::Reading;
 
-const ITEMS_TREE: &str = "outbox";
-const SHADOWS_TREE: &str = "outbox_shadows";
-const DEAD_TREE: &str = "outbox_dead";
+/// Tree names: the uplink's outbox, and the bridge's (same rules, its own queue, so a
+/// MongoDB outage never holds back the upstream broker's messages and vice versa).
+const UPLINK_TREES: TreeNames = TreeNames {
+    items: "outbox",
+    shadows: "outbox_shadows",
+    dead: "outbox_dead",
+};
+const BRIDGE_TREES: TreeNames = TreeNames {
+    items: "bridge_outbox",
+    shadows: "bridge_outbox_shadows",
+    dead: "bridge_outbox_dead",
+};
+
+struct TreeNames {
+    items: &'static str,
+    shadows: &'static str,
+    dead: &'static str,
+}
 
 /// A write bound for MongoDB.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,6 +68,16 @@ pub enum ToCloud {
     },
     /// An alert fired or cleared: its document in `alerts`.
     Alert(crate::alerts::AlertEvent),
+    /// A local publication for the upstream MQTT broker (the bridge's outbox only).
+    Forward(Forwarded),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Forwarded {
+    /// The local topic (the bridge adds its prefix when publishing).
+    pub topic: String,
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,12 +173,25 @@ impl From<&OutboxSection> for OutboxLimits {
 }
 
 impl Outbox {
-    /// Opens the outbox trees in the store's sled database.
+    /// Opens the uplink's outbox trees in the store's sled database.
     pub fn open(db: &sled::Db, limits: OutboxLimits) -> Result<Outbox, StoreError> {
+        Self::open_trees(db, limits, &UPLINK_TREES)
+    }
+
+    /// Opens the bridge's outbox: [`ToCloud::Forward`] items for the upstream MQTT broker.
+    pub fn open_bridge(db: &sled::Db, limits: OutboxLimits) -> Result<Outbox, StoreError> {
+        Self::open_trees(db, limits, &BRIDGE_TREES)
+    }
+
+    fn open_trees(
+        db: &sled::Db,
+        limits: OutboxLimits,
+        names: &TreeNames,
+    ) -> Result<Outbox, StoreError> {
         let outbox = Outbox {
-            items: db.open_tree(ITEMS_TREE)?,
-            shadows: db.open_tree(SHADOWS_TREE)?,
-            dead: db.open_tree(DEAD_TREE)?,
+            items: db.open_tree(names.items)?,
+            shadows: db.open_tree(names.shadows)?,
+            dead: db.open_tree(names.dead)?,
             db: db.clone(),
             limits,
             counters: Arc::default(),
@@ -284,10 +322,29 @@ impl Outbox {
 
     /// Up to `max` oldest items; items older than `max_age` are dropped on the way.
     pub fn next_items(&self, max: usize) -> Result<Vec<Pending>, StoreError> {
+        self.next_items_after(None, max)
+    }
+
+    /// Like [`next_items`](Self::next_items), but only items after `after` (a key of an
+    /// item already handed out and not yet removed).
+    pub fn next_items_after(
+        &self,
+        after: Option<&[u8]>,
+        max: usize,
+    ) -> Result<Vec<Pending>, StoreError> {
         let oldest_allowed =
             now_ms() - i64::try_from(self.limits.max_age.as_millis()).unwrap_or(i64::MAX);
         let mut out = Vec::with_capacity(max);
-        for entry in self.items.iter() {
+        if max == 0 {
+            return Ok(out);
+        }
+        let range = match after {
+            Some(key) => self
+                .items
+                .range::<&[u8], _>((std::ops::Bound::Excluded(key), std::ops::Bound::Unbounded)),
+            None => self.items.iter(),
+        };
+        for entry in range {
             let (key, raw) = entry?;
             let entry = decode_entry(&key, &raw)?;
             if entry.enqueued_ms < oldest_allowed {
@@ -547,6 +604,29 @@ mod tests {
             .iter()
             .any(|e| e["tree"] == "dead" && e["entry"]["error"] == "document failed validation"));
         assert_eq!(outbox.purge(true).expect("purge"), 1);
+    }
+
+    #[test]
+    fn the_bridge_outbox_is_its_own_queue_read_after_a_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::open(dir.path()).expect("sled");
+        let uplink = Outbox::open(&db, limits(1 << 20, WhenFull::DropOldest)).expect("outbox");
+        let bridge =
+            Outbox::open_bridge(&db, limits(1 << 20, WhenFull::DropOldest)).expect("outbox");
+        for seq in 0..5 {
+            bridge.push(reading("h1", seq)).expect("push");
+        }
+        assert!(uplink.is_empty());
+        let first = bridge.next_items(2).expect("items");
+        let rest = bridge
+            .next_items_after(Some(&first[1].key), 10)
+            .expect("items");
+        let after: Vec<ToCloud> = rest.iter().map(|p| p.entry.write.clone()).collect();
+        assert_eq!(
+            after,
+            (2..5).map(|seq| reading("h1", seq)).collect::<Vec<_>>()
+        );
+        assert!(bridge.next_items_after(None, 0).expect("items").is_empty());
     }
 
     #[test]

@@ -8,30 +8,12 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, Gateway, BIN};
-
-fn dev_certs(dir: &std::path::Path) {
-    dev_certs_for(dir, &["heater-1"]);
-}
-
-fn dev_certs_for(dir: &std::path::Path, devices: &[&str]) {
-    let mut command = Command::new(BIN);
-    command.args(["certs", "dev", "--out"]).arg(dir);
-    for device in devices {
-        command.args(["--device", device]);
-    }
-    let out = command.output().expect("certs dev");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::{dev_certs, free_port, Gateway, BIN};
 
 #[test]
 fn tls_works_and_plain_mqtt_on_the_tls_port_does_not() {
     let certs = tempfile::tempdir().expect("tempdir");
-    dev_certs(certs.path());
+    dev_certs(certs.path(), &["heater-1"]);
     let tls_port = free_port();
     let mut gateway = Gateway::configure("");
     // The [mqtt] section is the fixture's; TLS settings come as environment overrides.
@@ -106,7 +88,7 @@ fn tls_works_and_plain_mqtt_on_the_tls_port_does_not() {
 #[test]
 fn a_missing_or_mismatched_certificate_stops_the_start_with_a_clear_error() {
     let certs = tempfile::tempdir().expect("tempdir");
-    dev_certs(certs.path());
+    dev_certs(certs.path(), &["heater-1"]);
     let run = |cert: &str, key: &str| {
         let dir = tempfile::tempdir().expect("tempdir");
         Command::new(BIN)
@@ -171,9 +153,9 @@ fn tls_publish(
 #[test]
 fn mutual_tls_names_each_device_by_its_certificate() {
     let certs = tempfile::tempdir().expect("tempdir");
-    dev_certs_for(certs.path(), &["heater-1", "heater-2", "cloud-app"]);
+    dev_certs(certs.path(), &["heater-1", "heater-2", "cloud-app"]);
     let foreign = tempfile::tempdir().expect("tempdir");
-    dev_certs_for(foreign.path(), &["heater-1"]);
+    dev_certs(foreign.path(), &["heater-1"]);
     let ours = |name: &str| certs.path().join(name);
 
     let mut gateway = Gateway::configure(

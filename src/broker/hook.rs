@@ -1,7 +1,9 @@
 //! The gateway's hook inside rumqttd's router (vendor/rumqttd `PublishHook`): for every
 //! PUBLISH, first the ACL (`auth::Access`, when a secure auth mode is on), then ingest of
-//! what the cloud needs (`ingest::Ingest`, when an uplink is on) — all before the router
-//! routes or acknowledges the message. Subscriptions pass the ACL and a per-client limit.
+//! what the cloud needs (`ingest::Ingest`, when an uplink is on), then what the alert
+//! rules and the upstream broker get (`alerts::AlertFeed`, `bridge::Capture`) — all before
+//! the router routes or acknowledges the message. Subscriptions pass the ACL and a
+//! per-client limit.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -11,6 +13,7 @@ use rumqttd::PublishHook;
 
 use crate::alerts::AlertFeed;
 use crate::auth::{Access, INTERNAL_CLIENT_PREFIX};
+use crate::bridge::Capture;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::topics::{Route, Topics};
@@ -23,6 +26,8 @@ pub struct GatewayHook {
     pub subscriptions: SubscriptionLimit,
     /// Set when alert rules are configured.
     pub alerts: Option<AlertFeed>,
+    /// Set when the upstream bridge is on.
+    pub bridge: Option<Capture>,
 }
 
 /// `mqtt.max_subscriptions`: distinct filters per connection. rumqttd keeps a commit log
@@ -94,12 +99,18 @@ impl PublishHook for GatewayHook {
                 alerts.publish(&self.topics, topic, payload);
             }
         }
+        if let Some(bridge) = &self.bridge {
+            bridge.on_publish(client_id, topic, payload, qos);
+        }
         true
     }
 
     fn before_acks(&self) {
         if let Some(ingest) = &self.ingest {
             ingest.before_acks();
+        }
+        if let Some(bridge) = &self.bridge {
+            bridge.before_acks();
         }
     }
 

@@ -211,6 +211,22 @@ impl Received {
     }
 }
 
+/// `certs dev` into `dir`: the lab CA, a server certificate, and one client certificate per
+/// device (CN = id).
+pub fn dev_certs(dir: &std::path::Path, devices: &[&str]) {
+    let mut command = Command::new(BIN);
+    command.args(["certs", "dev", "--out"]).arg(dir);
+    for device in devices {
+        command.args(["--device", device]);
+    }
+    let out = command.output().expect("certs dev");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A real MQTT client (rumqttc) with its event loop on a task.
 pub struct Client {
     pub client: AsyncClient,
