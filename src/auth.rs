@@ -6,13 +6,17 @@
 //! - **Identity**: with `auth.mode = "password"` the MQTT username, with
 //!   `auth.mode = "certificate"` the CN of the client certificate (verified against
 //!   `mqtt.client_ca` by the TLS handshake), is a device id or the name of an
-//!   `[[auth.services]]` entry. A device's client id must equal that name. Failures are
+//!   `[[auth.services]]` entry, or of a user in MongoDB `users` (a user's app, any client
+//!   id). A device's client id must equal that name. Failures are
 //!   refused at CONNECT and logged to the `audit` target with the peer's address.
 //! - **ACL**, enforced inside the broker before a message is routed (rumqttd publish hook):
 //!   a device publishes only to its own request topics (`shadow/reported`, `shadow/get`,
 //!   `telemetry/…`, `commands/response`) and subscribes only under its own
 //!   `ROOT/devices/{id}/`; a service publishes and subscribes within its configured
-//!   filters. Nobody but the gateway publishes `delta`, `document` or `rejected`.
+//!   filters; a user's app publishes only `users/{own id}/preferences` and subscribes only
+//!   under `users/{own id}/` and to the `document`, `delta` and `telemetry` topics of the
+//!   devices the user owns. Nobody but the gateway publishes `delta`, `document` or
+//!   `rejected`.
 //!   A refused publish is acknowledged and dropped (as mosquitto does under MQTT 3.1.1), a
 //!   refused subscription gets SUBACK failure; both are audited.
 
@@ -27,6 +31,7 @@ use argon2::{Algorithm, Argon2, Params, Version};
 
 use crate::config::ServiceRole;
 use crate::topics::{self, Route, ShadowTopic, Topics};
+use crate::users::Directory;
 
 /// Prefix of the gateway's own broker links; refused for external clients.
 pub const INTERNAL_CLIENT_PREFIX: &str = "iotsphere:";
@@ -177,6 +182,7 @@ const DUMMY_HASH: &str =
 pub enum Role {
     Device(String),
     Service(String),
+    User(String),
 }
 
 /// A client asking to connect.
@@ -224,6 +230,7 @@ struct AccessInner {
     topics: Topics,
     proof: Proof,
     services: HashMap<String, ServiceRole>,
+    users: Directory,
     /// client id → role and peer address, set at each successful CONNECT.
     sessions: RwLock<HashMap<String, (Role, SocketAddr)>>,
 }
@@ -234,25 +241,27 @@ impl Access {
         topics: Topics,
         credentials_file: &Path,
         services: &[ServiceRole],
+        users: Directory,
     ) -> Result<Access, AuthError> {
         let credentials = Credentials::load(credentials_file)?;
         let proof = Proof::Password {
             file: credentials_file.to_path_buf(),
             credentials: RwLock::new(credentials),
         };
-        Ok(Access::new(topics, proof, services))
+        Ok(Access::new(topics, proof, services, users))
     }
 
     /// Certificate mode: identities from verified client certificates.
-    pub fn certificates(topics: Topics, services: &[ServiceRole]) -> Access {
-        Access::new(topics, Proof::Certificate, services)
+    pub fn certificates(topics: Topics, services: &[ServiceRole], users: Directory) -> Access {
+        Access::new(topics, Proof::Certificate, services, users)
     }
 
-    fn new(topics: Topics, proof: Proof, services: &[ServiceRole]) -> Access {
+    fn new(topics: Topics, proof: Proof, services: &[ServiceRole], users: Directory) -> Access {
         Access {
             inner: Arc::new(AccessInner {
                 topics,
                 proof,
+                users,
                 services: services
                     .iter()
                     .map(|s| (s.name.clone(), s.clone()))
@@ -314,6 +323,8 @@ impl Access {
         };
         let role = if self.inner.services.contains_key(&name) {
             Role::Service(name)
+        } else if self.inner.users.is_user(&name) {
+            Role::User(name)
         } else if client_id == name && topics::is_valid_id(&name) && name != topics::BATCH {
             Role::Device(name)
         } else {
@@ -368,6 +379,7 @@ impl Access {
                         s.publish.iter().any(|filter| filter_matches(filter, topic))
                     })
                 }
+                Some(Role::User(id)) => route == Ok(Route::UserPreferences { user_id: &id }),
                 None => false,
             };
         if !allowed {
@@ -393,6 +405,7 @@ impl Access {
                     .iter()
                     .any(|allowed| filter_covers(allowed, filter))
             }),
+            Some(Role::User(id)) => self.user_may_subscribe(&id, filter),
             None => false,
         };
         if !allowed {
@@ -400,6 +413,31 @@ impl Access {
             tracing::warn!(target: "audit", client_id, %peer, filter, "subscribe denied");
         }
         allowed
+    }
+}
+
+impl Access {
+    /// Under `users/{id}/`, or what the devices the user owns publish for apps: their
+    /// `document`, `delta` and telemetry (no wildcard in place of the device).
+    fn user_may_subscribe(&self, user_id: &str, filter: &str) -> bool {
+        let root = self.inner.topics.root();
+        let no_wildcard_before = |prefix: &str| {
+            filter.starts_with(prefix) && !filter[..prefix.len()].contains(['+', '#'])
+        };
+        if no_wildcard_before(&format!("{root}/users/{user_id}/")) {
+            return true;
+        }
+        let Some(rest) = filter.strip_prefix(&format!("{root}/devices/")) else {
+            return false;
+        };
+        let Some((device_id, tail)) = rest.split_once('/') else {
+            return false;
+        };
+        let readable = matches!(tail, "shadow/document" | "shadow/delta" | "telemetry/#")
+            || tail
+                .strip_prefix("telemetry/")
+                .is_some_and(topics::is_valid_id);
+        readable && topics::is_valid_id(device_id) && self.inner.users.owns(user_id, device_id)
     }
 }
 
@@ -438,7 +476,7 @@ mod tests {
     fn access(dir: &Path) -> Access {
         let file = dir.join("credentials");
         let mut credentials = Credentials::default();
-        for name in ["heater-1", "heater-2", "cloud-app"] {
+        for name in ["heater-1", "heater-2", "cloud-app", "alice"] {
             credentials.set(name, &format!("pw-{name}")).expect("hash");
         }
         credentials.save(&file).expect("save");
@@ -453,7 +491,43 @@ mod tests {
                 "iotsphere/devices/+/telemetry/#".into(),
             ],
         }];
-        Access::load(Topics::new("iotsphere").expect("root"), &file, &services).expect("load")
+        let users = Directory::default();
+        let alice = crate::users::User {
+            devices: ["heater-1".to_string()].into(),
+            ..Default::default()
+        };
+        users.replace_all([("alice".to_string(), alice)]);
+        Access::load(
+            Topics::new("iotsphere").expect("root"),
+            &file,
+            &services,
+            users,
+        )
+        .expect("load")
+    }
+
+    #[test]
+    fn a_users_app_sees_its_own_topics_and_devices_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let access = access(dir.path());
+        assert!(access.authenticate(&login("alice-phone", "alice", "pw-alice")));
+        let app = "alice-phone";
+        for (filter, allowed) in [
+            ("iotsphere/users/alice/notifications", true),
+            ("iotsphere/users/alice/#", true),
+            ("iotsphere/users/bob/notifications", false),
+            ("iotsphere/users/+/notifications", false),
+            ("iotsphere/devices/heater-1/shadow/document", true),
+            ("iotsphere/devices/heater-1/telemetry/#", true),
+            ("iotsphere/devices/heater-1/shadow/reported", false),
+            ("iotsphere/devices/heater-2/shadow/document", false),
+            ("iotsphere/devices/+/shadow/document", false),
+        ] {
+            assert_eq!(access.may_subscribe(app, filter), allowed, "{filter}");
+        }
+        assert!(access.may_publish(app, "iotsphere/users/alice/preferences"));
+        assert!(!access.may_publish(app, "iotsphere/users/bob/preferences"));
+        assert!(!access.may_publish(app, "iotsphere/devices/heater-1/shadow/desired"));
     }
 
     #[test]
@@ -514,7 +588,11 @@ mod tests {
             name: "cloud-app".into(),
             ..ServiceRole::default()
         }];
-        let access = Access::certificates(Topics::new("iotsphere").expect("root"), &services);
+        let access = Access::certificates(
+            Topics::new("iotsphere").expect("root"),
+            &services,
+            Directory::default(),
+        );
         let attempt = |client_id, certificate| ConnectAttempt {
             client_id,
             login: None,

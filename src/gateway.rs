@@ -32,6 +32,7 @@ use crate::shadow::Limits;
 use crate::store::{ShadowStore, StoreError};
 use crate::topics::Topics;
 use crate::uplink::{self, CommandRequest, CommandSink, UplinkError};
+use crate::users::Directory;
 
 /// Longest time shutdown waits for the link loop's last batch.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -136,29 +137,38 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
         outbox.clone(),
     );
 
+    // Users and their devices (MongoDB `users`, filled by the uplink): ACL and notifications.
+    let users = Directory::default();
     let access = match config.auth.mode {
         AuthMode::Anonymous => None,
         AuthMode::Password => Some(Access::load(
             topics.clone(),
             Path::new(&config.auth.credentials_file),
             &config.auth.services,
+            users.clone(),
         )?),
-        AuthMode::Certificate => Some(Access::certificates(topics.clone(), &config.auth.services)),
+        AuthMode::Certificate => Some(Access::certificates(
+            topics.clone(),
+            &config.auth.services,
+            users.clone(),
+        )),
     };
     let ingest = outbox
         .clone()
         .map(|outbox| Ingest::new(topics.clone(), outbox, store.db().clone()));
-    let alert_rules = config
-        .alerts
-        .iter()
-        .filter_map(|rule| AlertRule::parse(rule).ok())
-        .collect::<Vec<_>>();
-    let (alert_feed, alert_inbox) = match alert_rules.is_empty() {
-        true => (None, None),
-        false => {
-            let (feed, inbox) = alerts::feed();
-            (Some(feed), Some(inbox))
-        }
+    let alert_engine = Engine::new(
+        config
+            .alerts
+            .iter()
+            .filter_map(|rule| AlertRule::parse(rule).ok())
+            .collect(),
+    );
+    // The alert task also serves users' preferences, which live in MongoDB.
+    let (alert_feed, alert_inbox) = if alert_engine.is_empty() && outbox.is_none() {
+        (None, None)
+    } else {
+        let (feed, inbox) = alerts::feed(&alert_engine);
+        (Some(feed), Some(inbox))
     };
     let (bridge, capture) = if config.bridge.url.is_empty() {
         (None, None)
@@ -210,6 +220,7 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
                     outbox,
                     config.outbox.replay_rate,
                     Box::new(commands),
+                    users.clone(),
                 )
                 .await?,
             )
@@ -217,13 +228,14 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
         None => None,
     };
     if let Some(inbox) = alert_inbox {
-        tracing::info!(rules = alert_rules.len(), "alert rules active");
+        tracing::info!(rules = alert_engine.rules(), "alert task started");
         tokio::spawn(alerts::run(
-            Engine::new(alert_rules),
+            alert_engine,
             inbox,
             broker.link("iotsphere:alerts")?,
             replies.clone(),
             outbox.clone(),
+            users,
         ));
     }
     let uplink_status = uplink.as_ref().map(|u| u.status.clone()).zip(outbox);

@@ -25,7 +25,7 @@
 //! - [`uplink`] — MongoDB: shadows mirrored, telemetry stored, commands dispatched, and
 //!   cloud changes of `desired` watched (change stream or polling).
 //! - [`alerts`] — alert rules judged on readings, reported state and presence; published
-//!   and stored.
+//!   and stored, and sent to the owners of the device ([`users`]).
 //! - [`bridge`] — the optional upstream MQTT broker (rumqttc): `forward` topics sent up
 //!   through their own outbox, `subscribe` topics applied locally.
 //! - [`http`] — `/health`, `/health/uplink`, `/metrics`; [`metrics`] the Prometheus counters.
@@ -55,3 +55,4 @@ pub mod store;
 pub mod telemetry;
 pub mod topics;
 pub mod uplink;
+pub mod users;

@@ -68,6 +68,11 @@ pub enum ToCloud {
     },
     /// An alert fired or cleared: its document in `alerts`.
     Alert(crate::alerts::AlertEvent),
+    /// A user's app changed the user's preferences: `preferences` of its `users` document.
+    Preferences {
+        user_id: String,
+        preferences: crate::users::Preferences,
+    },
     /// A local publication for the upstream MQTT broker (the bridge's outbox only).
     Forward(Forwarded),
 }

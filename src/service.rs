@@ -512,6 +512,13 @@ impl Replies {
             .map(|topic| self.envelope(topic, Encoding::Json, token, "alert", event, false))
     }
 
+    /// An alert of a device the user owns, on `users/{userId}/notifications`.
+    pub fn notification(&self, user_id: &str, event: &crate::alerts::AlertEvent) -> Outgoing {
+        let topic = self.topics.user(user_id, "notifications");
+        let token = Some(event.alert_id.as_str());
+        self.envelope(topic, Encoding::Json, token, "notification", event, false)
+    }
+
     pub fn system_status<P: Serialize>(&self, status: &P) -> Outgoing {
         let topic = self.topics.system("status");
         self.envelope(topic, Encoding::Json, None, "system.status", status, true)

@@ -75,6 +75,10 @@ pub enum Route<'a> {
     CommandResponse {
         device_id: &'a str,
     },
+    /// `users/{userId}/preferences`, published by a user's app.
+    UserPreferences {
+        user_id: &'a str,
+    },
 }
 
 /// Why a topic under the root is not a valid route.
@@ -148,6 +152,11 @@ impl Topics {
         format!("{}/devices/{BATCH}/{kind}", self.root)
     }
 
+    /// `ROOT/users/{userId}/{kind}`: a user's notifications and preferences.
+    pub fn user(&self, user_id: &str, kind: &str) -> String {
+        format!("{}/users/{user_id}/{kind}", self.root)
+    }
+
     /// `ROOT/devices/{id}/commands/request`.
     pub fn command_request(&self, device_id: &str) -> String {
         format!("{}/devices/{device_id}/commands/request", self.root)
@@ -163,6 +172,9 @@ impl Topics {
         let unknown = || TopicError::UnknownShape(topic.to_string());
         let device_id = match levels.as_slice() {
             ["devices", id, ..] => *id,
+            ["users", user_id, "preferences"] if is_valid_id(user_id) => {
+                return Ok(Route::UserPreferences { user_id })
+            }
             _ => return Err(unknown()),
         };
         if !is_valid_id(device_id) {
@@ -222,6 +234,12 @@ mod tests {
             t.parse("iotsphere/devices/h/commands/response"),
             Ok(Route::CommandResponse { device_id: "h" })
         );
+        assert_eq!(
+            t.parse("iotsphere/users/alice/preferences"),
+            Ok(Route::UserPreferences { user_id: "alice" })
+        );
+        assert!(t.parse("iotsphere/users/alice/notifications").is_err());
+        assert!(t.parse("iotsphere/users/a+b/preferences").is_err());
     }
 
     #[test]

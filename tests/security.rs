@@ -2,32 +2,13 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{json, shadow_topic, Client, Gateway, BIN};
+use common::{add_credentials, json, shadow_topic, Client, Gateway, BIN};
 use serde_json::json;
 
 const QUIET: Duration = Duration::from_millis(500);
-
-fn add_credentials(file: &std::path::Path, name: &str, password: &str) {
-    let mut child = Command::new(BIN)
-        .args(["credentials", "add", "--file"])
-        .arg(file)
-        .arg(name)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("credentials add");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{password}\n").as_bytes())
-        .expect("password on stdin");
-    assert!(child.wait().expect("wait").success());
-}
 
 /// A gateway in password mode with heater-1, heater-2 and a cloud service `cloud-app`.
 fn secure_gateway() -> (Gateway, std::path::PathBuf) {

@@ -80,5 +80,6 @@ fn format(topics: &Topics, route: &Route<'_>) -> String {
         Route::CommandResponse { device_id } => {
             format!("{root}/devices/{device_id}/commands/response")
         }
+        Route::UserPreferences { user_id } => topics.user(user_id, "preferences"),
     }
 }

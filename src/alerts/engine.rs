@@ -111,6 +111,11 @@ impl Engine {
         self.rules.is_empty()
     }
 
+    /// How many rules it judges.
+    pub fn rules(&self) -> usize {
+        self.rules.len()
+    }
+
     /// Alerts open now (fired, not yet cleared).
     pub fn open_alerts(&self) -> usize {
         self.tracks

@@ -1,7 +1,9 @@
 //! Alert rules (`[[alerts]]` in the config): over-temperature, pressure, heater faults,
 //! devices offline. Each firing and clearing is published on `ROOT/devices/batch/alerts`
-//! and `ROOT/system/alerts` and, with an uplink, stored in MongoDB `alerts` through the
-//! outbox (so an outage loses none).
+//! and `ROOT/system/alerts`, to `ROOT/users/{userId}/notifications` of every user owning
+//! the device who wants that severity ([`crate::users`]), and, with an uplink, stored in
+//! MongoDB `alerts` through the outbox (so an outage loses none). The same task applies
+//! what users' apps publish on `users/{userId}/preferences`.
 //!
 //! - [`rule`] — a rule as configured, parsed and checked at startup.
 //! - [`engine`] — the pure state machine: debounce (`for`), one open alert per rule and
@@ -26,6 +28,7 @@ use crate::broker::GatewayLink;
 use crate::outbox::{Outbox, ToCloud};
 use crate::service::Replies;
 use crate::topics::{Route, ShadowTopic, Topics};
+use crate::users::{Directory, Preferences};
 
 /// Observations waiting for the alert task; beyond this they are dropped (counted), so a
 /// stalled task can never hold up the router or grow memory without bound.
@@ -47,6 +50,10 @@ enum Raw {
         device_id: String,
         connected: bool,
     },
+    Preferences {
+        user_id: String,
+        payload: Bytes,
+    },
 }
 
 /// The hook's handle: cheap, non-blocking.
@@ -54,6 +61,8 @@ enum Raw {
 pub struct AlertFeed {
     tx: flume::Sender<Raw>,
     dropped: Arc<AtomicUsize>,
+    /// There are rules: readings and reports are worth passing on.
+    judges: bool,
 }
 
 /// The task's end of the feed.
@@ -61,12 +70,14 @@ pub struct AlertInbox {
     rx: flume::Receiver<Raw>,
 }
 
-pub fn feed() -> (AlertFeed, AlertInbox) {
+/// A feed for `engine`'s rules (and for users' preferences).
+pub fn feed(engine: &Engine) -> (AlertFeed, AlertInbox) {
     let (tx, rx) = flume::bounded(FEED_CAPACITY);
     (
         AlertFeed {
             tx,
             dropped: Arc::default(),
+            judges: !engine.is_empty(),
         },
         AlertInbox { rx },
     )
@@ -76,6 +87,11 @@ impl AlertFeed {
     /// A publication a device made (already past the ACL).
     pub fn publish(&self, topics: &Topics, topic: &str, payload: &Bytes) {
         let raw = match topics.parse(topic) {
+            Ok(Route::UserPreferences { user_id }) => Raw::Preferences {
+                user_id: user_id.to_string(),
+                payload: payload.clone(),
+            },
+            _ if !self.judges => return,
             Ok(Route::Telemetry { device_id, kind }) => Raw::Telemetry {
                 device_id: device_id.to_string(),
                 kind: kind.to_string(),
@@ -94,6 +110,9 @@ impl AlertFeed {
     }
 
     pub fn connection(&self, device_id: &str, connected: bool) {
+        if !self.judges {
+            return;
+        }
         self.send(Raw::Connection {
             device_id: device_id.to_string(),
             connected,
@@ -114,6 +133,7 @@ impl AlertFeed {
 /// by the shadow service and the ingest, so they are skipped quietly here.
 fn observation(raw: Raw) -> Option<Observation> {
     Some(match raw {
+        Raw::Preferences { .. } => return None,
         Raw::Telemetry {
             device_id,
             kind,
@@ -146,6 +166,39 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// A user's app set the user's preferences: applied now, stored in MongoDB `users`.
+fn apply_preferences(user_id: String, payload: &[u8], users: &Directory, outbox: Option<&Outbox>) {
+    let preferences = crate::codec::decode_value(payload)
+        .map_err(|e| e.to_string())
+        .and_then(|(_, value)| {
+            serde_json::from_value::<Preferences>(value).map_err(|e| e.to_string())
+        });
+    let preferences = match preferences {
+        Ok(preferences) => preferences,
+        Err(e) => {
+            tracing::warn!(user_id, error = %e, "ignored malformed preferences (expected {{\"severities\": [\"critical\", …]}})");
+            return;
+        }
+    };
+    if !users.set_preferences(&user_id, preferences.clone()) {
+        tracing::warn!(
+            user_id,
+            "preferences for a user not in MongoDB `users`; ignored"
+        );
+        return;
+    }
+    tracing::info!(user_id, ?preferences, "user preferences changed");
+    if let Some(outbox) = outbox {
+        match outbox.push(ToCloud::Preferences {
+            user_id,
+            preferences,
+        }) {
+            Ok(_) => outbox.wake(),
+            Err(e) => tracing::error!(error = %e, "could not queue preferences for MongoDB"),
+        }
+    }
+}
+
 /// The alert task: judges observations, ticks, publishes and stores every event.
 pub async fn run(
     mut engine: Engine,
@@ -153,11 +206,16 @@ pub async fn run(
     mut link: GatewayLink,
     replies: Replies,
     outbox: Option<Outbox>,
+    users: Directory,
 ) {
     let mut ticker = tokio::time::interval(TICK);
     loop {
         let events = tokio::select! {
             raw = inbox.rx.recv_async() => match raw {
+                Ok(Raw::Preferences { user_id, payload }) => {
+                    apply_preferences(user_id, &payload, &users, outbox.as_ref());
+                    continue;
+                }
                 Ok(raw) => match observation(raw) {
                     Some(observation) => engine.observe(now_ms(), &observation),
                     None => continue,
@@ -178,7 +236,12 @@ pub async fn run(
                 value = %event.value,
                 "alert"
             );
-            if let Err(e) = link.publish_all(replies.alert(&event)) {
+            let notifications = users
+                .recipients(&event.device_id, event.severity)
+                .into_iter()
+                .map(|user_id| replies.notification(&user_id, &event));
+            let published = replies.alert(&event).into_iter().chain(notifications);
+            if let Err(e) = link.publish_all(published) {
                 tracing::warn!(error = %e, "could not publish an alert");
             }
             if let Some(outbox) = &outbox {

@@ -83,6 +83,7 @@ impl PublishHook for GatewayHook {
                 Ok(Route::Telemetry { .. }) => "telemetry",
                 Ok(Route::CommandRequest { .. }) => "command_request",
                 Ok(Route::CommandResponse { .. }) => "command_response",
+                Ok(Route::UserPreferences { .. }) => "user_preferences",
                 Err(_) => "other",
             });
         }

@@ -5,12 +5,14 @@
 //! - [`writer`] — everything bound for MongoDB, in order, retried while it is unreachable.
 //! - [`watcher`] — cloud changes of `state.desired` → [`CloudDesired`] for the service.
 //! - [`commands`] — pending commands → `devices/{id}/commands/request`.
+//! - [`users`] — the `users` collection mirrored into [`crate::users::Directory`].
 //! - [`status`] — mode / connected / last event, for `/health/uplink`.
 //!
 //! The uplink talks to MongoDB only through the official `mongodb` driver.
 
 pub mod commands;
 pub mod status;
+pub mod users;
 pub mod watcher;
 pub mod writer;
 
@@ -59,6 +61,7 @@ pub async fn start(
     outbox: Outbox,
     replay_rate: u32,
     mut commands: Box<dyn CommandSink>,
+    directory: crate::users::Directory,
 ) -> Result<Uplink, UplinkError> {
     let db = connect(mongo, gateway_id).await?;
     let status = UplinkStatus::default();
@@ -124,6 +127,7 @@ pub async fn start(
             let result = tokio::select! {
                 r = watcher.run(mode) => r,
                 r = commands::run(&db, &store, mode, poll_interval, commands.as_mut()) => r,
+                r = users::run(&db, mode, &directory) => r,
             };
             if let Err(e) = result {
                 if watcher::error_code(&e) == Some(NOT_A_REPLICA_SET) {

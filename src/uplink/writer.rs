@@ -220,6 +220,10 @@ impl Writer {
             let written = match &pending.entry.write {
                 ToCloud::CommandResult(result) => write_command_result(&self.db, result).await,
                 ToCloud::Alert(event) => write_alert(&self.db, &self.gateway_id, event).await,
+                ToCloud::Preferences {
+                    user_id,
+                    preferences,
+                } => write_preferences(&self.db, user_id, preferences).await,
                 ToCloud::Presence {
                     device_id,
                     connected,
@@ -436,6 +440,21 @@ async fn write_alert(
     db.collection::<BsonDocument>("alerts")
         .update_one(doc! {"_id": &event.alert_id}, update)
         .upsert(true)
+        .await?;
+    Ok(())
+}
+
+async fn write_preferences(
+    db: &Database,
+    user_id: &str,
+    preferences: &crate::users::Preferences,
+) -> Result<(), mongodb::error::Error> {
+    let preferences = bson::to_bson(preferences).unwrap_or(Bson::Null);
+    db.collection::<BsonDocument>("users")
+        .update_one(
+            doc! {"_id": user_id},
+            doc! {"$set": {"preferences": preferences}},
+        )
         .await?;
     Ok(())
 }

@@ -599,3 +599,23 @@ impl RawClient {
         let _ = self.stream.read(&mut [0u8; 1]);
     }
 }
+
+/// `iotsphere-gateway credentials add`, the password on stdin as an operator types it.
+pub fn add_credentials(file: &std::path::Path, name: &str, password: &str) {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(["credentials", "add", "--file"])
+        .arg(file)
+        .arg(name)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("credentials add");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("password on stdin");
+    assert!(child.wait().expect("wait").success());
+}
