@@ -278,7 +278,9 @@ impl OutboxSection {
 pub struct BridgeSection {
     /// `mqtt://host:port` or `mqtts://host:port`; empty: no bridge.
     pub url: String,
+    /// Empty: `gateway.id` (filled in at load).
     pub client_id: String,
+    /// Empty: `gateways/<gateway.id>` (filled in at load).
     pub prefix: String,
     pub forward: Vec<String>,
     pub subscribe: Vec<String>,
@@ -300,8 +302,8 @@ impl Default for BridgeSection {
     fn default() -> Self {
         Self {
             url: String::new(),
-            client_id: "gw-dev-01".into(),
-            prefix: "gateways/gw-dev-01".into(),
+            client_id: String::new(),
+            prefix: String::new(),
             forward: [
                 "iotsphere/devices/+/shadow/document",
                 "iotsphere/devices/+/shadow/delta",
@@ -528,7 +530,8 @@ impl GatewayConfig {
             }])
         })?;
         let located = LocatedFile::parse(&file, &text)?;
-        let (mut problems, from_file) = located.shape_problems();
+        let (mut problems, mut from_file) = located.shape_problems();
+        from_file.fill_derived_defaults();
         problems.extend(unknown_env_keys(overrides));
         if !problems.is_empty() {
             // Value rules too, on what the file says once the broken keys fall back to
@@ -551,7 +554,8 @@ impl GatewayConfig {
             return Err(ConfigErrors(problems));
         }
 
-        let config = layer_with_config_crate(&file, &text, overrides)?;
+        let mut config = layer_with_config_crate(&file, &text, overrides)?;
+        config.fill_derived_defaults();
         let problems: Vec<Problem> = config
             .validate()
             .into_iter()
@@ -565,6 +569,17 @@ impl GatewayConfig {
             Ok(config)
         } else {
             Err(ConfigErrors(problems))
+        }
+    }
+
+    /// Defaults that follow other keys: the bridge's client id and prefix name this
+    /// gateway, so two gateways left on the defaults never share an upstream session.
+    pub fn fill_derived_defaults(&mut self) {
+        if self.bridge.client_id.is_empty() {
+            self.bridge.client_id = self.gateway.id.clone();
+        }
+        if self.bridge.prefix.is_empty() {
+            self.bridge.prefix = format!("gateways/{}", self.gateway.id);
         }
     }
 
@@ -1106,9 +1121,17 @@ mod tests {
 
     #[test]
     fn an_empty_file_gives_the_defaults() {
+        let mut defaults = GatewayConfig::default();
+        defaults.fill_derived_defaults();
+        assert_eq!(load_str("", &[]).expect("defaults"), defaults);
+        let config = load_str("[gateway]\nid = \"gw-b7\"\n", &[]).expect("config");
         assert_eq!(
-            load_str("", &[]).expect("defaults"),
-            GatewayConfig::default()
+            (
+                config.bridge.client_id.as_str(),
+                config.bridge.prefix.as_str()
+            ),
+            ("gw-b7", "gateways/gw-b7"),
+            "the bridge names this gateway unless told otherwise"
         );
     }
 
