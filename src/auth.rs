@@ -186,7 +186,8 @@ struct AccessInner {
     topics: Topics,
     credentials_file: PathBuf,
     credentials: RwLock<Credentials>,
-    services: HashMap<String, ServiceRole>,
+    /// Replaced as a whole by a SIGHUP reload of `[[auth.services]]`.
+    services: RwLock<HashMap<String, ServiceRole>>,
     /// client id → role, set at each successful CONNECT.
     sessions: RwLock<HashMap<String, Role>>,
 }
@@ -203,10 +204,7 @@ impl Access {
                 topics,
                 credentials_file: credentials_file.to_path_buf(),
                 credentials: RwLock::new(credentials),
-                services: services
-                    .iter()
-                    .map(|s| (s.name.clone(), s.clone()))
-                    .collect(),
+                services: RwLock::new(by_name(services)),
                 sessions: RwLock::default(),
             }),
         })
@@ -222,6 +220,26 @@ impl Access {
             .write()
             .unwrap_or_else(|p| p.into_inner()) = fresh;
         Ok(count)
+    }
+
+    /// Replaces the service roles (SIGHUP). Connected services keep their session and get
+    /// the new filters at their next publish or subscribe.
+    pub fn set_services(&self, services: &[ServiceRole]) {
+        *self
+            .inner
+            .services
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = by_name(services);
+    }
+
+    /// Whether `name` is a service whose role passes `check` (false for unknown names).
+    fn service_is(&self, name: &str, check: impl FnOnce(&ServiceRole) -> bool) -> bool {
+        self.inner
+            .services
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .is_some_and(check)
     }
 
     /// The CONNECT check (runs argon2: call it off the I/O thread).
@@ -242,7 +260,7 @@ impl Access {
         if !verified {
             return refuse("bad username or password");
         }
-        let role = if self.inner.services.contains_key(username) {
+        let role = if self.service_is(username, |_| true) {
             Role::Service(username.to_string())
         } else if client_id == username {
             Role::Device(username.to_string())
@@ -290,11 +308,9 @@ impl Access {
                     | Ok(Route::CommandResponse { device_id }) => device_id == id,
                     _ => false,
                 },
-                Some(Role::Service(name)) => {
-                    self.inner.services.get(&name).is_some_and(|s| {
-                        s.publish.iter().any(|filter| filter_matches(filter, topic))
-                    })
-                }
+                Some(Role::Service(name)) => self.service_is(&name, |s| {
+                    s.publish.iter().any(|filter| filter_matches(filter, topic))
+                }),
                 None => false,
             };
         if !allowed {
@@ -313,7 +329,7 @@ impl Access {
                 let own = format!("{}/devices/{id}/", self.inner.topics.root());
                 filter.starts_with(&own) && !filter[..own.len()].contains(['+', '#'])
             }
-            Some(Role::Service(name)) => self.inner.services.get(&name).is_some_and(|s| {
+            Some(Role::Service(name)) => self.service_is(&name, |s| {
                 s.subscribe
                     .iter()
                     .any(|allowed| filter_covers(allowed, filter))
@@ -325,6 +341,13 @@ impl Access {
         }
         allowed
     }
+}
+
+fn by_name(services: &[ServiceRole]) -> HashMap<String, ServiceRole> {
+    services
+        .iter()
+        .map(|s| (s.name.clone(), s.clone()))
+        .collect()
 }
 
 /// MQTT topic matching: does `filter` match `topic`?

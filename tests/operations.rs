@@ -3,6 +3,7 @@
 mod common;
 
 use common::{http_get, json, shadow_topic, Client, Gateway};
+use iotsphere_gateway::http;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -61,4 +62,205 @@ async fn a_retained_system_status_greets_a_technician() {
     assert_eq!(envelope["metadata"]["messageType"], "system.status");
     assert_eq!(envelope["payload"]["broker"], "up");
     assert_eq!(envelope["payload"]["version"], env!("CARGO_PKG_VERSION"));
+}
+
+/// A size-limited tmpfs (root only): a filesystem the test can fill to make the store
+/// unwritable, honestly, and free again.
+struct SmallTmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallTmpfs {
+    /// `None`, with the reason printed, where it cannot be mounted.
+    fn mount() -> Option<SmallTmpfs> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match mounted {
+            Ok(out) if out.status.success() => Some(SmallTmpfs { dir }),
+            Ok(out) => {
+                eprintln!(
+                    "SKIPPED: cannot mount a small tmpfs (needs root): {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: no mount command: {e}");
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Fills the filesystem with one file until it is full.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.path().join("filler");
+        let mut file = std::fs::File::create(&filler).expect("filler");
+        let chunk = vec![0u8; 64 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+        filler
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Polls `/health` until its status is `want`; the last body.
+async fn wait_for_health(port: u16, want: u16) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    loop {
+        let (status, body) = http_get(port, "/health");
+        if status == want {
+            return serde_json::from_str(&body).expect("json");
+        }
+        assert!(
+            started.elapsed() < common::WAIT,
+            "/health stayed {status} (want {want}): {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_is_503_while_the_store_cannot_be_written() {
+    let Some(tmpfs) = SmallTmpfs::mount() else {
+        return;
+    };
+    let data_dir = tmpfs.path().join("data");
+    let data_dir = data_dir.to_str().expect("utf-8 path");
+    let gateway = Gateway::start_with_env("", &[("IOTSPHERE__GATEWAY__DATA_DIR", data_dir)]);
+    let health = wait_for_health(gateway.http_port, 200).await;
+    assert_eq!(health["store"], "writable");
+
+    let filler = tmpfs.fill();
+    let health = wait_for_health(gateway.http_port, 503).await;
+    assert_eq!(health["status"], "unavailable");
+    assert_eq!(health["store"], "unwritable");
+    let reason = health["reason"].as_str().expect("reason");
+    assert!(reason.starts_with("store: "), "{reason}");
+
+    // sled keeps its first I/O error for the life of the process: freeing the space is not
+    // enough, a restart is (under systemd the watchdog, no longer fed, does it).
+    std::fs::remove_file(filler).expect("free the space");
+    tokio::time::sleep(http::PROBE_INTERVAL).await;
+    assert_eq!(http_get(gateway.http_port, "/health").0, 503);
+    let mut gateway = gateway;
+    let status = gateway.terminate();
+    assert!(status.success(), "{status:?}");
+    gateway.spawn(&[("IOTSPHERE__GATEWAY__DATA_DIR", data_dir)]);
+    let health = wait_for_health(gateway.http_port, 200).await;
+    assert_eq!(health["store"], "writable");
+    drop(gateway);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn system_metrics_arrive_every_interval_not_retained() {
+    let gateway =
+        Gateway::start_with_env("", &[("IOTSPHERE__GATEWAY__METRICS_INTERVAL_SECS", "1")]);
+    let mut technician = Client::connect(gateway.port, "technician").await;
+    technician.subscribe("iotsphere/system/metrics").await;
+    let first = technician.expect("/system/metrics").await;
+    assert!(!first.retain);
+    let second = technician.expect("/system/metrics").await;
+    let envelope = second.envelope();
+    assert_eq!(envelope["metadata"]["messageType"], "system.metrics");
+    let payload = &envelope["payload"];
+    assert_eq!(payload["connectedClients"], 1);
+    assert!(payload["messagesOut"].as_u64().expect("messagesOut") >= 1);
+    assert!(payload["residentMemoryBytes"].as_u64().expect("RSS") > 1_000_000);
+    assert_eq!(payload["outboxItems"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn systemd_hears_ready_then_watchdog_pings() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket_path = dir.path().join("notify");
+    let systemd = UnixDatagram::bind(&socket_path).expect("bind");
+    systemd
+        .set_read_timeout(Some(common::WAIT))
+        .expect("timeout");
+    let socket = socket_path.to_str().expect("utf-8 path");
+    // WatchdogSec=0.4 s: a ping every 200 ms.
+    let _gateway = Gateway::start_with_env(
+        "",
+        &[("NOTIFY_SOCKET", socket), ("WATCHDOG_USEC", "400000")],
+    );
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 256];
+    while received.iter().filter(|m| *m == "WATCHDOG=1").count() < 3 {
+        let n = systemd.recv(&mut buffer).expect("a notification in time");
+        received.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+    }
+    assert!(received.contains(&"READY=1".to_string()), "{received:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_applies_live_keys_and_reports_the_rest() {
+    let mut gateway = Gateway::start();
+    let config = std::fs::read_to_string(gateway.config_path()).expect("config");
+    let changed = config
+        .replace("level = \"warn\"", "level = \"info\"")
+        .replace(
+            &format!("listen = \"127.0.0.1:{}\"", gateway.http_port),
+            "listen = \"127.0.0.1:1\"",
+        )
+        + "\n[shadow]\nrate_per_sec = 1\nrate_burst = 1\n";
+    std::fs::write(gateway.config_path(), &changed).expect("write config");
+    gateway.signal("HUP");
+    wait_for_log(&gateway, "configuration reloaded").await;
+    let log = gateway.log();
+    assert!(
+        log.contains("needs a restart") && log.contains("http.listen"),
+        "{log}"
+    );
+
+    // The new rate limit is in force: the second request at once is refused with 429.
+    let mut heater = Client::connect(gateway.port, "h-rate").await;
+    heater.subscribe(&shadow_topic("h-rate", "+")).await;
+    for _ in 0..2 {
+        heater
+            .publish(
+                &shadow_topic("h-rate", "reported"),
+                json(&json!({"state": {"t": 1}})),
+            )
+            .await;
+    }
+    heater.expect("/shadow/document").await;
+    let rejected = heater.expect("/shadow/rejected").await;
+    assert_eq!(rejected.payload_json()["code"], 429);
+
+    // A broken file changes nothing and stops nothing.
+    std::fs::write(gateway.config_path(), "[shadow]\nmax_depth = \"deep\"\n").expect("write");
+    gateway.signal("HUP");
+    wait_for_log(&gateway, "configuration not reloaded").await;
+    assert!(gateway.is_running());
+    assert_eq!(http_get(gateway.http_port, "/health").0, 200);
+}
+
+/// Waits until the gateway's log contains `text`.
+async fn wait_for_log(gateway: &Gateway, text: &str) {
+    let started = std::time::Instant::now();
+    while !gateway.log().contains(text) {
+        assert!(
+            started.elapsed() < common::WAIT,
+            "no `{text}` in the log:\n{}",
+            gateway.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

@@ -52,7 +52,7 @@ impl PublishHook for GatewayHook {
 
     fn on_connection(&self, client_id: &str, connected: bool) {
         if !client_id.starts_with(INTERNAL_CLIENT_PREFIX) {
-            self.metrics.client_connected(connected);
+            self.metrics.client_connected(client_id, connected);
         }
         if let Some(ingest) = &self.ingest {
             ingest.on_connection(client_id, connected);

@@ -39,6 +39,11 @@ impl Gateway {
     /// Starts with extra TOML appended to the base config (sections must not repeat
     /// `[gateway]` or `[mqtt]`; use env overrides for those — see `start_with_env`).
     pub fn start_with(extra_config: &str) -> Gateway {
+        Self::start_with_env(extra_config, &[])
+    }
+
+    /// Starts with extra TOML and environment variables (e.g. `IOTSPHERE__…` overrides).
+    pub fn start_with_env(extra_config: &str, env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut gateway = Gateway {
             child: None,
@@ -47,7 +52,7 @@ impl Gateway {
             dir,
             extra_config: extra_config.to_string(),
         };
-        gateway.spawn(&[]);
+        gateway.spawn(env);
         gateway
     }
 
