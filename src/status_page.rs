@@ -49,6 +49,7 @@ const STYLE: &str = "body{font-family:system-ui,sans-serif;font-size:16px;margin
 h1{font-size:1.3em}h2{font-size:1.1em;margin-top:1.4em}\
 table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ccc;padding:6px 4px;text-align:left;vertical-align:top}\
 code{font-size:.9em;word-break:break-all}.ok{color:#176b1d}.bad{color:#b00020;font-weight:bold}\
+.id,.at{white-space:nowrap}.scroll{overflow-x:auto}\
 dl{display:grid;grid-template-columns:max-content 1fr;gap:4px 12px}dt{font-weight:bold}dd{margin:0}";
 
 /// Renders the whole page.
@@ -75,11 +76,11 @@ pub fn render(view: &StatusView) -> String {
         "<dt>Store</dt><dd id=\"store\">{store}</dd>\
          <dt>Uplink</dt><dd id=\"uplink\">{}</dd>\
          <dt>Outbox</dt><dd id=\"outbox\">{} waiting</dd>\
-         <dt>Connected</dt><dd>{} clients</dd>\
+         <dt>Connected</dt><dd>{}</dd>\
          <dt>Version</dt><dd>{}</dd><dt>Up</dt><dd>{}</dd></dl>",
         view.uplink_mode,
         view.outbox_items,
-        view.connected.len(),
+        count(view.connected.len(), "client", "clients"),
         view.version,
         humantime::format_duration(std::time::Duration::from_secs(view.uptime_secs)),
     );
@@ -100,7 +101,7 @@ pub fn render(view: &StatusView) -> String {
         html.push_str("<p>None yet.</p>");
     } else {
         html.push_str(
-            "<table id=\"shadows\"><tr><th>Device</th><th>Version</th><th>Pending delta</th></tr>",
+            "<div class=\"scroll\"><table id=\"shadows\"><tr><th>Device</th><th>Version</th><th>Pending delta</th></tr>",
         );
         for (device_id, version, delta) in &view.shadows {
             let delta = if delta.is_empty() {
@@ -111,11 +112,11 @@ pub fn render(view: &StatusView) -> String {
             };
             let _ = write!(
                 html,
-                "<tr><td>{}</td><td>{version}</td><td>{delta}</td></tr>",
+                "<tr><td class=\"id\">{}</td><td>{version}</td><td>{delta}</td></tr>",
                 escape(device_id)
             );
         }
-        html.push_str("</table>");
+        html.push_str("</table></div>");
         if view.shadows_total > view.shadows.len() {
             let _ = write!(
                 html,
@@ -131,22 +132,26 @@ pub fn render(view: &StatusView) -> String {
         html.push_str("<p>None.</p>");
     } else {
         html.push_str(
-            "<table id=\"rejections\"><tr><th>When (UTC)</th><th>Device</th><th>Code</th><th>Message</th></tr>",
+            "<div class=\"scroll\"><table id=\"rejections\"><tr><th>When (UTC)</th><th>Device</th><th>Code</th><th>Message</th></tr>",
         );
         for rejection in view.rejections.iter().rev() {
             let _ = write!(
                 html,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td class=\"at\">{}</td><td class=\"id\">{}</td><td>{}</td><td>{}</td></tr>",
                 clock_time(rejection.at),
                 escape(&rejection.device_id),
                 rejection.code,
                 escape(&rejection.message)
             );
         }
-        html.push_str("</table>");
+        html.push_str("</table></div>");
     }
     html.push_str("</body></html>");
     html
+}
+
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// `2026-11-25 20:35:07`: enough for a technician comparing with a device's display.

@@ -81,14 +81,14 @@ impl SmallTmpfs {
         match mounted {
             Ok(out) if out.status.success() => Some(SmallTmpfs { dir }),
             Ok(out) => {
-                eprintln!(
-                    "SKIPPED: cannot mount a small tmpfs (needs root): {}",
+                common::skip(&format!(
+                    "cannot mount a small tmpfs (needs root): {}",
                     String::from_utf8_lossy(&out.stderr).trim()
-                );
+                ));
                 None
             }
             Err(e) => {
-                eprintln!("SKIPPED: no mount command: {e}");
+                common::skip(&format!("no mount command: {e}"));
                 None
             }
         }

@@ -15,6 +15,14 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_iotsphere-gateway");
 /// Longest wait for anything a test expects to happen.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// Says why a test did not run. Written to stderr directly, not through `eprintln!`, which
+/// the test harness captures and hides for a passing test: a skip must never be silent.
+pub fn skip(reason: &str) {
+    use std::io::Write;
+    let test = std::thread::current().name().unwrap_or("a test").to_string();
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
