@@ -449,6 +449,27 @@ mod tests {
     }
 
     #[test]
+    fn reloaded_roles_apply_to_connected_services() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let access = access(dir.path());
+        assert!(access.authenticate("app", "cloud-app", "pw-cloud-app"));
+        let telemetry = "iotsphere/devices/h1/telemetry/temperature";
+        assert!(!access.may_publish("app", telemetry));
+        access.set_services(&[ServiceRole {
+            name: "cloud-app".into(),
+            publish: vec!["iotsphere/devices/+/telemetry/#".into()],
+            subscribe: vec![],
+        }]);
+        assert!(access.may_publish("app", telemetry));
+        assert!(!access.may_publish("app", "iotsphere/devices/h1/shadow/desired"));
+        access.set_services(&[]);
+        assert!(
+            !access.may_publish("app", telemetry),
+            "a removed role allows nothing"
+        );
+    }
+
+    #[test]
     fn device_and_service_acl() {
         let dir = tempfile::tempdir().expect("tempdir");
         let access = access(dir.path());

@@ -222,6 +222,7 @@ async fn sighup_applies_live_keys_and_reports_the_rest() {
         + "\n[shadow]\nrate_per_sec = 1\nrate_burst = 1\n";
     std::fs::write(gateway.config_path(), &changed).expect("write config");
     gateway.signal("HUP");
+    // Logged at info: it shows only because log.level went from warn to info live.
     wait_for_log(&gateway, "configuration reloaded").await;
     let log = gateway.log();
     assert!(

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{http_get, json, shadow_topic, Client, Gateway, BIN};
+use common::{http_get, http_get_with, json, shadow_topic, Client, Gateway, BIN};
 use serde_json::json;
 
 const TOKEN: &str = "field-tech-token-123";
@@ -76,7 +76,8 @@ async fn the_page_lists_devices_shadows_deltas_and_rejections() {
         "device text must be escaped:\n{html}"
     );
 
-    let (status, _) = bearer_get(gateway.http_port, TOKEN);
+    let bearer = format!("Authorization: Bearer {TOKEN}\r\n");
+    let (status, _) = http_get_with(gateway.http_port, "/", &bearer);
     assert_eq!(status, 200);
 }
 
@@ -144,24 +145,6 @@ fn a_public_listen_without_a_token_is_refused_at_start() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("http.token: required"), "{stderr}");
-}
-
-fn bearer_get(port: u16, token: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(
-        stream,
-        "GET / HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, response)
 }
 
 /// The Chromium binary, or `None` (printed) where it is not installed.

@@ -19,7 +19,10 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// the test harness captures and hides for a passing test: a skip must never be silent.
 pub fn skip(reason: &str) {
     use std::io::Write;
-    let test = std::thread::current().name().unwrap_or("a test").to_string();
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
 }
 
@@ -483,11 +486,16 @@ impl Mongo {
 
 /// GET an HTTP path on loopback; returns (status, body).
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    http_get_with(port, path, "")
+}
+
+/// GET with extra header lines (each ending in `\r\n`); returns (status, body).
+pub fn http_get_with(port: u16, path: &str, headers: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect http");
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n"
     )
     .expect("send");
     let mut response = String::new();
