@@ -45,11 +45,13 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;font-size:16px;margin:0 auto;padding:12px;max-width:60em;line-height:1.4}\
+/// One column of cards rather than tables: a phone's width holds a 64-character device id
+/// and a nested delta without sideways scrolling.
+const STYLE: &str = "body{font-family:system-ui,sans-serif;font-size:16px;margin:0 auto;padding:12px;max-width:50em;line-height:1.4;overflow-wrap:anywhere}\
 h1{font-size:1.3em}h2{font-size:1.1em;margin-top:1.4em}\
-table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ccc;padding:6px 4px;text-align:left;vertical-align:top}\
-code{font-size:.9em;word-break:break-all}.ok{color:#176b1d}.bad{color:#b00020;font-weight:bold}\
-.id,.at{white-space:nowrap}.scroll{overflow-x:auto}\
+ol{list-style:none;padding:0;margin:0}ol>li{border-bottom:1px solid #ccc;padding:8px 0}\
+.id{font-weight:bold}.meta{color:#555;font-size:.9em}\
+code{font-size:.9em;overflow-wrap:anywhere}.ok{color:#176b1d}.bad{color:#b00020;font-weight:bold}\
 dl{display:grid;grid-template-columns:max-content 1fr;gap:4px 12px}dt{font-weight:bold}dd{margin:0}";
 
 /// Renders the whole page.
@@ -100,23 +102,21 @@ pub fn render(view: &StatusView) -> String {
     if view.shadows.is_empty() {
         html.push_str("<p>None yet.</p>");
     } else {
-        html.push_str(
-            "<div class=\"scroll\"><table id=\"shadows\"><tr><th>Device</th><th>Version</th><th>Pending delta</th></tr>",
-        );
+        html.push_str("<ol id=\"shadows\">");
         for (device_id, version, delta) in &view.shadows {
             let delta = if delta.is_empty() {
-                "<span class=\"ok\">none</span>".to_string()
+                "<span class=\"ok\">none pending</span>".to_string()
             } else {
                 let json = serde_json::to_string(delta).unwrap_or_default();
-                format!("<code>{}</code>", escape(&json))
+                format!("pending delta: <code>{}</code>", escape(&json))
             };
             let _ = write!(
                 html,
-                "<tr><td class=\"id\">{}</td><td>{version}</td><td>{delta}</td></tr>",
+                "<li><div><span class=\"id\">{}</span> <span class=\"meta\">version {version}</span></div><div>{delta}</div></li>",
                 escape(device_id)
             );
         }
-        html.push_str("</table></div>");
+        html.push_str("</ol>");
         if view.shadows_total > view.shadows.len() {
             let _ = write!(
                 html,
@@ -131,20 +131,19 @@ pub fn render(view: &StatusView) -> String {
     if view.rejections.is_empty() {
         html.push_str("<p>None.</p>");
     } else {
-        html.push_str(
-            "<div class=\"scroll\"><table id=\"rejections\"><tr><th>When (UTC)</th><th>Device</th><th>Code</th><th>Message</th></tr>",
-        );
+        html.push_str("<ol id=\"rejections\">");
         for rejection in view.rejections.iter().rev() {
             let _ = write!(
                 html,
-                "<tr><td class=\"at\">{}</td><td class=\"id\">{}</td><td>{}</td><td>{}</td></tr>",
-                clock_time(rejection.at),
+                "<li><div><span class=\"id\">{}</span> <span class=\"bad\">{}</span> \
+                 <span class=\"meta\">{} UTC</span></div><div>{}</div></li>",
                 escape(&rejection.device_id),
                 rejection.code,
+                clock_time(rejection.at),
                 escape(&rejection.message)
             );
         }
-        html.push_str("</table></div>");
+        html.push_str("</ol>");
     }
     html.push_str("</body></html>");
     html

@@ -66,7 +66,7 @@ async fn the_page_lists_devices_shadows_deltas_and_rejections() {
         "heater-2",
         "&quot;targetTemp&quot;:60",
         "&lt;script&gt;alert(1)&lt;/script&gt;",
-        "<td>400</td>",
+        "<span class=\"bad\">400</span>",
         "offline",
     ] {
         assert!(html.contains(text), "{text} missing in\n{html}");
