@@ -142,9 +142,18 @@ async fn health_is_503_while_the_store_cannot_be_written() {
     };
     let data_dir = tmpfs.path().join("data");
     let data_dir = data_dir.to_str().expect("utf-8 path");
-    let gateway = Gateway::start_with_env("", &[("IOTSPHERE__GATEWAY__DATA_DIR", data_dir)]);
+    let systemd = NotifySocket::bind();
+    let gateway = Gateway::start_with_env(
+        "",
+        &[
+            ("IOTSPHERE__GATEWAY__DATA_DIR", data_dir),
+            ("NOTIFY_SOCKET", systemd.path()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
     let health = wait_for_health(gateway.http_port, 200).await;
     assert_eq!(health["store"], "writable");
+    systemd.wait_for_pings(2);
 
     let filler = tmpfs.fill();
     let health = wait_for_health(gateway.http_port, 503).await;
@@ -152,6 +161,12 @@ async fn health_is_503_while_the_store_cannot_be_written() {
     assert_eq!(health["store"], "unwritable");
     let reason = health["reason"].as_str().expect("reason");
     assert!(reason.starts_with("store: "), "{reason}");
+    // No WATCHDOG=1 while the store cannot be written (pings were due every 200 ms).
+    systemd.drain();
+    assert_eq!(
+        systemd.pings_within(std::time::Duration::from_millis(1500)),
+        0
+    );
 
     // sled keeps its first I/O error for the life of the process: freeing the space is not
     // enough, a restart is (under systemd the watchdog, no longer fed, does it).
@@ -185,28 +200,88 @@ async fn system_metrics_arrive_every_interval_not_retained() {
     assert_eq!(payload["outboxItems"], 0);
 }
 
+/// Plays systemd's side of the notify protocol: a unix datagram socket for NOTIFY_SOCKET.
+struct NotifySocket {
+    socket: std::os::unix::net::UnixDatagram,
+    path: String,
+    _dir: tempfile::TempDir,
+}
+
+impl NotifySocket {
+    fn bind() -> NotifySocket {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("notify");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
+        NotifySocket {
+            socket,
+            path: path.to_str().expect("utf-8 path").to_string(),
+            _dir: dir,
+        }
+    }
+
+    fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The next notification within `wait`.
+    fn next_within(&self, wait: std::time::Duration) -> Option<String> {
+        self.socket
+            .set_read_timeout(Some(wait.max(std::time::Duration::from_millis(1))))
+            .expect("timeout");
+        let mut buffer = [0u8; 256];
+        let n = self.socket.recv(&mut buffer).ok()?;
+        Some(String::from_utf8_lossy(&buffer[..n]).into_owned())
+    }
+
+    /// Everything received until `count` watchdog pings arrived (fails after `WAIT`).
+    fn wait_for_pings(&self, count: usize) -> Vec<String> {
+        let started = std::time::Instant::now();
+        let mut received = Vec::new();
+        while received.iter().filter(|m| *m == "WATCHDOG=1").count() < count {
+            let left = common::WAIT.saturating_sub(started.elapsed());
+            let message = self
+                .next_within(left)
+                .unwrap_or_else(|| panic!("{count} watchdog pings expected: {received:?}"));
+            received.push(message);
+        }
+        received
+    }
+
+    fn drain(&self) {
+        while self
+            .next_within(std::time::Duration::from_millis(1))
+            .is_some()
+        {}
+    }
+
+    fn pings_within(&self, wait: std::time::Duration) -> usize {
+        let until = std::time::Instant::now() + wait;
+        let mut pings = 0;
+        while let Some(message) =
+            self.next_within(until.saturating_duration_since(std::time::Instant::now()))
+        {
+            pings += usize::from(message == "WATCHDOG=1");
+            if std::time::Instant::now() >= until {
+                break;
+            }
+        }
+        pings
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn systemd_hears_ready_then_watchdog_pings() {
-    use std::os::unix::net::UnixDatagram;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket_path = dir.path().join("notify");
-    let systemd = UnixDatagram::bind(&socket_path).expect("bind");
-    systemd
-        .set_read_timeout(Some(common::WAIT))
-        .expect("timeout");
-    let socket = socket_path.to_str().expect("utf-8 path");
+    let systemd = NotifySocket::bind();
     // WatchdogSec=0.4 s: a ping every 200 ms.
     let _gateway = Gateway::start_with_env(
         "",
-        &[("NOTIFY_SOCKET", socket), ("WATCHDOG_USEC", "400000")],
+        &[
+            ("NOTIFY_SOCKET", systemd.path()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
     );
-    let mut received = Vec::new();
-    let mut buffer = [0u8; 256];
-    while received.iter().filter(|m| *m == "WATCHDOG=1").count() < 3 {
-        let n = systemd.recv(&mut buffer).expect("a notification in time");
-        received.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
-    }
-    assert!(received.contains(&"READY=1".to_string()), "{received:?}");
+    let received = systemd.wait_for_pings(3);
+    assert_eq!(received[0], "READY=1", "{received:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -214,6 +289,10 @@ async fn sighup_applies_live_keys_and_reports_the_rest() {
     let mut gateway = Gateway::start();
     let config = std::fs::read_to_string(gateway.config_path()).expect("config");
     let changed = config
+        .replace(
+            "id = \"gw-test\"",
+            "id = \"gw-test\"\nmetrics_interval_secs = 1",
+        )
         .replace("level = \"warn\"", "level = \"info\"")
         .replace(
             &format!("listen = \"127.0.0.1:{}\"", gateway.http_port),
@@ -229,6 +308,11 @@ async fn sighup_applies_live_keys_and_reports_the_rest() {
         log.contains("needs a restart") && log.contains("http.listen"),
         "{log}"
     );
+
+    // system/metrics, off by default for 60 s, now comes every second.
+    let mut technician = Client::connect(gateway.port, "technician").await;
+    technician.subscribe("iotsphere/system/metrics").await;
+    technician.expect("/system/metrics").await;
 
     // The new rate limit is in force: the second request at once is refused with 429.
     let mut heater = Client::connect(gateway.port, "h-rate").await;
