@@ -349,3 +349,44 @@ async fn wait_for_log(gateway: &Gateway, text: &str) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_applies_new_service_roles_to_a_connected_service() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("credentials");
+    let mut credentials = iotsphere_gateway::auth::Credentials::default();
+    credentials.set("cloud-app", "pw-app").expect("hash");
+    credentials.save(&file).expect("save");
+    let role = "[[auth.services]]\nname = \"cloud-app\"\nsubscribe = [\"iotsphere/devices/+/shadow/document\"]\n";
+    let gateway = Gateway::start_with(&format!(
+        "[auth]\nmode = \"password\"\ncredentials_file = \"{}\"\n\n{role}",
+        file.display()
+    ));
+    let mut app = Client::connect_as(gateway.port, "app-1", "cloud-app", "pw-app")
+        .await
+        .expect("the service connects");
+    let telemetry = "iotsphere/devices/+/telemetry/#";
+    let refused = app.subscribe_result(telemetry).await;
+    assert!(refused.contains(&rumqttc::SubscribeReasonCode::Failure));
+
+    let config = std::fs::read_to_string(gateway.config_path()).expect("config");
+    let widened = config.replace(
+        "subscribe = [\"iotsphere/devices/+/shadow/document\"]",
+        &format!("subscribe = [\"iotsphere/devices/+/shadow/document\", \"{telemetry}\"]"),
+    );
+    assert_ne!(config, widened);
+    std::fs::write(gateway.config_path(), widened).expect("write config");
+    gateway.signal("HUP");
+    let started = std::time::Instant::now();
+    while app
+        .subscribe_result(telemetry)
+        .await
+        .contains(&rumqttc::SubscribeReasonCode::Failure)
+    {
+        assert!(
+            started.elapsed() < common::WAIT,
+            "the widened role never applied"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
