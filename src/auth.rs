@@ -229,7 +229,8 @@ pub struct Access {
 struct AccessInner {
     topics: Topics,
     proof: Proof,
-    services: HashMap<String, ServiceRole>,
+    /// Replaced as a whole by a SIGHUP reload of `[[auth.services]]`.
+    services: RwLock<HashMap<String, ServiceRole>>,
     users: Directory,
     /// client id → role and peer address, set at each successful CONNECT.
     sessions: RwLock<HashMap<String, (Role, SocketAddr)>>,
@@ -262,10 +263,7 @@ impl Access {
                 topics,
                 proof,
                 users,
-                services: services
-                    .iter()
-                    .map(|s| (s.name.clone(), s.clone()))
-                    .collect(),
+                services: RwLock::new(by_name(services)),
                 sessions: RwLock::default(),
             }),
         }
@@ -282,6 +280,26 @@ impl Access {
         let count = fresh.entries.len();
         *credentials.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         Ok(count)
+    }
+
+    /// Replaces the service roles (SIGHUP). Connected services keep their session and get
+    /// the new filters at their next publish or subscribe.
+    pub fn set_services(&self, services: &[ServiceRole]) {
+        *self
+            .inner
+            .services
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = by_name(services);
+    }
+
+    /// Whether `name` is a service whose role passes `check` (false for unknown names).
+    fn service_is(&self, name: &str, check: impl FnOnce(&ServiceRole) -> bool) -> bool {
+        self.inner
+            .services
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .is_some_and(check)
     }
 
     /// The CONNECT check (runs argon2 in password mode: call it off the I/O thread).
@@ -321,7 +339,7 @@ impl Access {
                 }
             }
         };
-        let role = if self.inner.services.contains_key(&name) {
+        let role = if self.service_is(&name, |_| true) {
             Role::Service(name)
         } else if self.inner.users.is_user(&name) {
             Role::User(name)
@@ -374,11 +392,9 @@ impl Access {
                     | Ok(Route::CommandResponse { device_id }) => device_id == id,
                     _ => false,
                 },
-                Some(Role::Service(name)) => {
-                    self.inner.services.get(&name).is_some_and(|s| {
-                        s.publish.iter().any(|filter| filter_matches(filter, topic))
-                    })
-                }
+                Some(Role::Service(name)) => self.service_is(&name, |s| {
+                    s.publish.iter().any(|filter| filter_matches(filter, topic))
+                }),
                 Some(Role::User(id)) => route == Ok(Route::UserPreferences { user_id: &id }),
                 None => false,
             };
@@ -400,7 +416,7 @@ impl Access {
                 let own = format!("{}/devices/{id}/", self.inner.topics.root());
                 filter.starts_with(&own) && !filter[..own.len()].contains(['+', '#'])
             }
-            Some(Role::Service(name)) => self.inner.services.get(&name).is_some_and(|s| {
+            Some(Role::Service(name)) => self.service_is(&name, |s| {
                 s.subscribe
                     .iter()
                     .any(|allowed| filter_covers(allowed, filter))
@@ -439,6 +455,13 @@ impl Access {
                 .is_some_and(topics::is_valid_id);
         readable && topics::is_valid_id(device_id) && self.inner.users.owns(user_id, device_id)
     }
+}
+
+fn by_name(services: &[ServiceRole]) -> HashMap<String, ServiceRole> {
+    services
+        .iter()
+        .map(|s| (s.name.clone(), s.clone()))
+        .collect()
 }
 
 /// MQTT topic matching: does `filter` match `topic`?
@@ -626,6 +649,27 @@ mod tests {
         );
         assert!(access.authenticate(&login("any-client", "cloud-app", "pw-cloud-app")));
         assert!(!access.authenticate(&login("iotsphere:gateway", "cloud-app", "pw-cloud-app")));
+    }
+
+    #[test]
+    fn reloaded_roles_apply_to_connected_services() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let access = access(dir.path());
+        assert!(access.authenticate(&login("app", "cloud-app", "pw-cloud-app")));
+        let telemetry = "iotsphere/devices/h1/telemetry/temperature";
+        assert!(!access.may_publish("app", telemetry));
+        access.set_services(&[ServiceRole {
+            name: "cloud-app".into(),
+            publish: vec!["iotsphere/devices/+/telemetry/#".into()],
+            subscribe: vec![],
+        }]);
+        assert!(access.may_publish("app", telemetry));
+        assert!(!access.may_publish("app", "iotsphere/devices/h1/shadow/desired"));
+        access.set_services(&[]);
+        assert!(
+            !access.may_publish("app", telemetry),
+            "a removed role allows nothing"
+        );
     }
 
     #[test]

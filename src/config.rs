@@ -78,6 +78,8 @@ pub struct GatewaySection {
     pub data_dir: PathBuf,
     /// sled page cache; sled's own default (1 GiB) would not fit a 1 GiB Pi.
     pub store_cache_bytes: u64,
+    /// Period of the `system/metrics` summary in seconds; 0 = not published.
+    pub metrics_interval_secs: u64,
 }
 
 impl Default for GatewaySection {
@@ -86,6 +88,7 @@ impl Default for GatewaySection {
             id: "gw-dev-01".into(),
             data_dir: PathBuf::from("./data"),
             store_cache_bytes: 8 * 1024 * 1024,
+            metrics_interval_secs: 60,
         }
     }
 }
@@ -445,12 +448,28 @@ impl BridgeSection {
 #[serde(default)]
 pub struct HttpSection {
     pub listen: String,
+    /// Required for the status page when `listen` is not a loopback address.
+    pub token: String,
 }
 
 impl Default for HttpSection {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9090".into(),
+            token: String::new(),
+        }
+    }
+}
+
+impl HttpSection {
+    /// True when only this machine can reach `listen` (an IP loopback or `localhost`).
+    pub fn is_loopback(&self) -> bool {
+        match self.listen.parse::<SocketAddr>() {
+            Ok(addr) => addr.ip().is_loopback(),
+            Err(_) => self
+                .listen
+                .rsplit_once(':')
+                .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost")),
         }
     }
 }
@@ -804,6 +823,15 @@ impl GatewayConfig {
         if !self.http.listen.is_empty() {
             if let Err(message) = check_listen_address(&self.http.listen) {
                 problem("http.listen", message);
+            } else if !self.http.is_loopback() && self.http.token.is_empty() {
+                problem(
+                    "http.token",
+                    format!(
+                        "required when http.listen ({}) is not a loopback address: the status \
+                         page shows every device; set a long random token",
+                        self.http.listen
+                    ),
+                );
             }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
@@ -1156,6 +1184,26 @@ mod tests {
                 "F:5:13: shadow.max_depth: must be between 1 and 32",
             ]
         );
+    }
+
+    #[test]
+    fn a_status_page_reachable_from_the_network_needs_a_token() {
+        let lines = problem_lines("[http]\nlisten = \"0.0.0.0:9090\"\n", &[]);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].starts_with("F: http.token: required when http.listen (0.0.0.0:9090)"),
+            "{lines:?}"
+        );
+        for loopback in ["127.0.0.1:9090", "[::1]:9090", "localhost:9090"] {
+            let text = format!("[http]\nlisten = \"{loopback}\"\n");
+            assert_eq!(
+                problem_lines(&text, &[]),
+                Vec::<String>::new(),
+                "{loopback}"
+            );
+        }
+        let text = "[http]\nlisten = \"0.0.0.0:9090\"\ntoken = \"s3cret-s3cret\"\n";
+        assert_eq!(problem_lines(text, &[]), Vec::<String>::new());
     }
 
     #[test]

@@ -3,18 +3,20 @@
 //!
 //! Threads: rumqttd runs its router and listeners on threads of its own; the shadow
 //! service runs on the `shadow-service` thread (its fsyncs never stall anything else); the
-//! uplink and HTTP run on the main tokio runtime.
+//! uplink, HTTP, the system task (status, metrics, watchdog) and SIGHUP reloads run on
+//! the main tokio runtime.
 //!
 //! Shutdown (SIGTERM or Ctrl-C): the link loop finishes and answers its current batch, the
 //! store is flushed, and `run` returns; the process exits 0 well within 5 s. The broker's
 //! listeners die with the process (rumqttd has no stop).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttd::PublishHook;
 
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::alerts::{self, AlertRule, Engine};
@@ -23,13 +25,16 @@ use crate::bridge::{Bridge, BridgeError, BRIDGE_CLIENT_ID};
 use crate::broker::hook::{GatewayHook, SubscriptionLimit};
 use crate::broker::{self, BrokerError, EmbeddedBroker, GatewayLink};
 use crate::config::{AuthMode, GatewayConfig};
-use crate::http::{self, HealthState};
+use crate::http::{self, HealthState, StoreProbe};
 use crate::ingest::Ingest;
+use crate::logging::LogLevel;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, OutboxLimits};
+use crate::reload::Reloader;
 use crate::service::{Replies, ServiceSettings, ShadowService};
-use crate::shadow::Limits;
 use crate::store::{ShadowStore, StoreError};
+use crate::system::SystemTask;
+use crate::systemd::Notifier;
 use crate::topics::Topics;
 use crate::uplink::{self, CommandRequest, CommandSink, UplinkError};
 use crate::users::Directory;
@@ -91,8 +96,14 @@ impl CommandSink for BrokerCommands {
 }
 
 /// Runs the gateway until SIGTERM / Ctrl-C, or until the shadow service fails.
-pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
+/// `config_path` is re-read on SIGHUP; `log` changes the log level then.
+pub async fn run(
+    config: GatewayConfig,
+    config_path: PathBuf,
+    log: Option<LogLevel>,
+) -> Result<(), GatewayError> {
     let started = Instant::now();
+    let hangup = signal(SignalKind::hangup()).map_err(GatewayError::Signal)?;
     if config.auth.mode == AuthMode::Anonymous {
         tracing::warn!(
             "auth.mode = \"anonymous\": any client may publish and subscribe to any topic; \
@@ -122,20 +133,15 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
     } else {
         None
     };
+    // The running configuration: SIGHUP replaces its live parts (see `reload`).
+    let (running, running_rx) = watch::channel(config.clone());
     let service = ShadowService::new(
         replies.clone(),
         store.clone(),
-        ServiceSettings {
-            gateway_id: config.gateway.id.clone(),
-            limits: Limits {
-                max_document_bytes: config.shadow.max_document_bytes,
-                max_depth: config.shadow.max_depth,
-            },
-            rate_per_sec: config.shadow.rate_per_sec,
-            rate_burst: config.shadow.rate_burst,
-        },
+        ServiceSettings::from_config(&config),
         outbox.clone(),
-    );
+    )
+    .follow(running_rx.clone());
 
     // Users and their devices (MongoDB `users`, filled by the uplink): ACL and notifications.
     let users = Directory::default();
@@ -247,7 +253,9 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
     };
 
     let health = HealthState {
+        gateway_id: config.gateway.id.clone(),
         store: store.clone(),
+        probe: StoreProbe::new(store.clone()),
         uplink: uplink_status,
         bridge: bridge_status,
         metrics: metrics.clone(),
@@ -256,13 +264,25 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
     // The first status goes to the router before the listeners open, so the very first
     // client to subscribe finds it retained.
     let mut system_link = broker.link("iotsphere:system")?;
-    system_link.publish_all([replies.system_status(&health.summary())])?;
-    tokio::spawn(publish_status(system_link, replies.clone(), health.clone()));
+    system_link.publish_all([replies.system_status(&health.summary().await)])?;
+    let notifier = Notifier::from_env();
+    tokio::spawn(
+        SystemTask {
+            link: system_link,
+            replies: replies.clone(),
+            topics: topics.clone(),
+            health: health.clone(),
+            config: running_rx,
+            notifier: notifier.clone(),
+        }
+        .run(),
+    );
     let http_addr = if config.http.listen.is_empty() {
         None
     } else {
+        let token = (!config.http.token.is_empty()).then(|| config.http.token.clone());
         Some(
-            http::serve(&config.http.listen, health)
+            http::serve(&config.http.listen, health, token)
                 .await
                 .map_err(|e| GatewayError::Http(config.http.listen.clone(), e))?,
         )
@@ -301,8 +321,19 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
         })
         .map_err(|e| GatewayError::Thread("shadow-service", e))?;
 
-    if let Some(access) = access {
-        tokio::spawn(reload_on_sighup(access));
+    tokio::spawn(
+        Reloader {
+            path: config_path,
+            running,
+            log,
+            access,
+        }
+        .run(hangup),
+    );
+    if let Some(notifier) = &notifier {
+        if let Err(e) = notifier.notify("READY=1") {
+            tracing::warn!(error = %e, "could not tell systemd the gateway is ready");
+        }
     }
     let outcome = tokio::select! {
         signal = shutdown_signal() => {
@@ -329,42 +360,7 @@ pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
     outcome
 }
 
-/// How often the retained `system/status` summary is refreshed.
-const STATUS_INTERVAL: Duration = Duration::from_secs(30);
-
-/// Publishes the gateway's summary, retained, on `ROOT/system/status` at start and then
-/// every `STATUS_INTERVAL`, so a technician's MQTT client sees it on subscribing.
-async fn publish_status(mut link: GatewayLink, replies: Replies, health: HealthState) {
-    loop {
-        tokio::time::sleep(STATUS_INTERVAL).await;
-        let status = replies.system_status(&health.summary());
-        if let Err(e) = link.publish_all([status]) {
-            tracing::warn!(error = %e, "could not publish system/status");
-        }
-    }
-}
-
-/// SIGHUP re-reads the credentials file; connected clients stay connected.
-async fn reload_on_sighup(access: Access) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-        tracing::error!("SIGHUP cannot be handled: credentials reload needs a restart");
-        return;
-    };
-    while hangup.recv().await.is_some() {
-        match access.reload() {
-            Ok(count) => {
-                tracing::info!(target: "audit", credentials = count, "credentials reloaded (SIGHUP)")
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "credentials not reloaded; the previous ones stay in force")
-            }
-        }
-    }
-}
-
 async fn shutdown_signal() -> Result<(), GatewayError> {
-    use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(GatewayError::Signal)?;
     tokio::select! {
         _ = term.recv() => {}

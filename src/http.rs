@@ -1,26 +1,93 @@
-//! The HTTP endpoints on `[http] listen`: `/health` and `/health/uplink` (JSON), and
-//! `/metrics` (Prometheus text format).
+//! The HTTP endpoints on `[http] listen`: the status page `/` (HTML, see [`status_page`]),
+//! `/health` and `/health/uplink` (JSON), and `/metrics` (Prometheus text format).
+//!
+//! `/health` answers 503 when the store cannot be written: a [`StoreProbe`] writes and
+//! fsyncs one small key, at most once per [`PROBE_INTERVAL`] however often it is asked.
+//!
+//! [`status_page`]: crate::status_page
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::bridge::{BridgeReport, BridgeStatus};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
+use crate::status_page::{self, StatusView, MAX_SHADOWS_SHOWN};
 use crate::store::ShadowStore;
 use crate::uplink::{UplinkMode, UplinkReport, UplinkStatus};
+
+/// Least time between two write probes of the store: one small fsync per interval at most,
+/// however often `/health` is polled (an SD card wears with every write).
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+type ProbeFn = dyn Fn() -> Result<(), String> + Send + Sync;
+/// When the store was last probed, and what the probe said.
+type LastProbe = Option<(Instant, Result<(), String>)>;
+
+/// Checks that the store takes writes, rate-limited: answers from the last probe while it
+/// is younger than the interval.
+#[derive(Clone)]
+pub struct StoreProbe {
+    probe: Arc<ProbeFn>,
+    interval: Duration,
+    last: Arc<tokio::sync::Mutex<LastProbe>>,
+}
+
+impl StoreProbe {
+    /// Probes `store` with [`ShadowStore::probe_write`].
+    pub fn new(store: ShadowStore) -> Self {
+        Self::with(
+            move || store.probe_write().map_err(|e| e.to_string()),
+            PROBE_INTERVAL,
+        )
+    }
+
+    fn with(
+        probe: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+        interval: Duration,
+    ) -> Self {
+        Self {
+            probe: Arc::new(probe),
+            interval,
+            last: Arc::default(),
+        }
+    }
+
+    /// `Err(why)` when the store could not be written. Concurrent callers share one probe.
+    pub async fn check(&self) -> Result<(), String> {
+        let mut last = self.last.lock().await;
+        if let Some((at, result)) = last.as_ref() {
+            if at.elapsed() < self.interval {
+                return result.clone();
+            }
+        }
+        let probe = self.probe.clone();
+        // The probe fsyncs: off the async workers.
+        let result = tokio::task::spawn_blocking(move || probe())
+            .await
+            .unwrap_or_else(|e| Err(format!("the store probe failed: {e}")));
+        if let Err(reason) = &result {
+            tracing::error!(%reason, "the store cannot be written");
+        }
+        *last = Some((Instant::now(), result.clone()));
+        result
+    }
+}
 
 /// What the handlers read.
 #[derive(Clone)]
 pub struct HealthState {
+    pub gateway_id: String,
     pub store: ShadowStore,
+    pub probe: StoreProbe,
     /// `None` when no uplink is configured.
     pub uplink: Option<(UplinkStatus, Outbox)>,
     /// `None` when no bridge is configured.
@@ -35,6 +102,10 @@ pub struct HealthState {
 pub struct Health {
     status: &'static str,
     broker: &'static str,
+    /// `writable`, or `unwritable` with `reason`.
+    store: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
     uplink: UplinkMode,
     shadows: usize,
     connected_clients: i64,
@@ -46,8 +117,28 @@ pub struct Health {
     uptime_secs: u64,
 }
 
+impl Health {
+    pub fn is_ok(&self) -> bool {
+        self.reason.is_none()
+    }
+
+    pub fn connected_clients(&self) -> i64 {
+        self.connected_clients
+    }
+
+    pub fn outbox_items(&self) -> usize {
+        self.outbox_items
+    }
+
+    pub fn uptime_secs(&self) -> u64 {
+        self.uptime_secs
+    }
+}
+
 impl HealthState {
-    pub fn summary(&self) -> Health {
+    /// The summary, with the store probed (rate-limited).
+    pub async fn summary(&self) -> Health {
+        let store = self.probe.check().await;
         let (uplink, outbox_items) = match &self.uplink {
             Some((status, outbox)) => {
                 let stats = outbox.stats();
@@ -56,8 +147,14 @@ impl HealthState {
             None => (UplinkMode::Offline, 0),
         };
         Health {
-            status: "ok",
+            status: if store.is_ok() { "ok" } else { "unavailable" },
             broker: "up",
+            store: if store.is_ok() {
+                "writable"
+            } else {
+                "unwritable"
+            },
+            reason: store.err().map(|e| format!("store: {e}")),
             uplink,
             shadows: self.store.len(),
             connected_clients: self.metrics.connected_clients(),
@@ -67,17 +164,61 @@ impl HealthState {
             uptime_secs: self.started.elapsed().as_secs(),
         }
     }
+
+    /// What the status page shows.
+    async fn status_view(&self) -> StatusView {
+        let health = self.summary().await;
+        let mut shadows = Vec::new();
+        for entry in self.store.iter().take(MAX_SHADOWS_SHOWN) {
+            match entry {
+                Ok((device_id, stored)) => {
+                    let delta = crate::shadow::delta_state(Some(&stored.document));
+                    shadows.push((device_id, stored.document.version, delta));
+                }
+                Err(e) => tracing::warn!(error = %e, "a shadow the status page cannot show"),
+            }
+        }
+        StatusView {
+            gateway_id: self.gateway_id.clone(),
+            version: health.version,
+            uptime_secs: health.uptime_secs,
+            store_problem: health.reason,
+            uplink_mode: health.uplink.as_str(),
+            outbox_items: health.outbox_items,
+            connected: self.metrics.connected_client_ids(),
+            shadows,
+            shadows_total: health.shadows,
+            rejections: self.metrics.recent_rejections(),
+        }
+    }
+}
+
+/// The router's state: what the handlers read, and the status page's token.
+#[derive(Clone)]
+struct AppState {
+    health: HealthState,
+    /// Required for `/` when set (`[http] token`).
+    token: Option<Arc<str>>,
 }
 
 /// Binds the listener now (a port in use is a startup error) and serves in the background.
-pub async fn serve(listen: &str, state: HealthState) -> std::io::Result<SocketAddr> {
+/// `token`: when set, the status page needs it (`?token=` or `Authorization: Bearer`).
+pub async fn serve(
+    listen: &str,
+    state: HealthState,
+    token: Option<String>,
+) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let app = Router::new()
+        .route("/", get(status))
         .route("/health", get(health))
         .route("/health/uplink", get(uplink))
         .route("/metrics", get(metrics))
-        .with_state(state);
+        .with_state(AppState {
+            health: state,
+            token: token.map(Arc::from),
+        });
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "the HTTP server stopped");
@@ -86,11 +227,56 @@ pub async fn serve(listen: &str, state: HealthState) -> std::io::Result<SocketAd
     Ok(addr)
 }
 
-async fn health(State(state): State<HealthState>) -> (StatusCode, Json<Health>) {
-    (StatusCode::OK, Json(state.summary()))
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
 }
 
-async fn metrics(State(state): State<HealthState>) -> impl IntoResponse {
+async fn status(
+    State(app): State<AppState>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(expected) = &app.token {
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let given = query.token.as_deref().or(bearer);
+        if !given.is_some_and(|given| constant_time_eq(given.as_bytes(), expected.as_bytes())) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "a token is required: /?token=… or Authorization: Bearer …\n",
+            )
+                .into_response();
+        }
+    }
+    let view = app.health.status_view().await;
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Html(status_page::render(&view)),
+    )
+        .into_response()
+}
+
+/// Compares without an early exit, so the token cannot be guessed byte by byte by timing.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn health(State(app): State<AppState>) -> (StatusCode, Json<Health>) {
+    let health = app.health.summary().await;
+    let code = if health.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(health))
+}
+
+async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
+    let state = app.health;
     let (report, outbox) = match &state.uplink {
         Some((status, outbox)) => (Some(status.report()), Some(outbox.stats())),
         None => (None, None),
@@ -108,12 +294,75 @@ async fn metrics(State(state): State<HealthState>) -> impl IntoResponse {
     )
 }
 
-async fn uplink(State(state): State<HealthState>) -> Json<UplinkReport> {
-    Json(match &state.uplink {
+async fn uplink(State(app): State<AppState>) -> Json<UplinkReport> {
+    Json(match &app.health.uplink {
         Some((status, outbox)) => UplinkReport {
             outbox: outbox.stats(),
             ..status.report()
         },
         None => UplinkStatus::default().report(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    /// A probe that counts its runs and fails while `broken` is set.
+    fn counting_probe(interval: Duration) -> (StoreProbe, Arc<AtomicUsize>, Arc<AtomicBool>) {
+        let (runs, broken) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (r, b) = (runs.clone(), broken.clone());
+        let probe = StoreProbe::with(
+            move || {
+                r.fetch_add(1, Ordering::SeqCst);
+                if b.load(Ordering::SeqCst) {
+                    Err("No space left on device".into())
+                } else {
+                    Ok(())
+                }
+            },
+            interval,
+        );
+        (probe, runs, broken)
+    }
+
+    #[tokio::test]
+    async fn the_probe_runs_at_most_once_per_interval() {
+        let (probe, runs, broken) = counting_probe(Duration::from_secs(3600));
+        assert_eq!(probe.check().await, Ok(()));
+        broken.store(true, Ordering::SeqCst);
+        // Within the interval: the last answer, no new write.
+        assert_eq!(probe.check().await, Ok(()));
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failing_probe_is_reported_and_recovery_seen() {
+        let (probe, runs, broken) = counting_probe(Duration::ZERO);
+        broken.store(true, Ordering::SeqCst);
+        assert_eq!(probe.check().await, Err("No space left on device".into()));
+        broken.store(false, Ordering::SeqCst);
+        assert_eq!(probe.check().await, Ok(()));
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_real_store_passes_the_probe() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ShadowStore::open(dir.path(), 1 << 20).expect("open");
+        assert_eq!(StoreProbe::new(store.clone()).check().await, Ok(()));
+        assert!(store.is_empty(), "the probe must not add a shadow");
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"secret"));
+    }
 }

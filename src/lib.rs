@@ -28,7 +28,10 @@
 //!   and stored, and sent to the owners of the device ([`users`]).
 //! - [`bridge`] — the optional upstream MQTT broker (rumqttc): `forward` topics sent up
 //!   through their own outbox, `subscribe` topics applied locally.
-//! - [`http`] — `/health`, `/health/uplink`, `/metrics`; [`metrics`] the Prometheus counters.
+//! - [`http`] — `/health`, `/health/uplink`, `/metrics` and the [`status_page`] at `/`;
+//!   [`metrics`] the Prometheus counters.
+//! - [`system`] — `system/status`, `system/metrics` and systemd's watchdog ([`systemd`]).
+//! - [`reload`] — SIGHUP: what can change live is applied, the rest reported.
 //! - [`gateway`] — wires the above and handles shutdown; [`logging`] sets up `tracing`.
 //!
 //! - [`admin`] — offline commands on the data directory (`outbox stats|list|replay|purge`).
@@ -49,9 +52,13 @@ pub mod ingest;
 pub mod logging;
 pub mod metrics;
 pub mod outbox;
+pub mod reload;
 pub mod service;
 pub mod shadow;
+pub mod status_page;
 pub mod store;
+pub mod system;
+pub mod systemd;
 pub mod telemetry;
 pub mod topics;
 pub mod uplink;

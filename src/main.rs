@@ -8,6 +8,7 @@ use std::io::IsTerminal;
 
 use iotsphere_gateway::auth::Credentials;
 use iotsphere_gateway::config::GatewayConfig;
+use iotsphere_gateway::logging::LogLevel;
 use iotsphere_gateway::{admin, gateway, logging};
 
 #[derive(Parser)]
@@ -164,8 +165,8 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config } => {
-            let config = match GatewayConfig::load(&config) {
+        Command::Run { config: path } => {
+            let config = match GatewayConfig::load(&path) {
                 Ok(config) => config,
                 Err(errors) => {
                     eprintln!("{errors}");
@@ -173,8 +174,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            logging::init(&config.log);
-            match run(config) {
+            let log = logging::init(&config.log);
+            match run(config, path, log) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -249,13 +250,13 @@ fn outbox(action: OutboxAction, config: &GatewayConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(config: GatewayConfig) -> anyhow::Result<()> {
+fn run(config: GatewayConfig, path: PathBuf, log: Option<LogLevel>) -> anyhow::Result<()> {
     // Two workers: the uplink and HTTP; the broker and the shadow service have threads of
     // their own.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(gateway::run(config))?;
+    runtime.block_on(gateway::run(config, path, log))?;
     Ok(())
 }

@@ -3,8 +3,10 @@
 //! Counters are updated where things happen (broker hook, shadow service); gauges that
 //! mirror state owned elsewhere (outbox, uplink, memory) are read at scrape time.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -37,6 +39,18 @@ pub struct ModeLabel {
     pub mode: &'static str,
 }
 
+/// Rejections the status page lists, newest last; older ones are forgotten.
+pub const RECENT_REJECTIONS: usize = 20;
+
+/// One refused request, as a field technician sees it on the status page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecentRejection {
+    pub device_id: String,
+    pub code: u16,
+    pub message: String,
+    pub at: SystemTime,
+}
+
 /// The gateway's metrics; cheap to clone.
 #[derive(Clone)]
 pub struct Metrics(Arc<Inner>);
@@ -45,11 +59,17 @@ struct Inner {
     registry: Registry,
     messages_in: Family<KindLabel, Counter>,
     messages_out: Family<KindLabel, Counter>,
+    /// The two families summed, for `system/metrics` (a family has no total of its own).
+    messages_in_total: AtomicU64,
+    messages_out_total: AtomicU64,
     shadow_updates: Counter,
     rejections: Family<CodeLabel, Counter>,
     deltas_published: Counter,
     connected_clients: Gauge,
-    connected: AtomicI64,
+    /// Client id → connections with that id (briefly 2 while a client replaces its
+    /// session), for the status page's list of connected devices.
+    connected: Mutex<BTreeMap<String, u32>>,
+    recent_rejections: Mutex<VecDeque<RecentRejection>>,
     uplink_connected: Gauge,
     uplink_mode: Family<ModeLabel, Gauge>,
     outbox_items: Gauge,
@@ -73,11 +93,14 @@ impl Default for Metrics {
         let inner = Inner {
             messages_in: Family::default(),
             messages_out: Family::default(),
+            messages_in_total: AtomicU64::default(),
+            messages_out_total: AtomicU64::default(),
             shadow_updates: Counter::default(),
             rejections: Family::default(),
             deltas_published: Counter::default(),
             connected_clients: Gauge::default(),
-            connected: AtomicI64::new(0),
+            connected: Mutex::default(),
+            recent_rejections: Mutex::default(),
             uplink_connected: Gauge::default(),
             uplink_mode: Family::default(),
             outbox_items: Gauge::default(),
@@ -190,35 +213,71 @@ impl Default for Metrics {
 impl Metrics {
     pub fn message_in(&self, kind: &'static str) {
         self.0.messages_in.get_or_create(&KindLabel { kind }).inc();
+        self.0.messages_in_total.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn message_out(&self, kind: &'static str) {
         self.0.messages_out.get_or_create(&KindLabel { kind }).inc();
+        self.0.messages_out_total.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn shadow_update(&self) {
         self.0.shadow_updates.inc();
     }
 
-    pub fn rejection(&self, code: u16) {
+    /// Counts a refused request and keeps it among the recent ones.
+    pub fn rejection(&self, device_id: &str, code: u16, message: &str) {
         self.0.rejections.get_or_create(&CodeLabel { code }).inc();
+        let mut recent = lock(&self.0.recent_rejections);
+        if recent.len() == RECENT_REJECTIONS {
+            recent.pop_front();
+        }
+        recent.push_back(RecentRejection {
+            device_id: device_id.to_string(),
+            code,
+            message: message.to_string(),
+            at: SystemTime::now(),
+        });
+    }
+
+    /// The last [`RECENT_REJECTIONS`] rejections, oldest first.
+    pub fn recent_rejections(&self) -> Vec<RecentRejection> {
+        lock(&self.0.recent_rejections).iter().cloned().collect()
     }
 
     pub fn delta_published(&self) {
         self.0.deltas_published.inc();
     }
 
-    pub fn client_connected(&self, connected: bool) {
-        let now = self
-            .0
-            .connected
-            .fetch_add(if connected { 1 } else { -1 }, Ordering::Relaxed)
-            + if connected { 1 } else { -1 };
-        self.0.connected_clients.set(now.max(0));
+    pub fn client_connected(&self, client_id: &str, connected: bool) {
+        let mut clients = lock(&self.0.connected);
+        if connected {
+            *clients.entry(client_id.to_string()).or_default() += 1;
+        } else if let Some(count) = clients.get_mut(client_id) {
+            *count -= 1;
+            if *count == 0 {
+                clients.remove(client_id);
+            }
+        }
+        let total: u32 = clients.values().sum();
+        self.0.connected_clients.set(i64::from(total));
     }
 
     pub fn connected_clients(&self) -> i64 {
-        self.0.connected.load(Ordering::Relaxed).max(0)
+        self.0.connected_clients.get()
+    }
+
+    /// Ids of the clients connected now, sorted.
+    pub fn connected_client_ids(&self) -> Vec<String> {
+        lock(&self.0.connected).keys().cloned().collect()
+    }
+
+    /// Messages received and published so far, all kinds together.
+    pub fn message_totals(&self) -> (u64, u64) {
+        (
+            self.0.messages_in_total.load(Ordering::Relaxed),
+            self.0.messages_out_total.load(Ordering::Relaxed),
+        )
     }
 
     /// The Prometheus text exposition, with the state-mirroring gauges refreshed.
@@ -248,14 +307,12 @@ impl Metrics {
         }
         if let Some(report) = uplink {
             inner.uplink_connected.set(i64::from(report.connected));
-            for (mode, name) in [
-                (UplinkMode::ChangeStream, "change_stream"),
-                (UplinkMode::Polling, "polling"),
-                (UplinkMode::Offline, "offline"),
-            ] {
+            for mode in UplinkMode::ALL {
                 inner
                     .uplink_mode
-                    .get_or_create(&ModeLabel { mode: name })
+                    .get_or_create(&ModeLabel {
+                        mode: mode.as_str(),
+                    })
                     .set(i64::from(report.mode == mode));
             }
         }
@@ -279,6 +336,12 @@ impl Metrics {
         let _ = encode(&mut text, &inner.registry);
         text
     }
+}
+
+/// A poisoned lock only means a panic elsewhere mid-update of a list shown to operators;
+/// the list is still usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn to_i64(value: impl TryInto<i64>) -> i64 {
@@ -307,11 +370,11 @@ mod tests {
     fn renders_counters_and_gauges() {
         let metrics = Metrics::default();
         metrics.message_in("telemetry");
-        metrics.rejection(409);
-        metrics.rejection(409);
-        metrics.client_connected(true);
-        metrics.client_connected(true);
-        metrics.client_connected(false);
+        metrics.rejection("h1", 409, "version conflict");
+        metrics.rejection("h1", 409, "version conflict");
+        metrics.client_connected("h1", true);
+        metrics.client_connected("h2", true);
+        metrics.client_connected("h1", false);
         let text = metrics.render(
             None,
             Some(&OutboxStats {
@@ -340,5 +403,36 @@ mod tests {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }
         assert!(text.contains("iotsphere_resident_memory_bytes "));
+        assert_eq!(metrics.connected_client_ids(), ["h2"]);
+        assert_eq!(metrics.message_totals(), (1, 0));
+    }
+
+    #[test]
+    fn a_client_replacing_its_session_stays_connected() {
+        let metrics = Metrics::default();
+        metrics.client_connected("h1", true);
+        metrics.client_connected("h1", true);
+        metrics.client_connected("h1", false);
+        assert_eq!(metrics.connected_client_ids(), ["h1"]);
+        assert_eq!(metrics.connected_clients(), 1);
+        metrics.client_connected("h1", false);
+        metrics.client_connected("h1", false);
+        assert!(metrics.connected_client_ids().is_empty());
+        assert_eq!(metrics.connected_clients(), 0);
+    }
+
+    #[test]
+    fn only_the_latest_rejections_are_kept() {
+        let metrics = Metrics::default();
+        for i in 0..RECENT_REJECTIONS + 5 {
+            metrics.rejection(&format!("h{i}"), 400, "bad JSON");
+        }
+        let recent = metrics.recent_rejections();
+        assert_eq!(recent.len(), RECENT_REJECTIONS);
+        assert_eq!(recent[0].device_id, "h5");
+        assert_eq!(
+            recent[RECENT_REJECTIONS - 1].device_id,
+            format!("h{}", RECENT_REJECTIONS + 4)
+        );
     }
 }

@@ -15,8 +15,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+use tokio::sync::watch;
 
 use crate::codec::{self, DecodeError, Encoding, Envelope, EnvelopeMetadata, ShadowRequest};
+use crate::config::GatewayConfig;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, ToCloud};
 use crate::shadow::{self, Document, ErrorCode, Limits, Rejection, Section, Update};
@@ -49,6 +51,15 @@ impl RateLimiter {
             rate_per_sec: f64::from(rate_per_sec),
             burst: f64::from(burst),
             buckets: HashMap::new(),
+        }
+    }
+
+    /// New limits from a reload; buckets keep their tokens, capped at the new burst.
+    fn set_limits(&mut self, rate_per_sec: u32, burst: u32) {
+        self.rate_per_sec = f64::from(rate_per_sec);
+        self.burst = f64::from(burst);
+        for (tokens, _) in self.buckets.values_mut() {
+            *tokens = tokens.min(self.burst);
         }
     }
 
@@ -107,6 +118,20 @@ pub struct ServiceSettings {
     pub rate_burst: u32,
 }
 
+impl ServiceSettings {
+    pub fn from_config(config: &GatewayConfig) -> Self {
+        Self {
+            gateway_id: config.gateway.id.clone(),
+            limits: Limits {
+                max_document_bytes: config.shadow.max_document_bytes,
+                max_depth: config.shadow.max_depth,
+            },
+            rate_per_sec: config.shadow.rate_per_sec,
+            rate_burst: config.shadow.rate_burst,
+        }
+    }
+}
+
 pub struct ShadowService {
     topics: Topics,
     replies: Replies,
@@ -116,6 +141,8 @@ pub struct ShadowService {
     /// With a MongoDB uplink: where every shadow write bound for the cloud goes, in the
     /// batch's commit.
     outbox: Option<Outbox>,
+    /// The running configuration; shadow limits follow its SIGHUP reloads.
+    live: Option<watch::Receiver<GatewayConfig>>,
 }
 
 impl ShadowService {
@@ -133,7 +160,27 @@ impl ShadowService {
             settings,
             rate,
             outbox,
+            live: None,
         }
+    }
+
+    /// Takes shadow limits from `config` whenever a reload changes it.
+    pub fn follow(mut self, config: watch::Receiver<GatewayConfig>) -> Self {
+        self.live = Some(config);
+        self
+    }
+
+    fn refresh_settings(&mut self) {
+        let Some(live) = &mut self.live else {
+            return;
+        };
+        if !live.has_changed().unwrap_or(false) {
+            return;
+        }
+        let settings = ServiceSettings::from_config(&live.borrow_and_update());
+        self.rate
+            .set_limits(settings.rate_per_sec, settings.rate_burst);
+        self.settings = settings;
     }
 
     /// The filters the gateway's link subscribes to: every device's shadow requests.
@@ -241,6 +288,7 @@ impl ShadowService {
                 return Ok(());
             }
         };
+        self.refresh_settings();
         let stored = self.store.get(device_id)?;
         let last_encoding = stored.as_ref().map(|s| s.encoding).unwrap_or_default();
 
@@ -455,7 +503,8 @@ impl Replies {
         token: Option<&str>,
         rejection: &Rejection,
     ) -> Outgoing {
-        self.metrics.rejection(rejection.code.as_u16());
+        self.metrics
+            .rejection(device_id, rejection.code.as_u16(), &rejection.message);
         let payload = RejectedPayload {
             code: rejection.code.as_u16(),
             message: &rejection.message,
@@ -522,6 +571,19 @@ impl Replies {
     pub fn system_status<P: Serialize>(&self, status: &P) -> Outgoing {
         let topic = self.topics.system("status");
         self.envelope(topic, Encoding::Json, None, "system.status", status, true)
+    }
+
+    /// The periodic `ROOT/system/metrics` message (not retained: a stale figure misleads).
+    pub fn system_metrics<P: Serialize>(&self, metrics: &P) -> Outgoing {
+        let topic = self.topics.system("metrics");
+        self.envelope(
+            topic,
+            Encoding::Json,
+            None,
+            "system.metrics",
+            metrics,
+            false,
+        )
     }
 
     fn clear_delta(&self, device_id: &str) -> Outgoing {

@@ -117,7 +117,7 @@ impl PublishHook for GatewayHook {
 
     fn on_connection(&self, client_id: &str, connected: bool) {
         if !client_id.starts_with(INTERNAL_CLIENT_PREFIX) {
-            self.metrics.client_connected(connected);
+            self.metrics.client_connected(client_id, connected);
             if !connected {
                 self.subscriptions.forget(client_id);
             }

@@ -22,6 +22,9 @@ const SHADOWS_TREE: &str = "shadows";
 /// Per device, the desired section as MongoDB last had it from us: the base of the
 /// three-way merge when both sides changed `desired` while apart.
 const CLOUD_BASE_TREE: &str = "cloud_desired_base";
+/// One key rewritten by [`ShadowStore::probe_write`]; never read back by the gateway.
+const PROBE_KEY: &[u8] = b"__iotsphere_write_probe";
+const PROBE_BYTES: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -97,6 +100,20 @@ impl ShadowStore {
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Proves the store still takes writes: one durable write (insert + fsync) to a key
+    /// outside the shadows tree. `/health` and the watchdog call it, rate-limited.
+    /// The value is one page: a smaller one would land in the page sled's log last
+    /// touched, which needs no new space, and a full disk would go unseen for minutes.
+    pub fn probe_write(&self) -> Result<(), StoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let mut value = vec![0u8; PROBE_BYTES];
+        value[..16].copy_from_slice(&now.to_be_bytes());
+        self.db.insert(PROBE_KEY, value)?;
+        self.flush()
     }
 
     /// Every stored shadow, in device-id order; unreadable records are yielded as errors.

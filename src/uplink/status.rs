@@ -18,6 +18,19 @@ pub enum UplinkMode {
     Offline,
 }
 
+impl UplinkMode {
+    pub const ALL: [UplinkMode; 3] = [Self::ChangeStream, Self::Polling, Self::Offline];
+
+    /// The name used in JSON and in the `uplink_mode` metric's label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ChangeStream => "change_stream",
+            Self::Polling => "polling",
+            Self::Offline => "offline",
+        }
+    }
+}
+
 /// The body of `/health/uplink`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -15,6 +15,17 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_iotsphere-gateway");
 /// Longest wait for anything a test expects to happen.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// Says why a test did not run. Written to stderr directly, not through `eprintln!`, which
+/// the test harness captures and hides for a passing test: a skip must never be silent.
+pub fn skip(reason: &str) {
+    use std::io::Write;
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -39,8 +50,13 @@ impl Gateway {
     /// Starts with extra TOML appended to the base config (sections must not repeat
     /// `[gateway]` or `[mqtt]`; use env overrides for those — see `start_with_env`).
     pub fn start_with(extra_config: &str) -> Gateway {
+        Self::start_with_env(extra_config, &[])
+    }
+
+    /// Starts with extra TOML and environment variables (e.g. `IOTSPHERE__…` overrides).
+    pub fn start_with_env(extra_config: &str, env: &[(&str, &str)]) -> Gateway {
         let mut gateway = Self::configure(extra_config);
-        gateway.spawn(&[]);
+        gateway.spawn(env);
         gateway
     }
 
@@ -501,11 +517,16 @@ impl Mongo {
 
 /// GET an HTTP path on loopback; returns (status, body).
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    http_get_with(port, path, "")
+}
+
+/// GET with extra header lines (each ending in `\r\n`); returns (status, body).
+pub fn http_get_with(port: u16, path: &str, headers: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect http");
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n"
     )
     .expect("send");
     let mut response = String::new();

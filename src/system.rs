@@ -1,0 +1,161 @@
+//! The gateway's own messages and systemd's watchdog, from one task on one broker link:
+//!
+//! - `ROOT/system/status`, retained, at start and every [`STATUS_INTERVAL`];
+//! - `ROOT/system/metrics`, not retained, every `gateway.metrics_interval_secs` (0 = off;
+//!   follows SIGHUP reloads);
+//! - `WATCHDOG=1` to systemd every half `WATCHDOG_USEC`, only while the broker's router
+//!   answers a round trip and the store takes a write; otherwise systemd restarts the
+//!   gateway when `WatchdogSec` runs out.
+
+use std::time::Duration;
+
+use rumqttd::Notification;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::{interval, Interval, MissedTickBehavior};
+
+use crate::broker::GatewayLink;
+use crate::config::GatewayConfig;
+use crate::http::HealthState;
+use crate::service::Replies;
+use crate::systemd::{self, Notifier};
+use crate::topics::Topics;
+
+/// How often the retained `system/status` summary is refreshed.
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(30);
+/// Longest wait for the router to acknowledge the watchdog's probe subscription.
+const ROUTER_ROUND_TRIP: Duration = Duration::from_secs(2);
+
+/// The body of `system/metrics`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MetricsSummary {
+    messages_in: u64,
+    messages_out: u64,
+    connected_clients: i64,
+    outbox_items: usize,
+    resident_memory_bytes: u64,
+    uptime_secs: u64,
+}
+
+pub struct SystemTask {
+    /// The internal link `iotsphere:system`: publishes, and the watchdog's round trip.
+    pub link: GatewayLink,
+    pub replies: Replies,
+    pub topics: Topics,
+    pub health: HealthState,
+    pub config: watch::Receiver<GatewayConfig>,
+    /// `Some` under systemd with `Type=notify`.
+    pub notifier: Option<Notifier>,
+}
+
+impl SystemTask {
+    pub async fn run(mut self) {
+        let mut status = interval(STATUS_INTERVAL);
+        let mut metrics = metrics_interval(&self.config.borrow_and_update());
+        let mut watchdog = self
+            .notifier
+            .as_ref()
+            .and(systemd::watchdog_interval())
+            .map(ticker);
+        loop {
+            tokio::select! {
+                _ = status.tick() => {
+                    let summary = self.health.summary().await;
+                    self.publish(self.replies.system_status(&summary), "system/status");
+                }
+                _ = tick(&mut metrics) => {
+                    let summary = self.metrics_summary().await;
+                    self.publish(self.replies.system_metrics(&summary), "system/metrics");
+                }
+                _ = tick(&mut watchdog) => self.feed_watchdog().await,
+                changed = self.config.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    metrics = metrics_interval(&self.config.borrow_and_update());
+                }
+            }
+        }
+    }
+
+    fn publish(&mut self, message: crate::service::Outgoing, what: &str) {
+        if let Err(e) = self.link.publish_all([message]) {
+            tracing::warn!(error = %e, "could not publish {what}");
+        }
+    }
+
+    async fn metrics_summary(&self) -> MetricsSummary {
+        let health = self.health.summary().await;
+        let (messages_in, messages_out) = self.health.metrics.message_totals();
+        MetricsSummary {
+            messages_in,
+            messages_out,
+            connected_clients: health.connected_clients(),
+            outbox_items: health.outbox_items(),
+            resident_memory_bytes: crate::metrics::resident_memory_bytes(),
+            uptime_secs: health.uptime_secs(),
+        }
+    }
+
+    /// `WATCHDOG=1` if the router and the store are alive; otherwise a log line and no
+    /// ping, so systemd restarts a wedged gateway.
+    async fn feed_watchdog(&mut self) {
+        let Some(notifier) = self.notifier.clone() else {
+            return;
+        };
+        let alive = match self.health.probe.check().await {
+            Err(reason) => Err(format!("store: {reason}")),
+            Ok(()) => self.router_round_trip().await,
+        };
+        match alive {
+            Ok(()) => {
+                if let Err(e) = notifier.notify("WATCHDOG=1") {
+                    tracing::warn!(error = %e, "could not notify systemd's watchdog");
+                }
+            }
+            Err(reason) => tracing::error!(%reason, "not feeding systemd's watchdog"),
+        }
+    }
+
+    /// Subscribes to a filter nobody publishes to and waits for the router's SUBACK: proof
+    /// that the router thread still serves links, with nothing visible to any client.
+    async fn router_round_trip(&mut self) -> Result<(), String> {
+        let filter = self.topics.system("internal/watchdog-probe");
+        self.link
+            .subscribe(&filter)
+            .map_err(|e| format!("broker: {e}"))?;
+        let answered = tokio::time::timeout(ROUTER_ROUND_TRIP, async {
+            loop {
+                match self.link.rx.next().await {
+                    Ok(Some(Notification::DeviceAck(_))) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("broker: {e}")),
+                }
+            }
+        })
+        .await;
+        answered.unwrap_or_else(|_| Err(format!("broker: no answer within {ROUTER_ROUND_TRIP:?}")))
+    }
+}
+
+fn ticker(period: Duration) -> Interval {
+    let mut ticker = interval(period);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticker
+}
+
+fn metrics_interval(config: &GatewayConfig) -> Option<Interval> {
+    let secs = config.gateway.metrics_interval_secs;
+    (secs > 0).then(|| ticker(Duration::from_secs(secs)))
+}
+
+/// The next tick, or never when off.
+async fn tick(ticker: &mut Option<Interval>) {
+    match ticker {
+        Some(ticker) => {
+            ticker.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
