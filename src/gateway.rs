@@ -19,7 +19,7 @@ use rumqttd::PublishHook;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::alerts::{self, AlertRule, Engine};
+use crate::alerts::{self, AlertRule, Engine, OpenAlerts};
 use crate::auth::{Access, AuthError};
 use crate::bridge::{Bridge, BridgeError, BRIDGE_CLIENT_ID};
 use crate::broker::hook::{GatewayHook, SubscriptionLimit};
@@ -233,6 +233,7 @@ pub async fn run(
         }
         None => None,
     };
+    let open_alerts = OpenAlerts::default();
     if let Some(inbox) = alert_inbox {
         tracing::info!(rules = alert_engine.rules(), "alert task started");
         tokio::spawn(alerts::run(
@@ -242,6 +243,7 @@ pub async fn run(
             replies.clone(),
             outbox.clone(),
             users,
+            open_alerts.clone(),
         ));
     }
     let uplink_status = uplink.as_ref().map(|u| u.status.clone()).zip(outbox);
@@ -274,6 +276,7 @@ pub async fn run(
             health: health.clone(),
             config: running_rx,
             notifier: notifier.clone(),
+            open_alerts,
         }
         .run(),
     );

@@ -30,7 +30,8 @@
 //!   through their own outbox, `subscribe` topics applied locally.
 //! - [`http`] — `/health`, `/health/uplink`, `/metrics` and the [`status_page`] at `/`;
 //!   [`metrics`] the Prometheus counters.
-//! - [`system`] — `system/status`, `system/metrics` and systemd's watchdog ([`systemd`]).
+//! - [`system`] — `system/status`, `system/metrics`, `devices/batch/status` ([`batch`]) and
+//!   systemd's watchdog ([`systemd`]).
 //! - [`reload`] — SIGHUP: what can change live is applied, the rest reported.
 //! - [`gateway`] — wires the above and handles shutdown; [`logging`] sets up `tracing`.
 //!
@@ -41,6 +42,7 @@
 pub mod admin;
 pub mod alerts;
 pub mod auth;
+pub mod batch;
 pub mod bridge;
 pub mod broker;
 pub mod certs;

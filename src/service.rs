@@ -574,6 +574,12 @@ impl Replies {
     }
 
     /// The periodic `ROOT/system/metrics` message (not retained: a stale figure misleads).
+    /// The fleet summary, retained on `devices/batch/status`.
+    pub fn batch_status(&self, status: &crate::batch::BatchStatus) -> Outgoing {
+        let topic = self.topics.batch("status");
+        self.envelope(topic, Encoding::Json, None, "batch.status", status, true)
+    }
+
     pub fn system_metrics<P: Serialize>(&self, metrics: &P) -> Outgoing {
         let topic = self.topics.system("metrics");
         self.envelope(

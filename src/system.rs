@@ -3,17 +3,20 @@
 //! - `ROOT/system/status`, retained, at start and every [`STATUS_INTERVAL`];
 //! - `ROOT/system/metrics`, not retained, every `gateway.metrics_interval_secs` (0 = off;
 //!   follows SIGHUP reloads);
+//! - `ROOT/devices/batch/status`, retained, when it changes ([`crate::batch`]);
 //! - `WATCHDOG=1` to systemd every half `WATCHDOG_USEC`, only while the broker's router
 //!   answers a round trip and the store takes a write; otherwise systemd restarts the
 //!   gateway when `WatchdogSec` runs out.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rumqttd::Notification;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::{interval, Interval, MissedTickBehavior};
 
+use crate::alerts::OpenAlerts;
+use crate::batch::{self, BatchStatus};
 use crate::broker::GatewayLink;
 use crate::config::GatewayConfig;
 use crate::http::HealthState;
@@ -47,11 +50,14 @@ pub struct SystemTask {
     pub config: watch::Receiver<GatewayConfig>,
     /// `Some` under systemd with `Type=notify`.
     pub notifier: Option<Notifier>,
+    pub open_alerts: OpenAlerts,
 }
 
 impl SystemTask {
     pub async fn run(mut self) {
         let mut status = interval(STATUS_INTERVAL);
+        let mut batch = interval(batch::CHECK_INTERVAL);
+        let mut last_batch: Option<(BatchStatus, Instant)> = None;
         let mut metrics = metrics_interval(&self.config.borrow_and_update());
         let mut watchdog = self
             .notifier
@@ -69,6 +75,16 @@ impl SystemTask {
                     self.publish(self.replies.system_metrics(&summary), "system/metrics");
                 }
                 _ = tick(&mut watchdog) => self.feed_watchdog().await,
+                _ = batch.tick() => {
+                    let now = self.batch_status();
+                    let due = last_batch.as_ref().is_none_or(|(last, at)| {
+                        *last != now || at.elapsed() >= batch::REFRESH_INTERVAL
+                    });
+                    if due {
+                        self.publish(self.replies.batch_status(&now), "devices/batch/status");
+                        last_batch = Some((now, Instant::now()));
+                    }
+                }
                 changed = self.config.changed() => {
                     if changed.is_err() {
                         return;
@@ -77,6 +93,14 @@ impl SystemTask {
                 }
             }
         }
+    }
+
+    fn batch_status(&self) -> BatchStatus {
+        batch::count(
+            &self.health.store,
+            &self.health.metrics.connected_client_ids(),
+            self.open_alerts.get(),
+        )
     }
 
     fn publish(&mut self, message: crate::service::Outgoing, what: &str) {

@@ -129,3 +129,55 @@ fn a_broken_rule_is_a_config_error_that_names_it() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batch_status_counts_the_building() {
+    let gateway = Gateway::start_with(OVER_TEMPERATURE);
+    let reported = |id: &str| format!("iotsphere/devices/{id}/shadow/reported");
+    let mut h1 = Client::connect(gateway.port, "h-b1").await;
+    h1.subscribe("iotsphere/devices/h-b1/shadow/document").await;
+    h1.publish(&reported("h-b1"), r#"{"state":{"targetTemp":50}}"#)
+        .await;
+    h1.expect("/shadow/document").await;
+    let mut h2 = Client::connect(gateway.port, "h-b2").await;
+    h2.subscribe("iotsphere/devices/h-b2/shadow/document").await;
+    h2.publish(&reported("h-b2"), r#"{"state":{"targetTemp":50}}"#)
+        .await;
+    h2.expect("/shadow/document").await;
+    h2.disconnect().await;
+    let app = Client::connect(gateway.port, "app").await;
+    app.publish(
+        "iotsphere/devices/h-b1/shadow/desired",
+        r#"{"state":{"targetTemp":60}}"#,
+    )
+    .await;
+    for _ in 0..12 {
+        h1.publish("iotsphere/devices/h-b1/telemetry/temperature", "90")
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let expected = serde_json::json!({
+        "devices": 2, "online": 1, "offline": 1, "pendingDeltas": 1, "openAlerts": 1
+    });
+    let started = Instant::now();
+    let mut dashboard = Client::connect(gateway.port, "dashboard").await;
+    dashboard.subscribe("iotsphere/devices/batch/status").await;
+    loop {
+        let status = dashboard.expect("/devices/batch/status").await;
+        if status.payload_json() == expected {
+            break;
+        }
+        assert!(
+            started.elapsed() < common::WAIT,
+            "last: {}",
+            status.payload_json()
+        );
+    }
+    // Retained: a dashboard that connects now gets it at once.
+    let mut late = Client::connect(gateway.port, "late-dashboard").await;
+    late.subscribe("iotsphere/devices/batch/status").await;
+    let status = late.expect("/devices/batch/status").await;
+    assert!(status.retain);
+    assert_eq!(status.payload_json(), expected);
+}

@@ -65,6 +65,16 @@ pub struct AlertFeed {
     judges: bool,
 }
 
+/// How many alerts are open now (for `devices/batch/status`).
+#[derive(Clone, Default)]
+pub struct OpenAlerts(Arc<AtomicUsize>);
+
+impl OpenAlerts {
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// The task's end of the feed.
 pub struct AlertInbox {
     rx: flume::Receiver<Raw>,
@@ -207,6 +217,7 @@ pub async fn run(
     replies: Replies,
     outbox: Option<Outbox>,
     users: Directory,
+    open: OpenAlerts,
 ) {
     let mut ticker = tokio::time::interval(TICK);
     loop {
@@ -227,6 +238,7 @@ pub async fn run(
         if events.is_empty() {
             continue;
         }
+        open.0.store(engine.open_alerts(), Ordering::Relaxed);
         for event in events {
             tracing::info!(
                 rule = %event.rule,
