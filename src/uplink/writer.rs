@@ -78,11 +78,15 @@ pub struct Writer {
 
 impl Writer {
     /// Drains the outbox for ever: when woken, every `IDLE_CHECK`, and with backoff after
-    /// failures.
+    /// failures. Only a replay is paced at `replay_rate`: the first drain (what an earlier
+    /// run left) and every drain after a failure (what piled up while MongoDB was away),
+    /// until the outbox was once empty. Live traffic then goes out as fast as it comes, so
+    /// the replay rate does not cap the ingest rate.
     pub async fn run(self) {
         let mut backoff = BACKOFF_MIN;
+        let mut replaying = true;
         loop {
-            let result = self.drain().await;
+            let result = self.drain_paced(replaying).await;
             match result {
                 Ok(written) => {
                     // An empty drain proves nothing about the connection.
@@ -90,9 +94,11 @@ impl Writer {
                         self.status.update(|r| r.connected = true);
                     }
                     backoff = BACKOFF_MIN;
+                    replaying = false;
                     self.outbox.wait(IDLE_CHECK).await;
                 }
                 Err(e) => {
+                    replaying = true;
                     self.status.update(|r| r.connected = false);
                     tracing::warn!(error = %e, retry_in = ?backoff, "MongoDB write failed; the outbox keeps the data and retries");
                     tokio::time::sleep(backoff).await;
@@ -102,9 +108,14 @@ impl Writer {
         }
     }
 
-    /// Writes everything pending; returns how many entries left the outbox, or the first
-    /// transient failure.
+    /// Writes everything pending, paced at `replay_rate` (the `outbox replay` command);
+    /// returns how many entries left the outbox, or the first transient failure.
     pub async fn drain(&self) -> Result<usize, DrainError> {
+        self.drain_paced(true).await
+    }
+
+    /// [`Self::drain`], paced at `replay_rate` only if `paced`.
+    async fn drain_paced(&self, paced: bool) -> Result<usize, DrainError> {
         let mut written = 0;
         for pending in self.outbox.pending_shadows()? {
             if let ToCloud::Shadow {
@@ -151,9 +162,12 @@ impl Writer {
             self.write_items(&items).await?;
             self.outbox.flush_removals().await?;
             written += items.len();
-            // Pace the replay: `replay_rate` items per second at most.
-            let budget = Duration::from_secs_f64(items.len() as f64 / f64::from(self.replay_rate));
-            tokio::time::sleep_until(started + budget).await;
+            if paced {
+                // `replay_rate` items per second at most.
+                let budget =
+                    Duration::from_secs_f64(items.len() as f64 / f64::from(self.replay_rate));
+                tokio::time::sleep_until(started + budget).await;
+            }
         }
         Ok(written)
     }
