@@ -111,7 +111,11 @@ mod tests {
         );
         assert_eq!(template(1).len(), MIN_BYTES);
         assert_eq!(SEQ_NUMBER.start, SEQ.end + SEQ_FIELD.len());
-        assert_eq!(template(104).len(), 104, "fanin --payload accepts 104 bytes");
+        assert_eq!(
+            template(104).len(),
+            104,
+            "fanin --payload accepts 104 bytes"
+        );
     }
 
     #[test]
