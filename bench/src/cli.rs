@@ -140,19 +140,28 @@ pub struct MongoArgs {
 pub struct MongochangeArgs {
     #[command(flatten)]
     pub mongo: MongoArgs,
-    /// Devices, each reporting a state and subscribed to its own delta topic.
-    #[arg(long, default_value_t = 1000)]
-    pub devices: usize,
-    /// Cloud changes of `state.desired.targetTemp` per device.
-    #[arg(long, default_value_t = 3)]
-    pub rounds: u32,
-    /// Cloud changes per second, all devices together.
-    #[arg(long, default_value_t = 500.0)]
-    pub rate: f64,
+    /// Cloud changes of `state.desired.targetTemp` in MongoDB (devices also report a state).
+    #[command(flatten)]
+    pub plan: UpdatePlan,
     /// How long to wait for late deltas after the last change (ms); with polling, more
     /// than the gateway's `poll_interval_ms`.
     #[arg(long, default_value_t = 3000)]
     pub settle_ms: u64,
+}
+
+/// Desired updates of N devices, each subscribed to its own delta topic: `rounds` per
+/// device, `rate` per second (roundtrip, mongochange).
+#[derive(Debug, Clone, Args)]
+pub struct UpdatePlan {
+    /// Devices, each subscribed to its own delta topic.
+    #[arg(long, default_value_t = 1000)]
+    pub devices: usize,
+    /// Updates per device.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// Updates per second, all devices together.
+    #[arg(long, default_value_t = 500.0)]
+    pub rate: f64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -169,15 +178,9 @@ pub struct LandedArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct RoundtripArgs {
-    /// Devices, each subscribed to its own delta topic.
-    #[arg(long, default_value_t = 1000)]
-    pub devices: usize,
-    /// Desired updates per device.
-    #[arg(long, default_value_t = 3)]
-    pub rounds: u32,
-    /// Desired updates per second (the app's pace, all devices together).
-    #[arg(long, default_value_t = 500.0)]
-    pub rate: f64,
+    /// Desired updates an app publishes to `shadow/desired`.
+    #[command(flatten)]
+    pub plan: UpdatePlan,
     /// QoS of the app's desired publishes and of the devices' subscriptions.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub qos: u8,

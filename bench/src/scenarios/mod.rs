@@ -147,7 +147,7 @@ pub struct Listeners {
     tasks: JoinSet<Errors>,
     /// Indexes of the devices that connected.
     pub connected: Vec<usize>,
-    pub seen: mpsc::UnboundedReceiver<DeltaSeen>,
+    seen: mpsc::UnboundedReceiver<DeltaSeen>,
     stop: watch::Sender<bool>,
 }
 
@@ -200,8 +200,21 @@ impl Listeners {
         }
     }
 
+    /// Counts the deltas of `updates` (see [`Updates::tally`]), then stops every device;
+    /// returns the tally and the devices' errors.
+    pub async fn tally_and_close(
+        mut self,
+        updates: &Updates,
+        settle_ms: u64,
+        deadline: Instant,
+    ) -> (Tally, Errors) {
+        let settle = Duration::from_millis(settle_ms);
+        let tally = updates.tally(&mut self.seen, settle, deadline).await;
+        (tally, self.close().await)
+    }
+
     /// Stops every device (DISCONNECT and drain); returns their errors.
-    pub async fn close(mut self) -> Errors {
+    async fn close(mut self) -> Errors {
         let _ = self.stop.send(true);
         let mut errors = Errors::default();
         while let Some(joined) = self.tasks.join_next().await {
@@ -263,7 +276,7 @@ impl Updates {
 
     /// Counts the deltas until every sent update was answered once the sender is done,
     /// or nothing came for `settle` after it, or the deadline.
-    pub async fn tally(
+    async fn tally(
         &self,
         seen: &mut mpsc::UnboundedReceiver<DeltaSeen>,
         settle: Duration,

@@ -63,13 +63,13 @@ pub async fn run(ctx: &Ctx, args: &MongochangeArgs) -> anyhow::Result<Outcome> {
         .as_deref()
         .ok_or_else(|| anyhow::anyhow!("mongochange needs --mongo URI"))?;
     let db = mongo::connect(uri, &args.mongo.database).await?;
-    let devices = args.devices.max(1);
-    let rounds = args.rounds.max(1);
+    let devices = args.plan.devices.max(1);
+    let rounds = args.plan.rounds.max(1);
     let ids: Vec<String> = (0..devices).map(|i| ctx.device_id("mc", i)).collect();
     let mut errors = Errors::default();
 
     let reported = format!(r#"{{"state":{{"targetTemp":{REPORTED_TEMP}}}}}"#);
-    let mut listeners = Listeners::open(
+    let listeners = Listeners::open(
         ctx,
         "mc",
         devices,
@@ -93,17 +93,15 @@ pub async fn run(ctx: &Ctx, args: &MongochangeArgs) -> anyhow::Result<Outcome> {
         ids,
         listeners.connected.clone(),
         updates.clone(),
-        Pacer::new(Instant::now(), (args.rate > 0.0).then_some(args.rate)),
+        Pacer::new(
+            Instant::now(),
+            (args.plan.rate > 0.0).then_some(args.plan.rate),
+        ),
         ctx.deadline,
     ));
-    let tally = updates
-        .tally(
-            &mut listeners.seen,
-            Duration::from_millis(args.settle_ms),
-            ctx.deadline,
-        )
+    let (tally, device_errors) = listeners
+        .tally_and_close(&updates, args.settle_ms, ctx.deadline)
         .await;
-    let device_errors = listeners.close().await;
     let cloud = cloud.await?;
     errors.merge(device_errors);
     errors.merge(cloud.errors);
@@ -125,7 +123,7 @@ pub async fn run(ctx: &Ctx, args: &MongochangeArgs) -> anyhow::Result<Outcome> {
          change -> delta {}\nupdateOne {}",
         connected,
         rounds,
-        args.rate,
+        args.plan.rate,
         results.changes_sent,
         results.changes_failed,
         results.deltas_received,
@@ -139,7 +137,7 @@ pub async fn run(ctx: &Ctx, args: &MongochangeArgs) -> anyhow::Result<Outcome> {
         params: json!({
             "devices": devices,
             "rounds": rounds,
-            "rate": args.rate,
+            "rate": args.plan.rate,
         }),
         results: serde_json::to_value(&results)?,
         summary,

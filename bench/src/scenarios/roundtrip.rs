@@ -5,7 +5,7 @@
 //! every delta says which update it answers. Gateway only: a plain broker has no shadows.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 use serde_json::json;
@@ -44,11 +44,11 @@ struct App {
 }
 
 pub async fn run(ctx: &Ctx, args: &RoundtripArgs) -> anyhow::Result<Outcome> {
-    let devices = args.devices.max(1);
-    let rounds = args.rounds.max(1);
+    let devices = args.plan.devices.max(1);
+    let rounds = args.plan.rounds.max(1);
     let mut errors = Errors::default();
 
-    let mut listeners = Listeners::open(ctx, "rt", devices, args.qos, None, &mut errors).await;
+    let listeners = Listeners::open(ctx, "rt", devices, args.qos, None, &mut errors).await;
     let connected = listeners.connected.len();
     let updates = Arc::new(Updates::new(devices, rounds, BASE_TEMP));
     let app_conn = Connection::open(&format!("{}app", ctx.prefix), &ctx.connect).await?;
@@ -60,20 +60,18 @@ pub async fn run(ctx: &Ctx, args: &RoundtripArgs) -> anyhow::Result<Outcome> {
                 .collect(),
             targets: listeners.connected.clone(),
             qos: args.qos,
-            pacer: Pacer::new(Instant::now(), (args.rate > 0.0).then_some(args.rate)),
+            pacer: Pacer::new(
+                Instant::now(),
+                (args.plan.rate > 0.0).then_some(args.plan.rate),
+            ),
             deadline: ctx.deadline,
         },
         updates.clone(),
     ));
 
-    let tally = updates
-        .tally(
-            &mut listeners.seen,
-            Duration::from_millis(args.settle_ms),
-            ctx.deadline,
-        )
+    let (tally, device_errors) = listeners
+        .tally_and_close(&updates, args.settle_ms, ctx.deadline)
         .await;
-    let device_errors = listeners.close().await;
     let app = app.await?;
     errors.merge(device_errors);
     errors.merge(app.errors);
@@ -94,7 +92,7 @@ pub async fn run(ctx: &Ctx, args: &RoundtripArgs) -> anyhow::Result<Outcome> {
          desired -> delta {}",
         connected,
         rounds,
-        args.rate,
+        args.plan.rate,
         results.desired_sent,
         results.deltas_received,
         results.missing,
@@ -106,7 +104,7 @@ pub async fn run(ctx: &Ctx, args: &RoundtripArgs) -> anyhow::Result<Outcome> {
         params: json!({
             "devices": devices,
             "rounds": rounds,
-            "rate": args.rate,
+            "rate": args.plan.rate,
             "qos": args.qos,
         }),
         results: serde_json::to_value(&results)?,
