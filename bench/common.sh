@@ -13,7 +13,13 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 started=$(date +%s)
-step() { echo "== $* ($(( $(date +%s) - started )) s)" >&2; }
+# Every step also notes the load average and the compilers running (other builds on a
+# shared machine), for RESULTS.md.
+load_notes=()
+step() {
+  echo "== $* ($(( $(date +%s) - started )) s)" >&2
+  load_notes+=("$(cut -d' ' -f1 /proc/loadavg)/$(pgrep -c -x rustc || true)")
+}
 
 # 10,000 idle connections need 10,000 descriptors in the broker and in loadgen.
 raise_fd_limit() {
@@ -24,12 +30,13 @@ raise_fd_limit() {
   fd_limit=$(ulimit -n)
 }
 
-build() { # sets gateway_bin loadgen
-  step "build (release): gateway and loadgen"
-  (cd "$root" && cargo build --release --quiet -p iotsphere-gateway -p iotsphere-bench)
+build() { # sets gateway_bin loadgen double_bin
+  step "build (release): gateway, loadgen, mongo-double"
+  (cd "$root" && cargo build --release --quiet -p iotsphere-gateway -p iotsphere-bench -p mongo-double)
   local target_dir=${CARGO_TARGET_DIR:-$root/target}
   gateway_bin=$target_dir/release/iotsphere-gateway
   loadgen=$target_dir/release/loadgen
+  double_bin=$target_dir/release/mongo-double
 }
 
 find_mosquitto() { # sets mosquitto_bin; installs mosquitto when missing
@@ -65,9 +72,14 @@ wait_port() { # PORT PID NAME
   return 1
 }
 
-stop() { # PID: stops it and forgets it (a pid may be reused later)
-  local pid rest=()
+stop() { # PID: stops it (SIGTERM, SIGKILL after 5 s) and forgets it (a pid may be reused later)
+  local pid i rest=()
   kill "$1" 2>/dev/null || true
+  for i in $(seq 50); do
+    kill -0 "$1" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -9 "$1" 2>/dev/null || true
   wait "$1" 2>/dev/null || true
   for pid in "${pids[@]}"; do [ "$pid" = "$1" ] || rest+=("$pid"); done
   pids=("${rest[@]}")
@@ -106,15 +118,36 @@ outbox_env() { # MongoDB configured but unreachable: every reading stays in the 
   echo "IOTSPHERE__MONGODB__URI=mongodb://127.0.0.1:$(free_port)/"
 }
 
-start_gateway() { # [NAME=VALUE…] extra settings; sets GW_PORT GW_PID; fresh data dir
+start_gateway() { # [NAME=VALUE…] extra settings; sets GW_PORT GW_HTTP GW_DATA GW_PID; fresh data dir
   GW_PORT=$(free_port)
+  GW_HTTP=$(free_port)
   local dir=$work/gateway-$GW_PORT
+  GW_DATA=$dir/data
   mkdir -p "$dir"
   cp "$root/config/gateway.toml" "$dir/gateway.toml"
   # shellcheck disable=SC2046 # the words are NAME=VALUE pairs without spaces
-  env $(gateway_env "$GW_PORT" "$(free_port)" "$dir/data") "$@" \
+  env $(gateway_env "$GW_PORT" "$GW_HTTP" "$GW_DATA") "$@" \
     "$gateway_bin" run --config "$dir/gateway.toml" >"$dir/gateway.log" 2>&1 &
   GW_PID=$!
   pids+=("$GW_PID")
   wait_port "$GW_PORT" "$GW_PID" gateway
+}
+
+start_double() { # [PORT]: mongo-double (replica set rs0, in memory); sets MD_PORT MD_PID MD_URI
+  MD_PORT=${1:-$(free_port)}
+  "$double_bin" --port "$MD_PORT" >"$work/mongo-double-$MD_PORT.log" 2>&1 &
+  MD_PID=$!
+  pids+=("$MD_PID")
+  wait_port "$MD_PORT" "$MD_PID" mongo-double
+  MD_URI="mongodb://127.0.0.1:$MD_PORT/?replicaSet=rs0"
+}
+
+wait_uplink() { # MODE: until the gateway's /health/uplink says that mode (10 s at most)
+  local i
+  for i in $(seq 100); do
+    curl -fsS "http://127.0.0.1:$GW_HTTP/health/uplink" 2>/dev/null | grep -q "\"mode\":\"$1\"" && return 0
+    sleep 0.1
+  done
+  echo "the gateway's uplink did not reach mode $1 within 10 s" >&2
+  return 1
 }

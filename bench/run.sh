@@ -3,11 +3,13 @@
 #
 #   bash bench/run.sh
 #
-# Builds the gateway and loadgen (release), starts mosquitto and the gateway on free
-# loopback ports, runs fan-in (1) and idle memory (4) against both, alternating
-# (mosquitto, gateway, … in every round), then round trip (2) and reconnect storm (5)
-# against the gateway, and writes bench/RESULTS.md (+ the raw JSON lines in
-# bench/results.jsonl). About 5 minutes on 2 cores once built. Everything it started is
+# Builds the gateway, loadgen and mongo-double (release), starts mosquitto and the gateway
+# on free loopback ports, runs fan-in (1) and idle memory (4) against both, alternating
+# (mosquitto, gateway, … in every round), then round trip (2), MongoDB change → delta (3),
+# telemetry ingest into MongoDB (6), outbox append and replay (7) and reconnect storm (5)
+# against the gateway (with a mongo-double as its MongoDB for 3, 6, 7), and writes
+# bench/RESULTS.md (+ the raw JSON lines in bench/results.jsonl). About 8 minutes on 2
+# cores once built. Everything it started is
 # stopped on exit. Knobs (environment): ROUNDS (2), IDLE_SIZES ("1000 10000"),
 # IDLE_HOLD (5 s).
 set -euo pipefail
@@ -91,6 +93,64 @@ done
 stop "$plain_pid"
 stop "$outbox_pid"
 
+# 3. MongoDB change → delta: the gateway with its uplink to a mongo-double (replica set,
+# so a change stream), a fresh pair each round; then once with polling
+# (change_streams = "off", poll_interval_ms as in config/gateway.toml).
+step "MongoDB change -> delta: change stream, $ROUNDS rounds; polling once"
+for round in $(seq "$ROUNDS") polling; do
+  start_double
+  if [ "$round" = polling ]; then
+    start_gateway "IOTSPHERE__MONGODB__URI=$MD_URI" IOTSPHERE__MONGODB__CHANGE_STREAMS=off
+    wait_uplink polling
+    lg --broker "127.0.0.1:$GW_PORT" --label gateway --pid "$GW_PID" --tag polling --round "$((ROUNDS + 1))" \
+      --deadline 60 mongochange --mongo "$MD_URI" --devices 1000 --rounds 3 --rate 500 --settle-ms 3000
+  else
+    start_gateway "IOTSPHERE__MONGODB__URI=$MD_URI"
+    wait_uplink change_stream
+    lg --broker "127.0.0.1:$GW_PORT" --label gateway --pid "$GW_PID" --tag change-stream --round "$round" \
+      --deadline 60 mongochange --mongo "$MD_URI" --devices 1000 --rounds 3 --rate 500
+  fi
+  stop "$GW_PID"
+  stop "$MD_PID"
+done
+
+# 6. Telemetry ingest into MongoDB: 100 publishers, QoS 1 as fast as PUBACKs allow, no
+# subscriber; loadgen then waits until every reading is in `telemetry`. Fresh pair per round.
+step "telemetry ingest into MongoDB: $ROUNDS rounds"
+for round in $(seq "$ROUNDS"); do
+  start_double
+  start_gateway "IOTSPHERE__MONGODB__URI=$MD_URI"
+  wait_uplink change_stream
+  lg --broker "127.0.0.1:$GW_PORT" --label gateway-mongodb --pid "$GW_PID" --tag ingest --round "$round" \
+    --deadline 90 fanin --publishers 100 --payload 256 --qos 1 --messages 100000 --no-subscriber --mongo "$MD_URI"
+  stop "$GW_PID"
+  stop "$MD_PID"
+done
+
+# 7. Outbox: MongoDB down (the URI names a closed port) → append; then mongo-double starts on
+# that port → replay. The data_dir size and the outbox's own count are recorded between.
+step "outbox: append with MongoDB down, replay when it is back; $ROUNDS rounds"
+for round in $(seq "$ROUNDS"); do
+  closed=$(free_port)
+  start_gateway "IOTSPHERE__MONGODB__URI=mongodb://127.0.0.1:$closed/?replicaSet=rs0"
+  prefix="obx$round-$$-"
+  lg --broker "127.0.0.1:$GW_PORT" --label gateway-outbox --pid "$GW_PID" --tag outbox-append --round "$round" \
+    --id-prefix "$prefix" --deadline 60 fanin --publishers 100 --payload 256 --qos 1 --messages 100000 --no-subscriber
+  health=$(curl -fsS "http://127.0.0.1:$GW_HTTP/health/uplink" || echo '{}')
+  printf '{"scenario":"outbox-disk","broker":"gateway-outbox","tag":"outbox","round":%s,"command":"du -sb DATA_DIR; curl /health/uplink","results":{"data_dir_bytes":%s,"outbox_items":%s,"outbox_bytes":%s}}\n' \
+    "$round" "$(du -sb "$GW_DATA" | cut -f1)" \
+    "$(grep -o '"items":[0-9]*' <<<"$health" | head -1 | cut -d: -f2)" \
+    "$(grep -o '"bytes":[0-9]*' <<<"$health" | head -1 | cut -d: -f2)" >>"$results"
+  # Items that waited more than 5 s count as a replay for the gateway (paced at
+  # outbox.replay_rate), younger ones as live traffic (src/uplink/writer.rs REPLAY_AGE).
+  sleep 6
+  start_double "$closed"
+  lg --broker "127.0.0.1:$GW_PORT" --label gateway-outbox --pid "$GW_PID" --tag outbox-replay --round "$round" \
+    --id-prefix "$prefix" --deadline 120 landed --mongo "$MD_URI" --publishers 100 --messages 100000
+  stop "$GW_PID"
+  stop "$MD_PID"
+done
+
 # 4. Idle memory: a fresh broker for every run, so "before" is a cold process.
 for size in $IDLE_SIZES; do
   if [ "$size" -ge "$fd_limit" ]; then
@@ -138,16 +198,24 @@ memory=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
   echo "- **Command**: \`$command_line\` (CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target})"
   echo "- **Machine**: $(nproc) CPUs ($cpu_model), $memory RAM, Linux $(uname -r);"
   echo "  load average at start $load_at_start (the machine is shared: compare within a round, not across runs);"
+  echo "  at each step, 1-minute load average / rustc processes of other builds running: ${load_notes[*]};"
   echo "  open-files limit $fd_limit."
   echo "- **mosquitto**: $mosquitto_version, config generated per start:"
   echo "  \`$(mosquitto_conf PORT | paste -sd ';' | sed 's/;/; /g')\`."
-  echo "  TCP_NODELAY on (its best latency); the gateway's broker (rumqttd) leaves Nagle on."
+  echo "  TCP_NODELAY on (its best latency); the gateway's broker (vendor/rumqttd, patched) sets"
+  echo "  TCP_NODELAY on accepted sockets too and listens with a backlog of 1024."
   echo "- **gateway**: release build, \`config/gateway.toml\` with"
   echo "  \`$(gateway_env PORT HTTP DIR)\`; shadow engine attached (it subscribes to the shadow"
   echo "  request topics only; telemetry goes through the broker to the load generator)."
   echo "- **gateway-outbox**: the same plus \`IOTSPHERE__MONGODB__URI=mongodb://127.0.0.1:CLOSED_PORT/\`:"
   echo "  the uplink is configured but down, so every telemetry reading is also written to the"
   echo "  sled outbox inside the router, and QoS 1 readings are acknowledged after an fsync."
+  echo "  In section 7 the same, then tests/mongo-double is started on that port (replay)."
+  echo "- **gateway with MongoDB** (sections 3 and 6): the same plus"
+  echo "  \`IOTSPHERE__MONGODB__URI=mongodb://127.0.0.1:PORT/?replicaSet=rs0\`, a fresh"
+  echo "  tests/mongo-double (release build, replica set rs0, in memory) per run: the change"
+  echo "  stream is the double's; polling adds \`IOTSPHERE__MONGODB__CHANGE_STREAMS=off\`"
+  echo "  (\`poll_interval_ms\` 1000). The double runs on the same 2 cores."
   echo "- **loadgen**: one runtime thread, raw MQTT 3.1.1 client (TCP_NODELAY on every socket),"
   echo "  256-byte payloads (valid JSON telemetry readings); latency = receive time − send time"
   echo "  written in the payload (same clock). Each broker's CPU time (/proc/PID/stat) is"

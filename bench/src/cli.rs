@@ -58,6 +58,10 @@ pub enum Scenario {
     Fanin(FaninArgs),
     /// desired -> delta latency: an app sets each device's desired state in turn.
     Roundtrip(RoundtripArgs),
+    /// A cloud service changes state.desired in MongoDB -> delta at the device.
+    Mongochange(MongochangeArgs),
+    /// Waits until an earlier fanin run's readings are in MongoDB (the outbox replay).
+    Landed(LandedArgs),
     /// N connections held open (each subscribed to its delta); broker memory before/after.
     Idle(IdleArgs),
     /// N devices with a pending delta reconnect at once; every delta once, none missed.
@@ -71,6 +75,8 @@ impl Scenario {
         match self {
             Scenario::Fanin(_) => "fanin",
             Scenario::Roundtrip(_) => "roundtrip",
+            Scenario::Mongochange(_) => "mongochange",
+            Scenario::Landed(_) => "landed",
             Scenario::Idle(_) => "idle",
             Scenario::Storm(_) => "storm",
             Scenario::Summarize(_) => "summarize",
@@ -89,8 +95,8 @@ pub struct FaninArgs {
     /// Publish QoS (the subscriber is always QoS 0).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub qos: u8,
-    /// Payload bytes: a JSON telemetry reading padded to this size (at least 96).
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(96..=65_000))]
+    /// Payload bytes: a JSON telemetry reading padded to this size (at least 104).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(104..=65_000))]
     pub payload: u32,
     /// Target rate in messages per second, all publishers together; 0 = as fast as possible.
     #[arg(long, default_value_t = 0.0)]
@@ -110,19 +116,71 @@ pub struct FaninArgs {
     /// message arrives.
     #[arg(long, default_value_t = 1000)]
     pub settle_ms: u64,
+    /// Publishers only, no subscriber (the outbox append rate: PUBACKs per second).
+    #[arg(long, conflicts_with = "window")]
+    pub no_subscriber: bool,
+    #[command(flatten)]
+    pub mongo: MongoArgs,
+}
+
+/// Where the gateway's MongoDB is (the load generator reads and writes it as a cloud
+/// service would).
+#[derive(Debug, Clone, Args)]
+pub struct MongoArgs {
+    /// MongoDB URI (loopback hosts only). With `fanin`: after publishing, wait until every
+    /// reading is in `telemetry` and check each is there exactly once.
+    #[arg(long)]
+    pub mongo: Option<String>,
+    /// The gateway's `mongodb.database`.
+    #[arg(long, default_value = "iotsphere")]
+    pub database: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MongochangeArgs {
+    #[command(flatten)]
+    pub mongo: MongoArgs,
+    /// Cloud changes of `state.desired.targetTemp` in MongoDB (devices also report a state).
+    #[command(flatten)]
+    pub plan: UpdatePlan,
+    /// How long to wait for late deltas after the last change (ms); with polling, more
+    /// than the gateway's `poll_interval_ms`.
+    #[arg(long, default_value_t = 3000)]
+    pub settle_ms: u64,
+}
+
+/// Desired updates of N devices, each subscribed to its own delta topic: `rounds` per
+/// device, `rate` per second (roundtrip, mongochange).
+#[derive(Debug, Clone, Args)]
+pub struct UpdatePlan {
+    /// Devices, each subscribed to its own delta topic.
+    #[arg(long, default_value_t = 1000)]
+    pub devices: usize,
+    /// Updates per device.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// Updates per second, all devices together.
+    #[arg(long, default_value_t = 500.0)]
+    pub rate: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LandedArgs {
+    #[command(flatten)]
+    pub mongo: MongoArgs,
+    /// The `fanin` run whose readings to wait for: its --publishers, --messages and
+    /// --id-prefix (required here).
+    #[arg(long, default_value_t = 100)]
+    pub publishers: usize,
+    #[arg(long, default_value_t = 200_000)]
+    pub messages: u64,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct RoundtripArgs {
-    /// Devices, each subscribed to its own delta topic.
-    #[arg(long, default_value_t = 1000)]
-    pub devices: usize,
-    /// Desired updates per device.
-    #[arg(long, default_value_t = 3)]
-    pub rounds: u32,
-    /// Desired updates per second (the app's pace, all devices together).
-    #[arg(long, default_value_t = 500.0)]
-    pub rate: f64,
+    /// Desired updates an app publishes to `shadow/desired`.
+    #[command(flatten)]
+    pub plan: UpdatePlan,
     /// QoS of the app's desired publishes and of the devices' subscriptions.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub qos: u8,

@@ -1,12 +1,14 @@
 //! `loadgen`: the load generator of iotsphere-gateway's benchmarks (README.md here).
 //!
 //! Layout: `cli` parses flags; `mqtt` is a small MQTT 3.1.1 client (codec + connection);
-//! `pool` opens many connections at once; `scenarios/*` are the four measurements;
+//! `pool` opens many connections at once; `scenarios/*` are the measurements; `mongo`
+//! is the cloud side (MongoDB);
 //! `stats` holds latency histograms and pacing; `procfs` reads the broker's memory and
 //! CPU; `report` prints the JSON line and the summary; `summarize` turns JSON lines into
 //! RESULTS.md's tables.
 
 mod cli;
+mod mongo;
 mod mqtt;
 mod pool;
 mod procfs;
@@ -92,12 +94,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         procfs::cpu_seconds(&pid).ok()
     };
     let (loadgen_cpu0, broker_cpu0) = (cpu(None), common.pid.and_then(|p| cpu(Some(p))));
+    let written = || {
+        common
+            .pid
+            .and_then(|p| procfs::disk_written_bytes(&p.to_string()).ok())
+    };
+    let broker_written0 = written();
 
     let name = cli.scenario.name();
     let scenario = async {
         match &cli.scenario {
             Scenario::Fanin(args) => scenarios::fanin::run(&ctx, args).await,
             Scenario::Roundtrip(args) => scenarios::roundtrip::run(&ctx, args).await,
+            Scenario::Mongochange(args) => scenarios::mongochange::run(&ctx, args).await,
+            Scenario::Landed(args) => scenarios::landed::run(&ctx, args).await,
             Scenario::Idle(args) => scenarios::idle::run(&ctx, args).await,
             Scenario::Storm(args) => scenarios::storm::run(&ctx, args).await,
             Scenario::Summarize(_) => anyhow::bail!("summarize is not a scenario"),
@@ -129,6 +139,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         loadgen_threads: common.threads.max(1),
         cpu_loadgen_s: diff(cpu(None), loadgen_cpu0).unwrap_or(0.0),
         cpu_broker_s: diff(common.pid.and_then(|p| cpu(Some(p))), broker_cpu0),
+        disk_written_broker_bytes: written()
+            .zip(broker_written0)
+            .map(|(after, before)| after.saturating_sub(before)),
         params: &outcome.params,
         results: &outcome.results,
         errors: &outcome.errors,

@@ -1,4 +1,5 @@
-//! What /proc says about a process: memory (VmRSS, VmHWM), CPU time, open-files limit.
+//! What /proc says about a process: memory (VmRSS, VmHWM), CPU time, bytes written to
+//! storage, open-files limit.
 
 use anyhow::Context;
 use serde::Serialize;
@@ -48,6 +49,17 @@ pub fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
     }
 }
 
+/// Bytes a process caused to be written to storage (`write_bytes` of /proc/PID/io: what
+/// reaches the disk, the SD card's wear, not what it passed to write()).
+pub fn disk_written_bytes(pid: &str) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/io");
+    let io = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    io.lines()
+        .find_map(|line| line.strip_prefix("write_bytes:"))
+        .and_then(|n| n.trim().parse().ok())
+        .with_context(|| format!("write_bytes not in {path}"))
+}
+
 /// This process's soft limit on open files, if /proc says.
 pub fn open_files_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
@@ -64,6 +76,7 @@ mod tests {
         let me = memory(std::process::id()).expect("own status");
         assert!(me.rss_kb > 0 && me.hwm_kb >= me.rss_kb);
         assert!(cpu_seconds("self").expect("own stat") >= 0.0);
+        assert!(disk_written_bytes("self").is_ok());
         assert!(open_files_limit().is_some_and(|n| n > 0));
     }
 }

@@ -58,6 +58,8 @@ pub struct Report<'a> {
     /// CPU seconds used during the run by the load generator and (with --pid) the broker.
     pub cpu_loadgen_s: f64,
     pub cpu_broker_s: Option<f64>,
+    /// Bytes the broker wrote to storage during the run (with --pid).
+    pub disk_written_broker_bytes: Option<u64>,
     pub params: &'a Value,
     pub results: &'a Value,
     pub errors: &'a Errors,

@@ -1,7 +1,9 @@
 //! Smoke test of `loadgen`: a short `fanin` against a mosquitto started on a free port
-//! (scripts/install-test-deps.sh installs it), and a short `roundtrip` against the
-//! gateway when its binary was built next to this test (`cargo test --workspace` builds
-//! it; `cargo test -p iotsphere-bench` alone may not, and then that half is skipped).
+//! (scripts/install-test-deps.sh installs it), a short `roundtrip` against the gateway
+//! when its binary was built next to this test (`cargo test --workspace` builds it;
+//! `cargo test -p iotsphere-bench` alone may not, and then that part is skipped), and
+//! `mongochange` and `fanin --mongo` against the gateway with a mongo-double as its
+//! MongoDB when both binaries are there.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -63,6 +65,21 @@ fn loadgen(args: &[&str]) -> Value {
     serde_json::from_str(line).expect("the line is JSON")
 }
 
+/// Runs a scenario (its words, space-separated) against the broker at `address` within
+/// `deadline` seconds.
+fn against(address: &str, deadline: &str, scenario: &str) -> Value {
+    let mut args = vec!["--broker", address, "--deadline", deadline];
+    args.extend(scenario.split_whitespace());
+    loadgen(&args)
+}
+
+/// Nothing missing, nothing twice, no errors (`results`: where the run reports them).
+fn assert_exactly_once(run: &Value, results: &Value) {
+    assert_eq!(results["missing"], 0, "{run}");
+    assert_eq!(results["duplicates"], 0, "{run}");
+    assert_eq!(run["errors"]["count"], 0, "{run}");
+}
+
 #[test]
 fn fanin_against_mosquitto() {
     let mosquitto =
@@ -88,21 +105,11 @@ fn fanin_against_mosquitto() {
     wait_for_port(port, &mut broker);
 
     let address = format!("127.0.0.1:{port}");
-    let run = loadgen(&[
-        "--broker",
+    let run = against(
         &address,
-        "--deadline",
         "10",
-        "fanin",
-        "--publishers",
-        "5",
-        "--messages",
-        "2000",
-        "--rate",
-        "4000",
-        "--qos",
-        "1",
-    ]);
+        "fanin --publishers 5 --messages 2000 --rate 4000 --qos 1",
+    );
     let results = &run["results"];
     assert_eq!(results["sent"], 2000, "{run}");
     assert_eq!(results["lost"], 0, "{run}");
@@ -115,25 +122,19 @@ fn fanin_against_mosquitto() {
     assert_eq!(run["errors"]["count"], 0, "{run}");
 }
 
-/// The gateway binary of this workspace, if it was built in this test's target directory.
-fn gateway_path() -> Option<PathBuf> {
+/// A binary of this workspace, if it was built in this test's target directory.
+fn workspace_binary(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
-    // target/<profile>/deps/smoke-HASH → target/<profile>/iotsphere-gateway
-    let path = exe.parent()?.parent()?.join("iotsphere-gateway");
+    // target/<profile>/deps/smoke-HASH → target/<profile>/NAME
+    let path = exe.parent()?.parent()?.join(name);
     path.exists().then_some(path)
 }
 
-#[test]
-fn roundtrip_against_the_gateway() {
-    let Some(gateway) = gateway_path() else {
-        eprintln!(
-            "skipped: no iotsphere-gateway binary next to this test (run cargo test --workspace)"
-        );
-        return;
-    };
-    let dir = tempfile::tempdir().expect("temp dir");
+/// Starts the gateway with config/gateway.toml, a data dir in `dir` and `env` on top, on
+/// a free port; returns it and the port.
+fn start_gateway(gateway: &Path, dir: &Path, env: &[(&str, &str)]) -> (Broker, u16) {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let config = dir.path().join("gateway.toml");
+    let config = dir.join("gateway.toml");
     std::fs::copy(workspace.join("config/gateway.toml"), &config)
         .expect("copy config/gateway.toml");
     let port = free_port();
@@ -146,36 +147,88 @@ fn roundtrip_against_the_gateway() {
                 "IOTSPHERE__HTTP__LISTEN",
                 format!("127.0.0.1:{}", free_port()),
             )
-            .env("IOTSPHERE__GATEWAY__DATA_DIR", dir.path().join("data"))
+            .env("IOTSPHERE__GATEWAY__DATA_DIR", dir.join("data"))
             .env("IOTSPHERE__LOG__LEVEL", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start the gateway"),
     );
     wait_for_port(port, &mut broker);
+    (broker, port)
+}
+
+#[test]
+fn roundtrip_against_the_gateway() {
+    let Some(gateway) = workspace_binary("iotsphere-gateway") else {
+        eprintln!(
+            "skipped: no iotsphere-gateway binary next to this test (run cargo test --workspace)"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_gateway, port) = start_gateway(&gateway, dir.path(), &[]);
 
     let address = format!("127.0.0.1:{port}");
-    let run = loadgen(&[
-        "--broker",
+    let run = against(
         &address,
-        "--deadline",
         "10",
-        "roundtrip",
-        "--devices",
-        "20",
-        "--rounds",
-        "2",
-        "--rate",
-        "100",
-    ]);
+        "roundtrip --devices 20 --rounds 2 --rate 100",
+    );
     let results = &run["results"];
     assert_eq!(results["desired_sent"], 40, "{run}");
-    assert_eq!(results["missing"], 0, "{run}");
-    assert_eq!(results["duplicates"], 0, "{run}");
+    assert_exactly_once(&run, results);
     assert!(
         results["desired_to_delta"]["p50_us"].as_u64().unwrap_or(0) > 0,
         "{run}"
     );
-    assert_eq!(run["errors"]["count"], 0, "{run}");
+}
+
+#[test]
+fn mongochange_and_ingest_against_the_gateway_and_a_mongo_double() {
+    let (Some(gateway), Some(double)) = (
+        workspace_binary("iotsphere-gateway"),
+        workspace_binary("mongo-double"),
+    ) else {
+        eprintln!(
+            "skipped: no iotsphere-gateway and mongo-double binaries next to this test (run cargo test --workspace)"
+        );
+        return;
+    };
+    let mongo_port = free_port();
+    let mut mongo = Broker(
+        Command::new(double)
+            .args(["--port", &mongo_port.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start mongo-double"),
+    );
+    wait_for_port(mongo_port, &mut mongo);
+    let uri = format!("mongodb://127.0.0.1:{mongo_port}/?replicaSet=rs0");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_gateway, port) = start_gateway(
+        &gateway,
+        dir.path(),
+        &[("IOTSPHERE__MONGODB__URI", uri.as_str())],
+    );
+    let address = format!("127.0.0.1:{port}");
+
+    let run = against(
+        &address,
+        "20",
+        &format!("mongochange --mongo {uri} --devices 20 --rounds 2 --rate 100"),
+    );
+    let results = &run["results"];
+    assert_eq!(results["changes_sent"], 40, "{run}");
+    assert_exactly_once(&run, results);
+
+    let run = against(
+        &address,
+        "20",
+        &format!("fanin --publishers 5 --messages 2000 --qos 1 --no-subscriber --mongo {uri}"),
+    );
+    let landed = &run["results"]["landed"];
+    assert_eq!(landed["stored"], 2000, "{run}");
+    assert_exactly_once(&run, landed);
 }

@@ -26,6 +26,8 @@ use crate::store::{ShadowStore, StoreError};
 const BATCH: usize = 500;
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// An item that waited longer than this in the outbox is replayed (paced), not live.
+const REPLAY_AGE: Duration = Duration::from_secs(5);
 /// How often the writer looks at the outbox without being woken (retries, expiry).
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// MongoDB's duplicate key error.
@@ -78,11 +80,14 @@ pub struct Writer {
 
 impl Writer {
     /// Drains the outbox for ever: when woken, every `IDLE_CHECK`, and with backoff after
-    /// failures.
+    /// failures. Only a replay is paced at `replay_rate`: a batch whose oldest item waited
+    /// more than `REPLAY_AGE` (it piled up while MongoDB was away, or an earlier run left
+    /// it). Live traffic goes out as fast as it comes, so the replay rate does not cap the
+    /// ingest rate.
     pub async fn run(self) {
         let mut backoff = BACKOFF_MIN;
         loop {
-            let result = self.drain().await;
+            let result = self.drain_paced(false).await;
             match result {
                 Ok(written) => {
                     // An empty drain proves nothing about the connection.
@@ -102,9 +107,14 @@ impl Writer {
         }
     }
 
-    /// Writes everything pending; returns how many entries left the outbox, or the first
-    /// transient failure.
+    /// Writes everything pending, paced at `replay_rate` (the `outbox replay` command);
+    /// returns how many entries left the outbox, or the first transient failure.
     pub async fn drain(&self) -> Result<usize, DrainError> {
+        self.drain_paced(true).await
+    }
+
+    /// [`Self::drain`], pacing every batch if `always`, else only batches of a replay.
+    async fn drain_paced(&self, always: bool) -> Result<usize, DrainError> {
         let mut written = 0;
         for pending in self.outbox.pending_shadows()? {
             if let ToCloud::Shadow {
@@ -148,12 +158,18 @@ impl Writer {
                 break;
             }
             let started = tokio::time::Instant::now();
+            let waited_ms = DateTime::now().timestamp_millis() - items[0].entry.enqueued_ms;
+            let replay =
+                always || u128::try_from(waited_ms).is_ok_and(|ms| ms > REPLAY_AGE.as_millis());
             self.write_items(&items).await?;
             self.outbox.flush_removals().await?;
             written += items.len();
-            // Pace the replay: `replay_rate` items per second at most.
-            let budget = Duration::from_secs_f64(items.len() as f64 / f64::from(self.replay_rate));
-            tokio::time::sleep_until(started + budget).await;
+            if replay {
+                // `replay_rate` items per second at most.
+                let budget =
+                    Duration::from_secs_f64(items.len() as f64 / f64::from(self.replay_rate));
+                tokio::time::sleep_until(started + budget).await;
+            }
         }
         Ok(written)
     }

@@ -2,8 +2,14 @@
 //!
 //! Each payload is a valid telemetry reading stamped with the send time (ns on this
 //! process's clock), the publisher index and a sequence number (`reading`), so the
-//! subscriber measures end-to-end latency and finds lost and duplicated messages exactly. Publishers finish with DISCONNECT and read until
-//! the broker closes, so no message is lost to a RST at the end.
+//! subscriber measures end-to-end latency and finds lost and duplicated messages exactly.
+//! Publishers finish with DISCONNECT and read until the broker closes, so no message is
+//! lost to a RST at the end.
+//!
+//! With `--mongo`, the run then waits until every reading is in the gateway's `telemetry`
+//! collection (the uplink's ingest rate) and checks each is there exactly once. With
+//! `--no-subscriber`, only the publishers run: QoS 1 PUBACKs per second is then the rate at
+//! which the gateway stores readings in its outbox (it acknowledges after the fsync).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,6 +22,7 @@ use tokio::time::{interval, sleep_until};
 
 use super::{reading, Ctx, CLOSE_DRAIN};
 use crate::cli::FaninArgs;
+use crate::mongo::{self, Landed};
 use crate::mqtt::{Connection, Incoming};
 use crate::pool;
 use crate::report::{Errors, Outcome};
@@ -56,6 +63,7 @@ struct PublisherStats {
     puback: Latency,
     first_send_ns: Option<u64>,
     last_send_ns: u64,
+    last_ack_ns: u64,
     deadline_hit: bool,
     errors: Errors,
 }
@@ -89,25 +97,42 @@ struct Results {
     delivered_per_s: f64,
     /// Messages published per second: sent / (last send − first send).
     offered_per_s: f64,
+    /// QoS 1 publishes acknowledged per second: acked / (last PUBACK − first send).
+    acked_per_s: f64,
     e2e: LatencySummary,
     puback: Option<LatencySummary>,
+    /// With `--mongo`: how the readings reached MongoDB.
+    landed: Option<Landed>,
+}
+
+/// Messages per publisher: `messages` split evenly.
+pub fn split(messages: u64, publishers: usize) -> Vec<u64> {
+    let n = publishers.max(1) as u64;
+    (0..n)
+        .map(|i| messages / n + u64::from(i < messages % n))
+        .collect()
 }
 
 pub async fn run(ctx: &Ctx, args: &FaninArgs) -> anyhow::Result<Outcome> {
     let publishers = args.publishers.max(1);
-    let counts: Vec<u64> = (0..publishers as u64)
-        .map(|i| {
-            args.messages / publishers as u64 + u64::from(i < args.messages % publishers as u64)
-        })
-        .collect();
+    let counts = split(args.messages, publishers);
     let mut errors = Errors::default();
+    let db = match &args.mongo.mongo {
+        Some(uri) => Some(mongo::connect(uri, &args.mongo.database).await?),
+        None => None,
+    };
 
-    let mut sub_options = ctx.connect.clone();
-    sub_options.read_chunk = SUBSCRIBER_READ_CHUNK;
-    let mut subscriber = Connection::open(&format!("{}sub", ctx.prefix), &sub_options).await?;
-    subscriber
-        .subscribe(&format!("{}/devices/+/telemetry/#", ctx.root), 0)
-        .await?;
+    let subscriber = if args.no_subscriber {
+        None
+    } else {
+        let mut sub_options = ctx.connect.clone();
+        sub_options.read_chunk = SUBSCRIBER_READ_CHUNK;
+        let mut subscriber = Connection::open(&format!("{}sub", ctx.prefix), &sub_options).await?;
+        subscriber
+            .subscribe(&format!("{}/devices/+/telemetry/#", ctx.root), 0)
+            .await?;
+        Some(subscriber)
+    };
 
     let opened = pool::open_all(publishers, ctx.connect_concurrency, |i| {
         let id = ctx.device_id("pub", i);
@@ -119,13 +144,15 @@ pub async fn run(ctx: &Ctx, args: &FaninArgs) -> anyhow::Result<Outcome> {
     let go = Instant::now() + START_DELAY;
     let progress = Arc::new(Progress::new(publishers, args.window > 0));
     let settle = Duration::from_millis(args.settle_ms);
-    let receiving = tokio::spawn(receive(
-        subscriber,
-        counts.clone(),
-        progress.clone(),
-        settle,
-        ctx.deadline,
-    ));
+    let receiving = subscriber.map(|subscriber| {
+        tokio::spawn(receive(
+            subscriber,
+            counts.clone(),
+            progress.clone(),
+            settle,
+            ctx.deadline,
+        ))
+    });
     let mut publishing = tokio::task::JoinSet::new();
     let mut connected = 0;
     let per_publisher_rate = (args.rate > 0.0).then(|| args.rate / publishers as f64);
@@ -175,6 +202,7 @@ pub async fn run(ctx: &Ctx, args: &FaninArgs) -> anyhow::Result<Outcome> {
                     (a, b) => a.or(b),
                 };
                 totals.last_send_ns = totals.last_send_ns.max(stats.last_send_ns);
+                totals.last_ack_ns = totals.last_ack_ns.max(stats.last_ack_ns);
                 totals.deadline_hit |= stats.deadline_hit;
                 errors.merge(stats.errors);
             }
@@ -184,15 +212,30 @@ pub async fn run(ctx: &Ctx, args: &FaninArgs) -> anyhow::Result<Outcome> {
     progress
         .done_at_ns
         .store(now_ns().max(1), Ordering::Release);
-    let received = receiving.await?;
+    let received = match receiving {
+        Some(receiving) => receiving.await?,
+        None => Received::default(),
+    };
     errors.merge(received.errors);
+    let landed = match &db {
+        Some(db) => {
+            let devices: Vec<String> = (0..publishers).map(|i| ctx.device_id("pub", i)).collect();
+            let landed = mongo::wait_landed(db, &devices, &counts, Some(go), ctx.deadline).await?;
+            Some(landed)
+        }
+        None => None,
+    };
 
     let first_send = totals.first_send_ns.unwrap_or(0);
     let per_s = |n: u64, from: u64, to: u64| match to.saturating_sub(from) {
         0 => 0.0,
         ns => (n as f64 / (ns as f64 / 1e9)).round(),
     };
-    let lost = totals.sent.saturating_sub(received.unique);
+    // Without a subscriber nothing is received, and nothing counts as lost.
+    let lost = match args.no_subscriber {
+        true => 0,
+        false => totals.sent.saturating_sub(received.unique),
+    };
     let results = Results {
         publishers_connected: connected,
         sent: totals.sent,
@@ -209,8 +252,10 @@ pub async fn run(ctx: &Ctx, args: &FaninArgs) -> anyhow::Result<Outcome> {
         foreign: received.foreign,
         delivered_per_s: per_s(received.unique, first_send, received.last_receive_ns),
         offered_per_s: per_s(totals.sent, first_send, totals.last_send_ns),
+        acked_per_s: per_s(totals.acked, first_send, totals.last_ack_ns),
         e2e: received.latency.summary(),
         puback: (args.qos > 0).then(|| totals.puback.summary()),
+        landed,
     };
     let mut summary = format!(
         "{} publishers, QoS {}, {} B, rate {}: sent {}, received {} ({} lost, {} duplicates)\n\
@@ -232,7 +277,13 @@ pub async fn run(ctx: &Ctx, args: &FaninArgs) -> anyhow::Result<Outcome> {
         results.e2e,
     );
     if let Some(puback) = &results.puback {
-        summary.push_str(&format!("\nPUBACK {puback}"));
+        summary.push_str(&format!(
+            "\nPUBACK {puback}; {:.0} acked/s",
+            results.acked_per_s
+        ));
+    }
+    if let Some(landed) = &results.landed {
+        summary.push_str(&format!("\nMongoDB: {}", landed));
     }
     Ok(Outcome {
         params: json!({
@@ -245,10 +296,14 @@ pub async fn run(ctx: &Ctx, args: &FaninArgs) -> anyhow::Result<Outcome> {
             "inflight": args.inflight,
             "batch": args.batch,
             "window": args.window,
+            "subscriber": !args.no_subscriber,
+            "mongo": args.mongo.mongo.is_some(),
         }),
         results: serde_json::to_value(&results)?,
         summary,
-        deadline_hit: totals.deadline_hit || received.deadline_hit,
+        deadline_hit: totals.deadline_hit
+            || received.deadline_hit
+            || results.landed.as_ref().is_some_and(|l| l.deadline_hit),
         errors,
     })
 }
@@ -327,8 +382,10 @@ async fn publish(mut conn: Connection, plan: Plan, progress: Arc<Progress>) -> P
             match packet {
                 Ok(Some(Incoming::PubAck(pkid))) => {
                     if let Some(sent_at) = unacked.remove(&pkid) {
-                        stats.puback.record_ns(now_ns().saturating_sub(sent_at));
+                        let now = now_ns();
+                        stats.puback.record_ns(now.saturating_sub(sent_at));
                         stats.acked += 1;
+                        stats.last_ack_ns = now;
                     }
                 }
                 Ok(Some(_)) => {}
@@ -356,6 +413,7 @@ async fn publish(mut conn: Connection, plan: Plan, progress: Arc<Progress>) -> P
                 if let Incoming::PubAck(pkid) = packet {
                     if unacked.remove(&pkid).is_some() {
                         stats.acked += 1;
+                        stats.last_ack_ns = now_ns();
                     }
                 }
             }

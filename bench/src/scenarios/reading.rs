@@ -2,17 +2,23 @@
 //! `{"value": …}` plus fields the gateway ignores), padded to the payload size, with a
 //! fixed-width stamp first so the subscriber reads it without parsing JSON:
 //!
-//! `{"bench":"<send ns, 20 digits>-<publisher, 10>-<sequence, 10>","value":21.5,"unit":"C","pad":"xx…"}`
+//! `{"bench":"<send ns, 20 digits>-<publisher, 10>-<sequence, 10>","seq":<sequence, 10>,"value":21.5,"unit":"C","pad":"xx…"}`
+//!
+//! `seq` is the sequence number again as a JSON number (right-aligned in spaces, which
+//! JSON allows before a value): the gateway stores it with the reading, so the readings
+//! that reach MongoDB can be checked exactly once per (device, seq).
 
 const PREFIX: &[u8] = br#"{"bench":""#;
 const TS: std::ops::Range<usize> = 10..30;
 const PUBLISHER: std::ops::Range<usize> = 31..41;
 const SEQ: std::ops::Range<usize> = 42..52;
-const MIDDLE: &[u8] = br#"","value":21.5,"unit":"C","pad":""#;
+const SEQ_FIELD: &[u8] = br#"","seq":"#;
+const SEQ_NUMBER: std::ops::Range<usize> = 60..70;
+const MIDDLE: &[u8] = br#","value":21.5,"unit":"C","pad":""#;
 const SUFFIX: &[u8] = br#""}"#;
 
 /// The smallest reading: the stamp, the value and an empty pad.
-pub const MIN_BYTES: usize = SEQ.end + MIDDLE.len() + SUFFIX.len();
+pub const MIN_BYTES: usize = SEQ_NUMBER.end + MIDDLE.len() + SUFFIX.len();
 
 /// What a reading says about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +37,8 @@ pub fn template(size: usize) -> Vec<u8> {
     reading.resize(SEQ.end, b'0');
     reading[TS.end] = b'-';
     reading[PUBLISHER.end] = b'-';
+    reading.extend_from_slice(SEQ_FIELD);
+    reading.resize(SEQ_NUMBER.end, b' ');
     reading.extend_from_slice(MIDDLE);
     reading.resize(size - SUFFIX.len(), b'x');
     reading.extend_from_slice(SUFFIX);
@@ -61,6 +69,11 @@ pub fn set_sent(reading: &mut [u8], sent_ns: u64) {
 pub fn set_origin(reading: &mut [u8], publisher: u32, seq: u32) {
     put_digits(&mut reading[PUBLISHER], u64::from(publisher));
     put_digits(&mut reading[SEQ], u64::from(seq));
+    let number = seq.to_string();
+    let field = &mut reading[SEQ_NUMBER];
+    let (spaces, digits) = field.split_at_mut(field.len() - number.len());
+    spaces.fill(b' ');
+    digits.copy_from_slice(number.as_bytes());
 }
 
 /// The stamp of a received payload; `None` if it is not one of ours.
@@ -87,6 +100,7 @@ mod tests {
         assert_eq!(reading.len(), 256);
         let json: serde_json::Value = serde_json::from_slice(&reading).expect("valid JSON");
         assert_eq!(json["value"], 21.5);
+        assert_eq!(json["seq"], 7);
         assert_eq!(
             stamp(&reading),
             Some(Stamp {
@@ -96,6 +110,12 @@ mod tests {
             })
         );
         assert_eq!(template(1).len(), MIN_BYTES);
+        assert_eq!(SEQ_NUMBER.start, SEQ.end + SEQ_FIELD.len());
+        assert_eq!(
+            template(104).len(),
+            104,
+            "fanin --payload accepts 104 bytes"
+        );
     }
 
     #[test]

@@ -4,19 +4,16 @@
 //! (HDR histogram). Round `r` sets `X = 30 + r`, so every update changes the delta and
 //! every delta says which update it answers. Gateway only: a plain broker has no shadows.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::{mpsc, watch};
-use tokio::time::{interval, sleep_until};
+use tokio::time::sleep_until;
 
-use super::{desired_payload, listen_deltas, Ctx, DeltaSeen, CLOSE_DRAIN};
+use super::{desired_payload, Ctx, Listeners, Updates, CLOSE_DRAIN};
 use crate::cli::RoundtripArgs;
 use crate::mqtt::{Connection, Incoming};
-use crate::pool;
 use crate::report::{Errors, Outcome};
 use crate::stats::{now_ns, Latency, LatencySummary, Pacer};
 
@@ -47,41 +44,13 @@ struct App {
 }
 
 pub async fn run(ctx: &Ctx, args: &RoundtripArgs) -> anyhow::Result<Outcome> {
-    let devices = args.devices.max(1);
-    let rounds = args.rounds.max(1);
-    let updates = devices * rounds as usize;
+    let devices = args.plan.devices.max(1);
+    let rounds = args.plan.rounds.max(1);
     let mut errors = Errors::default();
 
-    let opened = pool::open_all(devices, ctx.connect_concurrency, |i| {
-        let id = ctx.device_id("rt", i);
-        let topic = ctx.shadow_topic(&id, "delta");
-        let (options, qos) = (ctx.connect.clone(), args.qos);
-        async move {
-            let mut conn = Connection::open(&id, &options).await?;
-            conn.subscribe(&topic, qos).await?;
-            Ok(conn)
-        }
-    })
-    .await;
-    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut listening = tokio::task::JoinSet::new();
-    let mut targets = Vec::new();
-    for (i, conn) in opened.into_iter().enumerate() {
-        match conn {
-            Ok(conn) => {
-                listening.spawn(listen_deltas(i, conn, seen_tx.clone(), stop_rx.clone()));
-                targets.push(i);
-            }
-            Err(e) => errors.push(format!("device {i}: {e:#}")),
-        }
-    }
-    drop(seen_tx);
-    let connected = targets.len();
-
-    // Send time of update (round, device) at index round * devices + device; 0 = not sent.
-    let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..updates).map(|_| AtomicU64::new(0)).collect());
-    let app_done_ns = Arc::new(AtomicU64::new(0));
+    let listeners = Listeners::open(ctx, "rt", devices, args.qos, None, &mut errors).await;
+    let connected = listeners.connected.len();
+    let updates = Arc::new(Updates::new(devices, rounds, BASE_TEMP));
     let app_conn = Connection::open(&format!("{}app", ctx.prefix), &ctx.connect).await?;
     let app = tokio::spawn(drive_app(
         app_conn,
@@ -89,81 +58,33 @@ pub async fn run(ctx: &Ctx, args: &RoundtripArgs) -> anyhow::Result<Outcome> {
             topics: (0..devices)
                 .map(|i| ctx.shadow_topic(&ctx.device_id("rt", i), "desired"))
                 .collect(),
-            targets,
-            rounds,
+            targets: listeners.connected.clone(),
             qos: args.qos,
-            pacer: Pacer::new(Instant::now(), (args.rate > 0.0).then_some(args.rate)),
+            pacer: Pacer::new(
+                Instant::now(),
+                (args.plan.rate > 0.0).then_some(args.plan.rate),
+            ),
             deadline: ctx.deadline,
         },
-        sent_at.clone(),
-        app_done_ns.clone(),
+        updates.clone(),
     ));
 
-    let mut deliveries = vec![0u8; updates];
-    let mut latency = Latency::default();
-    let (mut received, mut unexpected, mut duplicates, mut unique) = (0u64, 0u64, 0u64, 0u64);
-    let mut last_ns = 0u64;
-    let settle_ns = args.settle_ms.saturating_mul(1_000_000);
-    let mut check = interval(Duration::from_millis(20));
-    let mut deadline_hit = false;
-    loop {
-        tokio::select! {
-            seen = seen_rx.recv() => {
-                let Some(DeltaSeen { device, target_temp, at_ns }) = seen else { break };
-                received += 1;
-                last_ns = at_ns;
-                let round = target_temp
-                    .map(|t| t - f64::from(BASE_TEMP))
-                    .filter(|r| r.fract() == 0.0 && (0.0..f64::from(rounds)).contains(r));
-                let index = round.map(|r| r as usize * devices + device);
-                let sent = index.map(|index| (index, sent_at[index].load(Ordering::Acquire)));
-                match sent {
-                    Some((index, sent)) if sent > 0 => {
-                        deliveries[index] = deliveries[index].saturating_add(1);
-                        if deliveries[index] == 1 {
-                            unique += 1;
-                            latency.record_ns(at_ns.saturating_sub(sent));
-                        } else {
-                            duplicates += 1;
-                        }
-                    }
-                    _ => unexpected += 1,
-                }
-            }
-            _ = check.tick() => {
-                if ctx.past_deadline() {
-                    deadline_hit = true;
-                    break;
-                }
-                let done_at = app_done_ns.load(Ordering::Acquire);
-                let sent = sent_at.iter().filter(|t| t.load(Ordering::Relaxed) > 0).count() as u64;
-                if done_at > 0
-                    && (unique >= sent || now_ns().saturating_sub(done_at.max(last_ns)) >= settle_ns)
-                {
-                    break;
-                }
-            }
-        }
-    }
-    let _ = stop_tx.send(true);
+    let (tally, device_errors) = listeners
+        .tally_and_close(&updates, args.settle_ms, ctx.deadline)
+        .await;
     let app = app.await?;
-    while let Some(joined) = listening.join_next().await {
-        match joined {
-            Ok(device_errors) => errors.merge(device_errors),
-            Err(e) => errors.push(format!("device task: {e}")),
-        }
-    }
+    errors.merge(device_errors);
     errors.merge(app.errors);
 
     let results = Results {
         devices_connected: connected,
         desired_sent: app.sent,
         desired_acked: app.acked,
-        deltas_received: received,
-        missing: app.sent.saturating_sub(unique),
-        duplicates,
-        unexpected,
-        desired_to_delta: latency.summary(),
+        deltas_received: tally.received,
+        missing: app.sent.saturating_sub(tally.unique),
+        duplicates: tally.duplicates,
+        unexpected: tally.unexpected,
+        desired_to_delta: tally.latency.summary(),
         desired_puback: (args.qos > 0).then(|| app.puback.summary()),
     };
     let summary = format!(
@@ -171,7 +92,7 @@ pub async fn run(ctx: &Ctx, args: &RoundtripArgs) -> anyhow::Result<Outcome> {
          desired -> delta {}",
         connected,
         rounds,
-        args.rate,
+        args.plan.rate,
         results.desired_sent,
         results.deltas_received,
         results.missing,
@@ -183,12 +104,12 @@ pub async fn run(ctx: &Ctx, args: &RoundtripArgs) -> anyhow::Result<Outcome> {
         params: json!({
             "devices": devices,
             "rounds": rounds,
-            "rate": args.rate,
+            "rate": args.plan.rate,
             "qos": args.qos,
         }),
         results: serde_json::to_value(&results)?,
         summary,
-        deadline_hit: deadline_hit || app.deadline_hit,
+        deadline_hit: tally.deadline_hit || app.deadline_hit,
         errors,
     })
 }
@@ -198,19 +119,13 @@ struct AppPlan {
     topics: Vec<String>,
     /// The devices that connected.
     targets: Vec<usize>,
-    rounds: u32,
     qos: u8,
     pacer: Pacer,
     deadline: Instant,
 }
 
 /// The app: one desired update per target device per round, paced; reads its PUBACKs.
-async fn drive_app(
-    mut conn: Connection,
-    plan: AppPlan,
-    sent_at: Arc<Vec<AtomicU64>>,
-    done_ns: Arc<AtomicU64>,
-) -> App {
+async fn drive_app(mut conn: Connection, plan: AppPlan, updates: Arc<Updates>) -> App {
     let mut app = App {
         sent: 0,
         acked: 0,
@@ -218,10 +133,9 @@ async fn drive_app(
         deadline_hit: false,
         errors: Errors::default(),
     };
-    let devices = plan.topics.len();
     let mut unacked: std::collections::HashMap<u16, u64> = Default::default();
     // Update k goes to target k % targets in round k / targets.
-    let total = plan.rounds as usize * plan.targets.len();
+    let total = updates.rounds as usize * plan.targets.len();
     let update = |k: usize| {
         (k < total).then(|| {
             (
@@ -241,11 +155,11 @@ async fn drive_app(
                 let ts = now_ns();
                 let pkid = conn.queue_publish(
                     &plan.topics[device],
-                    &desired_payload(BASE_TEMP + round),
+                    &desired_payload(updates.target_temp(round)),
                     plan.qos,
                     false,
                 );
-                sent_at[round as usize * devices + device].store(ts, Ordering::Release);
+                updates.mark_sent(round, device, ts);
                 if let Err(e) = conn.flush().await {
                     app.errors.push(format!("app publish: {e}"));
                     break;
@@ -284,7 +198,9 @@ async fn drive_app(
             }
         }
     }
-    done_ns.store(now_ns().max(1), Ordering::Release);
+    updates
+        .done_ns
+        .store(now_ns().max(1), std::sync::atomic::Ordering::Release);
     if let Err(e) = conn.close(CLOSE_DRAIN).await {
         app.errors.push(format!("app close: {e:#}"));
     }
