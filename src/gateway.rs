@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use rumqttd::PublishHook;
 
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::alerts::{self, AlertRule, Engine, OpenAlerts};
 use crate::auth::{Access, AuthError};
@@ -77,6 +77,8 @@ struct BrokerCommands {
     link: GatewayLink,
     replies: Replies,
     store: ShadowStore,
+    metrics: Metrics,
+    listeners: Arc<Notify>,
 }
 
 impl CommandSink for BrokerCommands {
@@ -92,6 +94,14 @@ impl CommandSink for BrokerCommands {
         if let Err(e) = self.link.publish_all([message]) {
             tracing::error!(device_id, error = %e, "could not publish a command");
         }
+    }
+
+    fn is_connected(&self, device_id: &str) -> bool {
+        self.metrics.is_connected(device_id)
+    }
+
+    fn listeners(&self) -> Arc<Notify> {
+        self.listeners.clone()
     }
 }
 
@@ -176,6 +186,8 @@ pub async fn run(
         let (feed, inbox) = alerts::feed(&alert_engine);
         (Some(feed), Some(inbox))
     };
+    // Woken when a device subscribes to its command topic: pending commands wait for that.
+    let command_listeners = Arc::new(Notify::new());
     let (bridge, capture) = if config.bridge.url.is_empty() {
         (None, None)
     } else {
@@ -190,6 +202,7 @@ pub async fn run(
         subscriptions: SubscriptionLimit::new(config.mqtt.max_subscriptions),
         alerts: alert_feed,
         bridge: capture,
+        command_listeners: command_listeners.clone(),
     });
     let (broker, mut link) = EmbeddedBroker::new(&config.mqtt, Some(hook), access.clone())?;
     for filter in service.request_filters() {
@@ -209,6 +222,8 @@ pub async fn run(
                 link: broker.link("iotsphere:uplink")?,
                 replies: replies.clone(),
                 store: store.clone(),
+                metrics: metrics.clone(),
+                listeners: command_listeners.clone(),
             };
             let stats = outbox.stats();
             if stats.items + stats.shadows > 0 {

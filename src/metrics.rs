@@ -267,6 +267,10 @@ impl Metrics {
         self.0.connected_clients.get()
     }
 
+    pub fn is_connected(&self, client_id: &str) -> bool {
+        lock(&self.0.connected).contains_key(client_id)
+    }
+
     /// Ids of the clients connected now, sorted.
     pub fn connected_client_ids(&self) -> Vec<String> {
         lock(&self.0.connected).keys().cloned().collect()

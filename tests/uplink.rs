@@ -653,3 +653,36 @@ async fn telemetry_retention_is_a_ttl_index_that_follows_the_config() {
         "0 keeps telemetry for ever"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_for_an_offline_heater_waits_until_it_listens() {
+    let mongo = Mongo::start().await;
+    let gateway = Gateway::start_with(&mongo.config(""));
+    let heater = reported_heater(&gateway, &mongo, "h-away").await;
+    heater.disconnect().await;
+    let commands = mongo.db().collection::<BsonDocument>("commands");
+    commands
+        .insert_one(doc! {"_id": "wake", "deviceId": "h-away", "name": "boost", "status": "pending", "createdAt": mongodb::bson::DateTime::now()})
+        .await
+        .expect("insert");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let waiting = commands
+        .find_one(doc! {"_id": "wake"})
+        .await
+        .expect("find")
+        .expect("the command");
+    assert_eq!(waiting.get_str("status"), Ok("pending"), "sent to nobody");
+
+    // Back with a clean session: it subscribes, and then the command comes.
+    let mut heater = Client::connect(gateway.port, "h-away").await;
+    heater
+        .subscribe("iotsphere/devices/h-away/commands/request")
+        .await;
+    let request = heater.expect("/commands/request").await.payload_json();
+    assert_eq!(request["commandId"], "wake");
+    mongo
+        .wait_for("commands", doc! {"_id": "wake"}, |d| {
+            d.get_str("status") == Ok("sent")
+        })
+        .await;
+}

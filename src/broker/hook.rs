@@ -6,13 +6,15 @@
 //! per-client limit.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
 
 use bytes::Bytes;
 use rumqttd::PublishHook;
 
 use crate::alerts::AlertFeed;
-use crate::auth::{Access, INTERNAL_CLIENT_PREFIX};
+use crate::auth::{filter_matches, Access, INTERNAL_CLIENT_PREFIX};
 use crate::bridge::Capture;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
@@ -28,6 +30,8 @@ pub struct GatewayHook {
     pub alerts: Option<AlertFeed>,
     /// Set when the upstream bridge is on.
     pub bridge: Option<Capture>,
+    /// Told when a device subscribes to its own command topic (commands waiting for it).
+    pub command_listeners: Arc<Notify>,
 }
 
 /// `mqtt.max_subscriptions`: distinct filters per connection. rumqttd keeps a commit log
@@ -134,10 +138,15 @@ impl PublishHook for GatewayHook {
         if client_id.starts_with(INTERNAL_CLIENT_PREFIX) {
             return true;
         }
-        self.access
+        let admitted = self
+            .access
             .as_ref()
             .is_none_or(|access| access.may_subscribe(client_id, filter))
-            && self.subscriptions.admit(client_id, filter)
+            && self.subscriptions.admit(client_id, filter);
+        if admitted && filter_matches(filter, &self.topics.command_request(client_id)) {
+            self.command_listeners.notify_one();
+        }
+        admitted
     }
 }
 

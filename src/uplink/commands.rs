@@ -13,7 +13,15 @@
 //! Found by a change stream on inserts (replica set) or by polling (standalone), plus a
 //! scan of pending commands at every (re)start, so nothing inserted while the gateway was
 //! down is missed.
+//!
+//! **Offline devices**: a command is only sent while its device is connected; otherwise it
+//! stays `pending`. A device that subscribes to its `commands/request` topic (as a heater
+//! does right after connecting) triggers a scan, so it gets what waited for it at once —
+//! sending at CONNECT instead would race its SUBSCRIBE and lose the command for a
+//! clean-session device. Persistent-session devices, which do not subscribe again, get it
+//! at the next periodic scan ([`RESCAN_INTERVAL`], or the poll interval).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -21,6 +29,7 @@ use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document as BsonDocument
 use mongodb::options::FullDocumentType;
 use mongodb::Database;
 use serde::Serialize;
+use tokio::sync::Notify;
 
 use super::status::UplinkMode;
 use crate::store::ShadowStore;
@@ -37,6 +46,10 @@ pub struct CommandRequest {
 /// Publishes a command request to a device (the uplink's broker link).
 pub trait CommandSink: Send {
     fn send(&mut self, device_id: &str, request: &CommandRequest);
+    /// Is a client with this device's id connected now?
+    fn is_connected(&self, device_id: &str) -> bool;
+    /// Notified when a device subscribes to its command topic.
+    fn listeners(&self) -> Arc<Notify>;
 }
 
 /// Matches a command id as the device echoes it: an ObjectId's hex string or a plain id.
@@ -56,6 +69,7 @@ pub async fn run(
     sink: &mut dyn CommandSink,
 ) -> Result<(), mongodb::error::Error> {
     let commands = db.collection::<BsonDocument>("commands");
+    let listeners = sink.listeners();
     let mut next_due = dispatch_pending(db, store, sink).await?;
     if mode == UplinkMode::ChangeStream {
         let mut stream = commands
@@ -77,11 +91,17 @@ pub async fn run(
                 () = sleep_until_due(next_due, RESCAN_INTERVAL) => {
                     next_due = dispatch_pending(db, store, sink).await?;
                 }
+                () = listeners.notified() => {
+                    next_due = dispatch_pending(db, store, sink).await?;
+                }
             }
         }
     } else {
         loop {
-            sleep_until_due(next_due, poll_interval).await;
+            tokio::select! {
+                () = sleep_until_due(next_due, poll_interval) => {}
+                () = listeners.notified() => {}
+            }
             next_due = dispatch_pending(db, store, sink).await?;
         }
     }
@@ -159,6 +179,10 @@ async fn dispatch(
     let not_before = instant(command, "notBefore").or_else(|| instant(command, "delayedUntil"));
     if let Some(not_before) = not_before.filter(|at| *at > now && !expired) {
         return Ok(Some(not_before));
+    }
+    // An offline device's command waits (see the module doc); an expired one is marked now.
+    if !expired && !sink.is_connected(device_id) {
+        return Ok(None);
     }
     let status = if expired { "expired" } else { "sent" };
     let marked = commands
