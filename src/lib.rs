@@ -42,6 +42,7 @@
 pub mod admin;
 pub mod alerts;
 pub mod auth;
+pub mod backoff;
 pub mod batch;
 pub mod bridge;
 pub mod broker;

@@ -8,10 +8,9 @@
 //! - Upstream messages on `prefix/<filter>` for each `subscribe` filter are published
 //!   locally without the prefix, through the bridge's internal link: a desired update goes
 //!   through the shadow engine like any other, a command request reaches the device.
-//! - [`options`] builds the rumqttc options (TLS with rustls/ring), [`backoff`] paces
-//!   reconnects, [`echo`] drops our own messages coming back, [`status`] is for `/health`.
+//! - [`options`] builds the rumqttc options (TLS with rustls/ring), [`crate::backoff`]
+//!   paces reconnects, [`echo`] drops our own messages coming back, [`status`] is for `/health`.
 
-pub mod backoff;
 pub mod capture;
 pub mod echo;
 pub mod options;

@@ -20,10 +20,10 @@ use rumqttc::{
 };
 use tokio::sync::mpsc;
 
-use super::backoff::Backoff;
 use super::echo::Echoes;
 use super::status::BridgeStatus;
 use crate::auth::filter_matches;
+use crate::backoff::Backoff;
 use crate::broker::GatewayLink;
 use crate::config::BridgeSection;
 use crate::outbox::{Outbox, Pending, ToCloud};

@@ -27,6 +27,7 @@ pub use status::{UplinkMode, UplinkReport, UplinkStatus};
 pub use watcher::CloudDesired;
 pub use writer::OwnWrites;
 
+use crate::backoff::Backoff;
 use crate::config::{ChangeStreams, MongoSection};
 use crate::outbox::{Outbox, OutboxStats};
 use crate::store::ShadowStore;
@@ -98,19 +99,19 @@ pub async fn start(
     ];
     let supervisor_status = status.clone();
     tokio::spawn(async move {
-        let mut retry = RETRY_MIN;
+        let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
         let mut forced_polling = false;
         loop {
             let mode = match detect_mode(&db, preference, forced_polling).await {
                 Ok(mode) => mode,
                 Err(e) => {
+                    let retry = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?retry, "MongoDB unreachable");
                     supervisor_status.update(|r| {
                         r.mode = UplinkMode::Offline;
                         r.connected = false;
                     });
                     tokio::time::sleep(retry).await;
-                    retry = (retry * 2).min(RETRY_MAX);
                     continue;
                 }
             };
@@ -123,22 +124,23 @@ pub async fn start(
                 r.connected = true;
             });
             tracing::info!(?mode, "MongoDB uplink connected");
-            retry = RETRY_MIN;
+            backoff.reset();
             let result = tokio::select! {
                 r = watcher.run(mode) => r,
                 r = commands::run(&db, &store, mode, poll_interval, commands.as_mut()) => r,
                 r = users::run(&db, mode, &directory) => r,
             };
-            if let Err(e) = result {
-                if watcher::error_code(&e) == Some(NOT_A_REPLICA_SET) {
+            match result {
+                Err(e) if watcher::error_code(&e) == Some(NOT_A_REPLICA_SET) => {
                     tracing::warn!("the server cannot do change streams (40573): polling instead");
                     forced_polling = preference != ChangeStreams::On;
-                } else {
-                    tracing::warn!(error = %e, "MongoDB uplink interrupted; reconnecting");
                 }
-                supervisor_status.update(|r| r.connected = false);
-                tokio::time::sleep(retry).await;
+                Err(e) => tracing::warn!(error = %e, "MongoDB uplink interrupted; reconnecting"),
+                // A stream the server closed: reconnect too, but never in a tight loop.
+                Ok(()) => tracing::warn!("a MongoDB stream ended; reconnecting"),
             }
+            supervisor_status.update(|r| r.connected = false);
+            tokio::time::sleep(backoff.next_delay()).await;
         }
     });
     Ok(Uplink { from_cloud, status })

@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use super::status::UplinkStatus;
 use super::watcher::CloudDesired;
+use crate::backoff::Backoff;
 use crate::outbox::{CommandResult, Outbox, Pending, TelemetryRecord, ToCloud};
 use crate::shadow::Document;
 use crate::store::{ShadowStore, StoreError};
@@ -85,7 +86,7 @@ impl Writer {
     /// it). Live traffic goes out as fast as it comes, so the replay rate does not cap the
     /// ingest rate.
     pub async fn run(self) {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         loop {
             let result = self.drain_paced(false).await;
             match result {
@@ -94,14 +95,14 @@ impl Writer {
                     if written > 0 {
                         self.status.update(|r| r.connected = true);
                     }
-                    backoff = BACKOFF_MIN;
+                    backoff.reset();
                     self.outbox.wait(IDLE_CHECK).await;
                 }
                 Err(e) => {
                     self.status.update(|r| r.connected = false);
-                    tracing::warn!(error = %e, retry_in = ?backoff, "MongoDB write failed; the outbox keeps the data and retries");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    let retry = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?retry, "MongoDB write failed; the outbox keeps the data and retries");
+                    tokio::time::sleep(retry).await;
                 }
             }
         }

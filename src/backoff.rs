@@ -1,6 +1,7 @@
-//! Reconnect delays: capped exponential backoff with jitter. rumqttc retries as fast as it
-//! is polled after an error; a fleet of gateways returning at once must not hammer the
-//! upstream broker in step.
+//! Retry delays: capped exponential backoff with jitter, for the MongoDB uplink and the
+//! upstream bridge. rumqttc retries as fast as it is polled after an error, and a fleet of
+//! gateways whose uplink returns at once must not hammer MongoDB or the cloud broker in
+//! step.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
