@@ -220,6 +220,11 @@ pub struct MongoSection {
     pub telemetry_retention_days: u32,
     /// Days MongoDB keeps alerts (a TTL index on `firedAt`); 0 = for ever.
     pub alerts_retention_days: u32,
+    /// Readings (and other outbox items) per MongoDB write at most.
+    pub telemetry_batch: usize,
+    /// After new readings arrive, wait this long for more before writing (fewer, fuller
+    /// batches; 0 = write at once).
+    pub telemetry_flush_ms: u64,
 }
 
 impl Default for MongoSection {
@@ -231,6 +236,8 @@ impl Default for MongoSection {
             poll_interval_ms: 1000,
             telemetry_retention_days: 90,
             alerts_retention_days: 365,
+            telemetry_batch: 500,
+            telemetry_flush_ms: 0,
         }
     }
 }
@@ -784,6 +791,18 @@ impl GatewayConfig {
                     "must be at most 36500 (100 years); 0 keeps for ever".into(),
                 );
             }
+        }
+        if !(1..=10_000).contains(&self.mongodb.telemetry_batch) {
+            problem(
+                "mongodb.telemetry_batch",
+                "must be between 1 and 10000".into(),
+            );
+        }
+        if self.mongodb.telemetry_flush_ms > 60_000 {
+            problem(
+                "mongodb.telemetry_flush_ms",
+                "must be at most 60000 (ms)".into(),
+            );
         }
         let mut rule_names = std::collections::HashSet::new();
         for (index, rule) in self.alerts.iter().enumerate() {

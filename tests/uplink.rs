@@ -686,3 +686,36 @@ async fn a_command_for_an_offline_heater_waits_until_it_listens() {
         })
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn telemetry_in_small_delayed_batches_still_arrives_once() {
+    let mongo = Mongo::start().await;
+    let gateway =
+        Gateway::start_with(&mongo.config("telemetry_batch = 3\ntelemetry_flush_ms = 200"));
+    let heater = Client::connect(gateway.port, "h-batch").await;
+    for seq in 0..10 {
+        heater
+            .publish(
+                "iotsphere/devices/h-batch/telemetry/temperature",
+                json(&json!({"value": 50 + seq, "seq": seq})),
+            )
+            .await;
+    }
+    let telemetry = mongo.db().collection::<BsonDocument>("telemetry");
+    let started = std::time::Instant::now();
+    loop {
+        let stored = telemetry
+            .count_documents(doc! {"deviceId": "h-batch"})
+            .await
+            .expect("count");
+        if stored == 10 {
+            break;
+        }
+        assert!(stored < 10, "duplicates: {stored}");
+        assert!(
+            started.elapsed() < common::WAIT,
+            "only {stored} of 10 stored"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

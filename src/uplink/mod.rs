@@ -78,6 +78,8 @@ pub async fn start(
             own_writes: own_writes.clone(),
             status: status.clone(),
             replay_rate,
+            batch: mongo.telemetry_batch,
+            flush: Duration::from_millis(mongo.telemetry_flush_ms),
         }
         .run(),
     );
@@ -178,6 +180,8 @@ pub async fn replay(
         own_writes: OwnWrites::default(),
         status: UplinkStatus::default(),
         replay_rate,
+        batch: mongo.telemetry_batch,
+        flush: Duration::ZERO,
     };
     writer.drain().await?;
     Ok(outbox.stats())

@@ -24,7 +24,6 @@ use crate::shadow::Document;
 use crate::store::{ShadowStore, StoreError};
 
 /// Items per round trip.
-const BATCH: usize = 500;
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// An item that waited longer than this in the outbox is replayed (paced), not live.
@@ -77,6 +76,10 @@ pub struct Writer {
     pub status: UplinkStatus,
     /// Items per second at most.
     pub replay_rate: u32,
+    /// Items per MongoDB round trip at most (`mongodb.telemetry_batch`).
+    pub batch: usize,
+    /// After a wake-up, wait this long for more before writing (`mongodb.telemetry_flush_ms`).
+    pub flush: Duration,
 }
 
 impl Writer {
@@ -97,6 +100,9 @@ impl Writer {
                     }
                     backoff.reset();
                     self.outbox.wait(IDLE_CHECK).await;
+                    if !self.flush.is_zero() {
+                        tokio::time::sleep(self.flush).await;
+                    }
                 }
                 Err(e) => {
                     self.status.update(|r| r.connected = false);
@@ -154,7 +160,7 @@ impl Writer {
             written += 1;
         }
         loop {
-            let items = self.outbox.next_items(BATCH)?;
+            let items = self.outbox.next_items(self.batch)?;
             if items.is_empty() {
                 break;
             }
