@@ -609,15 +609,16 @@ async fn retention_index(mongo: &Mongo, want: Option<i64>) -> Option<(String, i6
     use futures_util::TryStreamExt;
     let started = std::time::Instant::now();
     loop {
-        let indexes: Vec<_> = mongo
+        // Until the gateway made the index the collection may not exist (NamespaceNotFound).
+        let indexes: Vec<_> = match mongo
             .db()
             .collection::<BsonDocument>("telemetry")
             .list_indexes()
             .await
-            .map(|cursor| cursor.try_collect())
-            .expect("listIndexes")
-            .await
-            .unwrap_or_default();
+        {
+            Ok(cursor) => cursor.try_collect().await.unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
         let ttl = indexes.iter().find_map(|index| {
             let seconds = index.options.as_ref()?.expire_after?.as_secs();
             let field = index.keys.keys().next()?.clone();
