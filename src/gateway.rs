@@ -19,7 +19,7 @@ use rumqttd::PublishHook;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Notify};
 
-use crate::alerts::{self, AlertRule, Engine, OpenAlerts};
+use crate::alerts::{self, AlertRule, AlertTask, Engine, OpenAlerts};
 use crate::auth::{Access, AuthError};
 use crate::bridge::{Bridge, BridgeError, BRIDGE_CLIENT_ID};
 use crate::broker::hook::{GatewayHook, SubscriptionLimit};
@@ -251,15 +251,19 @@ pub async fn run(
     let open_alerts = OpenAlerts::default();
     if let Some(inbox) = alert_inbox {
         tracing::info!(rules = alert_engine.rules(), "alert task started");
-        tokio::spawn(alerts::run(
-            alert_engine,
-            inbox,
-            broker.link("iotsphere:alerts")?,
-            replies.clone(),
-            outbox.clone(),
-            users,
-            open_alerts.clone(),
-        ));
+        tokio::spawn(
+            AlertTask {
+                engine: alert_engine,
+                inbox,
+                link: broker.link("iotsphere:alerts")?,
+                replies: replies.clone(),
+                outbox: outbox.clone(),
+                users,
+                open: open_alerts.clone(),
+                store: store.clone(),
+            }
+            .run(),
+        );
     }
     let uplink_status = uplink.as_ref().map(|u| u.status.clone()).zip(outbox);
     let from_cloud = uplink.map(|u| u.from_cloud);

@@ -79,8 +79,23 @@ async fn a_device_offline_for_the_set_time_raises_an_alert_kept_in_mongodb() {
     let mongo = Mongo::start().await;
     let gateway = Gateway::start_with(&format!("{}\n{OFFLINE}", mongo.config("")));
     let mut listener = alert_listener(&gateway).await;
-    let heater = Client::connect(gateway.port, "h-away").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A device (it has a shadow here), not just any client.
+    let mut heater = Client::connect(gateway.port, "h-away").await;
+    heater
+        .subscribe("iotsphere/devices/h-away/shadow/document")
+        .await;
+    heater
+        .publish(
+            "iotsphere/devices/h-away/shadow/reported",
+            r#"{"state":{"on":true}}"#,
+        )
+        .await;
+    heater.expect("/shadow/document").await;
+    // An app going away is no device going offline: no alert for it.
+    Client::connect(gateway.port, "tablet")
+        .await
+        .disconnect()
+        .await;
     let gone = Instant::now();
     heater.disconnect().await;
     let fired = next_alert(&mut listener).await;

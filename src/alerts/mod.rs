@@ -8,7 +8,7 @@
 //! - [`rule`] — a rule as configured, parsed and checked at startup.
 //! - [`engine`] — the pure state machine: debounce (`for`), one open alert per rule and
 //!   device, cooldown.
-//! - [`AlertFeed`] / [`run`] — the broker hook hands what devices publish and their
+//! - [`AlertFeed`] / [`AlertTask`] — the broker hook hands what devices publish and their
 //!   connects/disconnects to the alert task (never blocking the router); the task judges,
 //!   ticks once a second and publishes.
 
@@ -27,6 +27,7 @@ pub use rule::{AlertRule, Severity};
 use crate::broker::GatewayLink;
 use crate::outbox::{Outbox, ToCloud};
 use crate::service::Replies;
+use crate::store::ShadowStore;
 use crate::topics::{Route, ShadowTopic, Topics};
 use crate::users::{Directory, Preferences};
 
@@ -210,57 +211,81 @@ fn apply_preferences(user_id: String, payload: &[u8], users: &Directory, outbox:
 }
 
 /// The alert task: judges observations, ticks, publishes and stores every event.
-pub async fn run(
-    mut engine: Engine,
-    inbox: AlertInbox,
-    mut link: GatewayLink,
-    replies: Replies,
-    outbox: Option<Outbox>,
-    users: Directory,
-    open: OpenAlerts,
-) {
-    let mut ticker = tokio::time::interval(TICK);
-    loop {
-        let events = tokio::select! {
-            raw = inbox.rx.recv_async() => match raw {
-                Ok(Raw::Preferences { user_id, payload }) => {
-                    apply_preferences(user_id, &payload, &users, outbox.as_ref());
-                    continue;
-                }
-                Ok(raw) => match observation(raw) {
-                    Some(observation) => engine.observe(now_ms(), &observation),
-                    None => continue,
+pub struct AlertTask {
+    pub engine: Engine,
+    pub inbox: AlertInbox,
+    /// The internal link `iotsphere:alerts`.
+    pub link: GatewayLink,
+    pub replies: Replies,
+    /// Set with an uplink: alerts and preferences go to MongoDB through it.
+    pub outbox: Option<Outbox>,
+    pub users: Directory,
+    pub open: OpenAlerts,
+    /// Which clients are devices (presence matters for them, not for apps and services).
+    pub store: ShadowStore,
+}
+
+impl AlertTask {
+    pub async fn run(mut self) {
+        let mut ticker = tokio::time::interval(TICK);
+        loop {
+            let events = tokio::select! {
+                raw = self.inbox.rx.recv_async() => match raw {
+                    Ok(Raw::Preferences { user_id, payload }) => {
+                        apply_preferences(user_id, &payload, &self.users, self.outbox.as_ref());
+                        continue;
+                    }
+                    Ok(Raw::Connection { device_id, .. }) if !self.store.contains(&device_id) => {
+                        continue
+                    }
+                    Ok(raw) => match observation(raw) {
+                        Some(observation) => self.engine.observe(now_ms(), &observation),
+                        None => continue,
+                    },
+                    Err(_) => return,
                 },
-                Err(_) => return,
-            },
-            _ = ticker.tick() => engine.tick(now_ms()),
-        };
-        if events.is_empty() {
-            continue;
-        }
-        open.0.store(engine.open_alerts(), Ordering::Relaxed);
-        for event in events {
-            tracing::info!(
-                rule = %event.rule,
-                device_id = %event.device_id,
-                severity = ?event.severity,
-                state = ?event.state,
-                value = %event.value,
-                "alert"
-            );
-            let notifications = users
-                .recipients(&event.device_id, event.severity)
-                .into_iter()
-                .map(|user_id| replies.notification(&user_id, &event));
-            let published = replies.alert(&event).into_iter().chain(notifications);
-            if let Err(e) = link.publish_all(published) {
-                tracing::warn!(error = %e, "could not publish an alert");
+                _ = ticker.tick() => self.engine.tick(now_ms()),
+            };
+            if events.is_empty() {
+                continue;
             }
-            if let Some(outbox) = &outbox {
-                match outbox.push(ToCloud::Alert(event)) {
-                    Ok(_) => outbox.wake(),
-                    Err(e) => tracing::error!(error = %e, "could not queue an alert for MongoDB"),
-                }
+            self.open
+                .0
+                .store(self.engine.open_alerts(), Ordering::Relaxed);
+            for event in events {
+                self.announce(event);
+            }
+        }
+    }
+
+    /// Logs, publishes (batch, system, owners' notifications) and stores one event.
+    fn announce(&mut self, event: AlertEvent) {
+        tracing::info!(
+            rule = %event.rule,
+            device_id = %event.device_id,
+            severity = ?event.severity,
+            state = ?event.state,
+            value = %event.value,
+            "alert"
+        );
+        let notifications = self
+            .users
+            .recipients(&event.device_id, event.severity)
+            .into_iter()
+            .map(|user_id| self.replies.notification(&user_id, &event));
+        let published: Vec<_> = self
+            .replies
+            .alert(&event)
+            .into_iter()
+            .chain(notifications)
+            .collect();
+        if let Err(e) = self.link.publish_all(published) {
+            tracing::warn!(error = %e, "could not publish an alert");
+        }
+        if let Some(outbox) = &self.outbox {
+            match outbox.push(ToCloud::Alert(event)) {
+                Ok(_) => outbox.wake(),
+                Err(e) => tracing::error!(error = %e, "could not queue an alert for MongoDB"),
             }
         }
     }

@@ -83,6 +83,11 @@ impl ShadowStore {
             .transpose()
     }
 
+    /// Whether this gateway holds a shadow for `device_id` (no decoding).
+    pub fn contains(&self, device_id: &str) -> bool {
+        self.shadows.contains_key(device_id).unwrap_or(false)
+    }
+
     /// Writes a record; durable after the next [`flush`](Self::flush).
     pub fn put(&self, device_id: &str, shadow: &StoredShadow) -> Result<(), StoreError> {
         self.shadows
