@@ -1,5 +1,6 @@
-//! Offline administration: `iotsphere-gateway outbox stats|list|replay|purge`, run with the
-//! gateway stopped (sled allows one process per database; a running gateway holds it).
+//! Offline administration: `iotsphere-gateway outbox stats|list|replay|purge [--bridge]`,
+//! run with the gateway stopped (sled allows one process per database; a running gateway
+//! holds it). `--bridge` selects the upstream bridge's queue instead of MongoDB's.
 
 use crate::config::GatewayConfig;
 use crate::outbox::{Outbox, OutboxLimits, OutboxStats};
@@ -16,15 +17,27 @@ pub enum AdminError {
     NoUplink,
     #[error(transparent)]
     Replay(#[from] ReplayError),
+    #[error("the bridge's queue is sent by the running gateway when the cloud broker is reachable; there is no offline replay for it")]
+    NoBridgeReplay,
 }
 
-/// Opens the outbox of the configured data directory.
-pub fn open_outbox(config: &GatewayConfig) -> Result<Outbox, AdminError> {
+/// Which queue an outbox command acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    /// Bound for MongoDB.
+    Uplink,
+    /// Bound for the upstream MQTT broker.
+    Bridge,
+}
+
+/// Opens one outbox of the configured data directory.
+pub fn open_outbox(config: &GatewayConfig, queue: Queue) -> Result<Outbox, AdminError> {
     let store = open_store(config)?;
-    Ok(Outbox::open(
-        store.db(),
-        OutboxLimits::from(&config.outbox),
-    )?)
+    let limits = OutboxLimits::from(&config.outbox);
+    Ok(match queue {
+        Queue::Uplink => Outbox::open(store.db(), limits)?,
+        Queue::Bridge => Outbox::open_bridge(store.db(), limits)?,
+    })
 }
 
 fn open_store(config: &GatewayConfig) -> Result<ShadowStore, AdminError> {

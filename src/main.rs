@@ -6,10 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 
+use iotsphere_gateway::admin::{self, Queue};
 use iotsphere_gateway::auth::Credentials;
 use iotsphere_gateway::config::GatewayConfig;
 use iotsphere_gateway::logging::LogLevel;
-use iotsphere_gateway::{admin, gateway, logging};
+use iotsphere_gateway::{gateway, logging};
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +51,9 @@ enum Command {
         action: OutboxAction,
         #[arg(long, global = true, default_value = "config/gateway.toml")]
         config: PathBuf,
+        /// The upstream bridge's queue instead of MongoDB's.
+        #[arg(long, global = true)]
+        bridge: bool,
     },
 }
 
@@ -149,7 +153,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Outbox { action, config } => {
+        Command::Outbox {
+            action,
+            config,
+            bridge,
+        } => {
             let config = match GatewayConfig::load(&config) {
                 Ok(config) => config,
                 Err(errors) => {
@@ -157,7 +165,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            match outbox(action, &config) {
+            let queue = if bridge { Queue::Bridge } else { Queue::Uplink };
+            match outbox(action, &config, queue) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -219,18 +228,19 @@ fn credentials(action: CredentialsAction) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn outbox(action: OutboxAction, config: &GatewayConfig) -> anyhow::Result<()> {
+fn outbox(action: OutboxAction, config: &GatewayConfig, queue: Queue) -> anyhow::Result<()> {
     match action {
         OutboxAction::Stats => {
-            let stats = admin::open_outbox(config)?.stats();
+            let stats = admin::open_outbox(config, queue)?.stats();
             println!("{}", serde_json::to_string_pretty(&stats)?);
         }
         OutboxAction::List { limit } => {
-            for entry in admin::open_outbox(config)?.list(limit)? {
+            for entry in admin::open_outbox(config, queue)?.list(limit)? {
                 println!("{entry}");
             }
         }
         OutboxAction::Replay => {
+            anyhow::ensure!(queue == Queue::Uplink, admin::AdminError::NoBridgeReplay);
             logging::init(&config.log);
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -243,7 +253,7 @@ fn outbox(action: OutboxAction, config: &GatewayConfig) -> anyhow::Result<()> {
                 yes,
                 "purge deletes data bound for the cloud: add --yes to confirm"
             );
-            let count = admin::open_outbox(config)?.purge(dead_only)?;
+            let count = admin::open_outbox(config, queue)?.purge(dead_only)?;
             println!("purged {count} entries");
         }
     }

@@ -404,6 +404,16 @@ async fn what_devices_were_acknowledged_survives_a_kill_9_while_upstream_is_down
     ));
     publish_readings(gateway.port, DEVICES, PER_DEVICE);
     gateway.kill9();
+    // With the gateway stopped, the operator sees the bridge's queue.
+    let stats = std::process::Command::new(common::BIN)
+        .args(["outbox", "stats", "--bridge", "--config"])
+        .arg(gateway.config_path())
+        .output()
+        .expect("outbox stats --bridge");
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("stats JSON");
+    // The readings, plus what else is forwarded (system/status).
+    let queued = stats["items"].as_u64().unwrap_or(0);
+    assert!(queued >= (DEVICES * PER_DEVICE) as u64, "{stats}");
     gateway.spawn(&[]);
     let total = (DEVICES * PER_DEVICE) as u64;
     wait_for_bridge(&gateway, |b| b["queued"].as_u64() >= Some(total));
