@@ -287,18 +287,16 @@ pub async fn run(
     let mut system_link = broker.link("iotsphere:system")?;
     system_link.publish_all([replies.system_status(&health.summary().await)])?;
     let notifier = Notifier::from_env();
-    tokio::spawn(
-        SystemTask {
-            link: system_link,
-            replies: replies.clone(),
-            topics: topics.clone(),
-            health: health.clone(),
-            config: running_rx,
-            notifier: notifier.clone(),
-            open_alerts,
-        }
-        .run(),
-    );
+    // Started after READY=1 (below): systemd must hear READY before the first WATCHDOG.
+    let system_task = SystemTask {
+        link: system_link,
+        replies: replies.clone(),
+        topics: topics.clone(),
+        health: health.clone(),
+        config: running_rx,
+        notifier: notifier.clone(),
+        open_alerts,
+    };
     let http_addr = if config.http.listen.is_empty() {
         None
     } else {
@@ -357,6 +355,7 @@ pub async fn run(
             tracing::warn!(error = %e, "could not tell systemd the gateway is ready");
         }
     }
+    tokio::spawn(system_task.run());
     let outcome = tokio::select! {
         signal = shutdown_signal() => {
             signal?;

@@ -201,7 +201,6 @@ impl TLSAcceptor {
             ));
         };
 
-
         let (certs, key) = {
             // Get certificates
             let cert_file = File::open(cert_path);
