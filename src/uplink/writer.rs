@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use super::status::UplinkStatus;
 use super::watcher::CloudDesired;
+use super::FromCloud;
 use crate::outbox::{CommandResult, Outbox, Pending, TelemetryRecord, ToCloud};
 use crate::shadow::Document;
 use crate::store::{ShadowStore, StoreError};
@@ -70,7 +71,7 @@ pub struct Writer {
     pub gateway_id: String,
     pub store: ShadowStore,
     /// Cloud changes found before a write, for the shadow service to merge.
-    pub to_service: flume::Sender<CloudDesired>,
+    pub to_service: flume::Sender<FromCloud>,
     pub outbox: Outbox,
     pub own_writes: OwnWrites,
     pub status: UplinkStatus,
@@ -205,7 +206,7 @@ impl Writer {
             state: changes,
             replace: false,
         };
-        if self.to_service.send(merge).is_ok() {
+        if self.to_service.send(merge.into()).is_ok() {
             self.store.set_cloud_base(device_id, &cloud_desired)?;
         } else {
             // No shadow service (offline `outbox replay`): the write stays pending for the
@@ -334,9 +335,17 @@ fn is_permanent(e: &mongodb::error::Error) -> bool {
     )
 }
 
-/// Upserts the whole shadow, only over an older (or the same: a replay) version: a
-/// concurrent writer with a newer version makes the upsert collide on `_id` (11000), which
-/// is logged, never silent. Returns whether MongoDB took it.
+/// The filter of every shadow-document write: this gateway owns the device, or nobody
+/// does. A write still queued here when another gateway claimed the device matches
+/// nothing (its upsert collides on `_id`), so it cannot undo the claim (see `handover`).
+fn owned_by(gateway_id: &str, device_id: &str) -> BsonDocument {
+    doc! {"_id": device_id, "gatewayId": {"$in": [gateway_id, Bson::Null]}}
+}
+
+/// Upserts the whole shadow, only over an older (or the same: a replay) version of a
+/// shadow this gateway owns: a concurrent writer with a newer version, or another owner,
+/// makes the upsert collide on `_id` (11000), which is logged, never silent. Returns
+/// whether MongoDB took it.
 async fn write_shadow(
     db: &Database,
     gateway_id: &str,
@@ -345,17 +354,21 @@ async fn write_shadow(
     own_writes: &OwnWrites,
 ) -> Result<bool, mongodb::error::Error> {
     let shadows = db.collection::<BsonDocument>("shadows");
+    let mut filter = owned_by(gateway_id, device_id);
     let Some(document) = document else {
-        shadows.delete_one(doc! {"_id": device_id}).await?;
+        shadows.delete_one(filter).await?;
         return Ok(true);
     };
     let version = i64::try_from(document.version).unwrap_or(i64::MAX);
     let state = to_bson(&document.state)?;
     let metadata = to_bson(&document.metadata)?;
-    let filter = doc! {
-        "_id": device_id,
-        "$or": [{"version": {"$lte": version}}, {"version": {"$exists": false}}],
-    };
+    filter.insert(
+        "$or",
+        vec![
+            doc! {"version": {"$lte": version}},
+            doc! {"version": {"$exists": false}},
+        ],
+    );
     let update = doc! {"$set": {
         "state": state,
         "metadata": metadata,
@@ -375,7 +388,7 @@ async fn write_shadow(
             tracing::warn!(
                 device_id,
                 version,
-                "MongoDB already holds a newer version of this shadow; the local write was not applied there"
+                "MongoDB holds a newer version of this shadow, or another gateway owns it; the local write was not applied there"
             );
             Ok(false)
         }
@@ -405,6 +418,8 @@ fn telemetry_document(gateway_id: &str, record: &TelemetryRecord) -> BsonDocumen
 
 /// `connected`/`lastSeen` of the device's shadow, creating a state-less document for a
 /// device that has not reported yet (the watcher ignores documents without `state`).
+/// Skipped for a device another gateway owns: a late disconnect here must not mark a
+/// device that moved as offline.
 async fn write_presence(
     db: &Database,
     gateway_id: &str,
@@ -412,9 +427,10 @@ async fn write_presence(
     connected: bool,
     at_ms: i64,
 ) -> Result<(), mongodb::error::Error> {
-    db.collection::<BsonDocument>("shadows")
+    let written = db
+        .collection::<BsonDocument>("shadows")
         .update_one(
-            doc! {"_id": device_id},
+            owned_by(gateway_id, device_id),
             doc! {"$set": {
                 "connected": connected,
                 "lastSeen": DateTime::from_millis(at_ms),
@@ -422,8 +438,18 @@ async fn write_presence(
             }},
         )
         .with_options(UpdateOptions::builder().upsert(true).build())
-        .await?;
-    Ok(())
+        .await;
+    match written {
+        Err(e) if is_duplicate_key(&e) => {
+            tracing::debug!(
+                device_id,
+                connected,
+                "presence not written: another gateway owns the device"
+            );
+            Ok(())
+        }
+        other => other.map(|_| ()),
+    }
 }
 
 /// One document per alert (`_id` = alert id): opened by its firing, closed by its
