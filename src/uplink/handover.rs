@@ -8,10 +8,11 @@
 //!    shadow service (with every further request of that device), and the device id goes
 //!    to the claim task here. The link loop never waits for MongoDB.
 //! 2. The claim task reads the shadow by `_id` and takes it with a conditional update on
-//!    the version it read: `{_id, version: v}` → `$set {gatewayId: me, connected: true,
-//!    lastSeen}`. A write in between (the old gateway's last report, a cloud change) makes
-//!    it match nothing; it then reads again (up to [`CLAIM_ATTEMPTS`] times). The claim
-//!    does not change `version`, so it is no cloud change for anyone's watcher.
+//!    what it read: `{_id, version: v, state.desired: d}` → `$set {gatewayId: me,
+//!    connected: true, lastSeen}`. A write in between (the old gateway's last report sets
+//!    `version`; a cloud change sets `state.desired` only) makes it match nothing; it
+//!    then reads again (up to [`CLAIM_ATTEMPTS`] times). The claim does not change
+//!    `version` or `desired`, so it is no cloud change for anyone's watcher.
 //! 3. The claimed document comes back to the service as [`FromCloud::Claimed`]: it is
 //!    imported as the local shadow (the version continues, the pending delta is kept and
 //!    published retained on this broker, MongoDB's `desired` becomes the merge base), then
@@ -20,6 +21,8 @@
 //!    `updatedFields.gatewayId` names another gateway (handovers are rare, so this adds
 //!    little traffic), and turns them into [`FromCloud::Released`]: the device leaves its
 //!    local store and its retained delta is cleared, so it publishes nothing more for it.
+//!    A gateway that was not watching when its device was claimed (down, polling, history
+//!    lost) releases it at its next resync, or when MongoDB refuses its next write of it.
 //!
 //! Fencing: every shadow and presence write of a gateway is conditional on `gatewayId`
 //! being its own (or unset), so a write still queued at the old owner when the device
@@ -96,9 +99,15 @@ async fn claim(
             return Ok(None);
         };
         let version = found.get("version").cloned().unwrap_or(Bson::Null);
+        let desired = found
+            .get_document("state")
+            .ok()
+            .and_then(|s| s.get("desired"))
+            .cloned()
+            .unwrap_or(Bson::Null);
         let claimed = shadows
             .update_one(
-                doc! {"_id": device_id, "version": version},
+                doc! {"_id": device_id, "version": version, "state.desired": desired},
                 doc! {"$set": {
                     "gatewayId": gateway_id,
                     "connected": true,

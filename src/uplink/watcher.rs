@@ -36,6 +36,8 @@ use crate::store::ShadowStore;
 
 /// Error code of "resume token too old" (ChangeStreamHistoryLost).
 const HISTORY_LOST: i32 = 286;
+/// Device ids per `$in` query when looking for devices claimed elsewhere.
+const RELEASE_CHECK_CHUNK: usize = 1000;
 
 /// A desired change from the cloud, for the shadow service to apply.
 #[derive(Debug, Clone, PartialEq)]
@@ -136,11 +138,41 @@ impl Watcher {
         }
     }
 
-    /// Compares every shadow of this gateway with the local store; returns the newest
-    /// `updatedAt` seen.
+    /// Releases the local devices another gateway claimed meanwhile, then compares every
+    /// shadow of this gateway with the local store; returns the newest `updatedAt` seen.
     async fn resync(&self) -> Result<DateTime, mongodb::error::Error> {
+        self.release_claimed_elsewhere().await?;
         self.compare_with_cloud(doc! {}, DateTime::from_millis(0))
             .await
+    }
+
+    /// Local devices whose MongoDB shadow names another gateway (claimed while this one
+    /// was down or not watching) → [`FromCloud::Released`].
+    async fn release_claimed_elsewhere(&self) -> Result<(), mongodb::error::Error> {
+        let local: Vec<String> = self
+            .store
+            .iter()
+            .filter_map(|entry| entry.ok().map(|(device_id, _)| device_id))
+            .collect();
+        for ids in local.chunks(RELEASE_CHECK_CHUNK) {
+            let mut cursor = self
+                .db
+                .collection::<BsonDocument>("shadows")
+                .find(doc! {
+                    "_id": {"$in": ids},
+                    "gatewayId": {"$exists": true, "$ne": &self.gateway_id},
+                })
+                .projection(doc! {"_id": 1})
+                .await?;
+            while let Some(document) = cursor.next().await {
+                if let Ok(device_id) = document?.get_str("_id") {
+                    self.deliver(FromCloud::Released {
+                        device_id: device_id.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn compare_with_cloud(

@@ -142,7 +142,7 @@ impl Writer {
                                 .set_cloud_base(device_id, &document.state.desired)?;
                         }
                     }
-                    Ok(false) => {}
+                    Ok(false) => self.release_if_owned_elsewhere(device_id).await?,
                     // The local store keeps the shadow; its next change writes it whole.
                     Err(e) if is_permanent(&e) => {
                         tracing::error!(device_id, error = %e, "MongoDB refused this shadow; not retried");
@@ -217,6 +217,31 @@ impl Writer {
             );
         }
         Ok(true)
+    }
+
+    /// After MongoDB refused a shadow write: if another gateway owns the device now (it
+    /// was claimed while this gateway was not watching), stop serving it here.
+    async fn release_if_owned_elsewhere(&self, device_id: &str) -> Result<(), DrainError> {
+        let found = self
+            .db
+            .collection::<BsonDocument>("shadows")
+            .find_one(doc! {"_id": device_id})
+            .projection(doc! {"gatewayId": 1})
+            .await?;
+        let owner = found.as_ref().and_then(|d| d.get_str("gatewayId").ok());
+        if let Some(owner) = owner.filter(|owner| *owner != self.gateway_id) {
+            tracing::warn!(
+                device_id,
+                owner,
+                "another gateway owns this device; releasing it here"
+            );
+            let released = FromCloud::Released {
+                device_id: device_id.to_string(),
+            };
+            // No shadow service (offline `outbox replay`): the gateway's next start does it.
+            let _ = self.to_service.send(released);
+        }
+        Ok(())
     }
 
     /// Writes a batch in order: runs of telemetry with one `insertMany`, command results
