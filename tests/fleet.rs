@@ -132,32 +132,24 @@ async fn cloud_changes_reach_the_right_gateway_once() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_moved_device_is_claimed_and_served_by_its_new_gateway_only() {
-    let mongo = Mongo::start().await;
-    let gw_a = gateway(&mongo, "gw-a");
-    let gw_b = gateway(&mongo, "gw-b");
-    wait_until_watching(&gw_a, &mongo, "probe-a", "gw-a").await;
-    wait_until_watching(&gw_b, &mongo, "probe-b", "gw-b").await;
-
-    // On gw-a: a pending delta the device does not act on before it moves.
-    let mut device = reported_device(&gw_a, &mongo, "mover", "gw-a").await;
-    set_desired(&mongo, "mover", 65).await;
+/// On `gw-a`: "mover" reports, and a cloud change leaves a delta pending that the device
+/// does not act on before it disconnects (MongoDB then holds version 2 for gw-a).
+async fn mover_with_pending_delta(gw_a: &Gateway, mongo: &Mongo) {
+    let mut device = reported_device(gw_a, mongo, "mover", "gw-a").await;
+    set_desired(mongo, "mover", 65).await;
     expect_delta(&mut device, 65).await;
-    let version_at_a = mongo
+    let at_a = mongo
         .wait_for("shadows", doc! {"_id": "mover"}, |d| {
             d.get_i64("version") == Ok(2)
         })
         .await;
-    assert_eq!(version_at_a.get_str("gatewayId"), Ok("gw-a"));
+    assert_eq!(at_a.get_str("gatewayId"), Ok("gw-a"));
     device.disconnect().await;
-    let mut observer_a = Client::connect(gw_a.port, "observer-a").await;
-    observer_a.subscribe(&shadow_topic("mover", "delta")).await;
-    let retained = observer_a.expect("/shadow/delta").await;
-    assert!(!retained.payload.is_empty());
+}
 
-    // On gw-b: its first report is served after the claim, with the version continued
-    // and the pending delta delivered once.
+/// "mover" connects to `gw_b` and reports: its first report is served after the claim,
+/// with the version continued and the pending delta delivered once.
+async fn mover_claimed_by(gw_b: &Gateway, mongo: &Mongo) -> Client {
     let mut device = Client::connect(gw_b.port, "mover").await;
     device.subscribe(&shadow_topic("mover", "+")).await;
     device
@@ -177,19 +169,64 @@ async fn a_moved_device_is_claimed_and_served_by_its_new_gateway_only() {
         .await;
     assert_eq!(claimed.get_str("gatewayId"), Ok("gw-b"));
     assert_eq!(claimed.get_bool("connected"), Ok(true));
+    device
+}
 
-    // gw-a let go: its retained delta is cleared.
-    let cleared = observer_a.expect("/shadow/delta").await;
-    assert!(cleared.payload.is_empty(), "gw-a did not clear the delta");
-
-    // A later cloud change reaches the device through gw-b only, once.
-    set_desired(&mongo, "mover", 75).await;
-    expect_delta(&mut device, 75).await;
+/// A later cloud change reaches "mover" through its new gateway only, once; MongoDB still
+/// names `gw-b`.
+async fn only_gw_b_serves_the_mover(device: &mut Client, observer_a: &mut Client, mongo: &Mongo) {
+    set_desired(mongo, "mover", 75).await;
+    expect_delta(device, 75).await;
     device.expect_none("/shadow/delta", QUIET).await;
     observer_a.expect_none("/shadow/delta", QUIET).await;
-    // And gw-a's late writes (none should come) never took it back.
     let after = mongo
         .wait_for("shadows", doc! {"_id": "mover"}, |_| true)
         .await;
     assert_eq!(after.get_str("gatewayId"), Ok("gw-b"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_moved_device_is_claimed_and_served_by_its_new_gateway_only() {
+    let mongo = Mongo::start().await;
+    let gw_a = gateway(&mongo, "gw-a");
+    let gw_b = gateway(&mongo, "gw-b");
+    wait_until_watching(&gw_a, &mongo, "probe-a", "gw-a").await;
+    wait_until_watching(&gw_b, &mongo, "probe-b", "gw-b").await;
+    mover_with_pending_delta(&gw_a, &mongo).await;
+    let mut observer_a = Client::connect(gw_a.port, "observer-a").await;
+    observer_a.subscribe(&shadow_topic("mover", "delta")).await;
+    let retained = observer_a.expect("/shadow/delta").await;
+    assert!(!retained.payload.is_empty());
+
+    let mut device = mover_claimed_by(&gw_b, &mongo).await;
+    // gw-a let go: its retained delta is cleared.
+    let cleared = observer_a.expect("/shadow/delta").await;
+    assert!(cleared.payload.is_empty(), "gw-a did not clear the delta");
+    only_gw_b_serves_the_mover(&mut device, &mut observer_a, &mongo).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_down_during_the_handover_lets_go_when_it_is_back() {
+    let mongo = Mongo::start().await;
+    let mut gw_a = gateway(&mongo, "gw-a");
+    let gw_b = gateway(&mongo, "gw-b");
+    wait_until_watching(&gw_a, &mongo, "probe-a", "gw-a").await;
+    wait_until_watching(&gw_b, &mongo, "probe-b", "gw-b").await;
+    mover_with_pending_delta(&gw_a, &mongo).await;
+    assert!(gw_a.terminate().success());
+
+    let mut device = mover_claimed_by(&gw_b, &mongo).await;
+    gw_a.spawn(&[("IOTSPHERE__GATEWAY__ID", "gw-a")]);
+    // Back, gw-a republishes the retained deltas of its store, then lets the mover go.
+    let started = std::time::Instant::now();
+    let mut observer_a = loop {
+        let mut observer = Client::connect(gw_a.port, "observer-a").await;
+        observer.subscribe(&shadow_topic("mover", "delta")).await;
+        match observer.next_within(Duration::from_millis(500)).await {
+            Some(retained) if !retained.payload.is_empty() => observer.disconnect().await,
+            _ => break observer,
+        }
+        assert!(started.elapsed() < common::WAIT, "gw-a kept the mover");
+    };
+    only_gw_b_serves_the_mover(&mut device, &mut observer_a, &mongo).await;
 }
