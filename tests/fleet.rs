@@ -20,23 +20,11 @@ fn gateway(mongo: &Mongo, id: &str) -> Gateway {
     gateway
 }
 
-/// A device connected to `gateway`, subscribed to its shadow topics, that has reported
-/// once; returns when MongoDB holds its shadow for `gateway_id`.
+/// [`common::reported_device`] on `gateway`, whose shadow MongoDB holds for `gateway_id`.
 async fn reported_device(gateway: &Gateway, mongo: &Mongo, id: &str, gateway_id: &str) -> Client {
-    let mut device = Client::connect(gateway.port, id).await;
-    device.subscribe(&shadow_topic(id, "+")).await;
-    device
-        .publish(
-            &shadow_topic(id, "reported"),
-            json(&json!({"state": {"targetTemp": 50}})),
-        )
-        .await;
-    device.expect("/shadow/document").await;
-    mongo
-        .wait_for("shadows", doc! {"_id": id}, |d| {
-            d.get_str("gatewayId") == Ok(gateway_id) && d.contains_key("state")
-        })
-        .await;
+    let device = common::reported_device(gateway, mongo, id).await;
+    let stored = mongo.wait_for("shadows", doc! {"_id": id}, |_| true).await;
+    assert_eq!(stored.get_str("gatewayId"), Ok(gateway_id));
     device
 }
 
