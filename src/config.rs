@@ -220,6 +220,12 @@ pub struct MongoSection {
     pub telemetry_retention_days: u32,
     /// Days MongoDB keeps alerts (a TTL index on `firedAt`); 0 = for ever.
     pub alerts_retention_days: u32,
+    /// Name of the lease an active/standby pair shares (both gateways set the same one);
+    /// empty = no pair.
+    pub lease: String,
+    /// The standby takes the active's devices at most this long after the active stopped
+    /// renewing the lease.
+    pub lease_ttl_ms: u64,
 }
 
 impl Default for MongoSection {
@@ -231,6 +237,8 @@ impl Default for MongoSection {
             poll_interval_ms: 1000,
             telemetry_retention_days: 90,
             alerts_retention_days: 365,
+            lease: String::new(),
+            lease_ttl_ms: 10_000,
         }
     }
 }
@@ -762,6 +770,9 @@ impl GatewayConfig {
                 "must be a MongoDB database name (no / \\ . space \" $)".into(),
             );
         }
+        if self.mongodb.lease_ttl_ms < 400 {
+            problem("mongodb.lease_ttl_ms", "must be at least 400 (ms)".into());
+        }
         if self.mongodb.poll_interval_ms < 50 {
             problem(
                 "mongodb.poll_interval_ms",
@@ -1204,6 +1215,15 @@ mod tests {
         }
         let text = "[http]\nlisten = \"0.0.0.0:9090\"\ntoken = \"s3cret-s3cret\"\n";
         assert_eq!(problem_lines(text, &[]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_lease_ttl_too_short_to_renew_is_refused() {
+        let lines = problem_lines("[mongodb]\nlease = \"site-1\"\nlease_ttl_ms = 100\n", &[]);
+        assert_eq!(
+            lines,
+            vec!["F:3:16: mongodb.lease_ttl_ms: must be at least 400 (ms)"]
+        );
     }
 
     #[test]

@@ -218,3 +218,49 @@ async fn a_gateway_down_during_the_handover_lets_go_when_it_is_back() {
     };
     only_gw_b_serves_the_mover(&mut device, &mut observer_a, &mongo).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_standby_takes_the_devices_when_the_active_gateway_dies() {
+    const TTL: Duration = Duration::from_millis(2000);
+    let mongo = Mongo::start().await;
+    let pair = mongo.config(&format!(
+        "lease = \"site-1\"\nlease_ttl_ms = {}",
+        TTL.as_millis()
+    ));
+    let mut active = Gateway::configure(&pair);
+    active.spawn(&[("IOTSPHERE__GATEWAY__ID", "gw-a")]);
+    mongo
+        .wait_for("leases", doc! {"_id": "site-1"}, |d| {
+            d.get_str("holder") == Ok("gw-a")
+        })
+        .await;
+    let mut standby = Gateway::configure(&pair);
+    standby.spawn(&[("IOTSPHERE__GATEWAY__ID", "gw-b")]);
+    wait_until_watching(&active, &mongo, "probe-a", "gw-a").await;
+    wait_until_watching(&standby, &mongo, "probe-b", "gw-b").await;
+    mover_with_pending_delta(&active, &mongo).await;
+
+    active.kill9();
+    let killed = std::time::Instant::now();
+    mongo
+        .wait_for("shadows", doc! {"_id": "mover"}, |d| {
+            d.get_str("gatewayId") == Ok("gw-b")
+        })
+        .await;
+    let took = killed.elapsed();
+    assert!(took < TTL, "the standby took {took:?}, more than {TTL:?}");
+    let lease = mongo
+        .wait_for("leases", doc! {"_id": "site-1"}, |_| true)
+        .await;
+    assert_eq!(lease.get_str("holder"), Ok("gw-b"));
+    assert_eq!(lease.get_i64("epoch"), Ok(2));
+
+    // The device reconnects to the standby: the pending delta is there before it asks.
+    let mut device = Client::connect(standby.port, "mover").await;
+    device.subscribe(&shadow_topic("mover", "delta")).await;
+    expect_delta(&mut device, 65).await;
+    device.expect_none("/shadow/delta", QUIET).await;
+    set_desired(&mongo, "mover", 75).await;
+    expect_delta(&mut device, 75).await;
+    device.expect_none("/shadow/delta", QUIET).await;
+}

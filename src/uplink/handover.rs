@@ -60,7 +60,8 @@ pub async fn run(
     while let Ok(device_id) = claims.recv_async().await {
         let (db, gateway_id, to_service) = (db.clone(), gateway_id.clone(), to_service.clone());
         tokio::spawn(async move {
-            let claimed = tokio::time::timeout(CLAIM_TIMEOUT, claim(&db, &gateway_id, &device_id));
+            let claimed =
+                tokio::time::timeout(CLAIM_TIMEOUT, claim(&db, &gateway_id, &device_id, true));
             let shadow = match claimed.await {
                 Ok(Ok(shadow)) => shadow,
                 Ok(Err(e)) => {
@@ -87,11 +88,13 @@ pub enum ClaimError {
     Contended,
 }
 
-/// Takes `device_id` for `gateway_id`; returns MongoDB's shadow to import, if it has one.
-async fn claim(
+/// Takes `device_id` for `gateway_id` (marking it connected if it is: it sent a
+/// request); returns MongoDB's shadow to import, if it has one.
+pub(super) async fn claim(
     db: &Database,
     gateway_id: &str,
     device_id: &str,
+    connected: bool,
 ) -> Result<Option<Document>, ClaimError> {
     let shadows = db.collection::<BsonDocument>("shadows");
     for _ in 0..CLAIM_ATTEMPTS {
@@ -105,14 +108,15 @@ async fn claim(
             .and_then(|s| s.get("desired"))
             .cloned()
             .unwrap_or(Bson::Null);
+        let mut set = doc! {"gatewayId": gateway_id};
+        if connected {
+            set.insert("connected", true);
+            set.insert("lastSeen", DateTime::now());
+        }
         let claimed = shadows
             .update_one(
                 doc! {"_id": device_id, "version": version, "state.desired": desired},
-                doc! {"$set": {
-                    "gatewayId": gateway_id,
-                    "connected": true,
-                    "lastSeen": DateTime::now(),
-                }},
+                doc! {"$set": set},
             )
             .await?;
         if claimed.matched_count == 1 {

@@ -6,6 +6,8 @@
 //! - [`watcher`] — cloud changes of `state.desired` → [`CloudDesired`] for the service.
 //! - [`handover`] — claiming a device this gateway does not hold yet; devices claimed by
 //!   other gateways leave this one (many gateways on one MongoDB).
+//! - [`lease`] — the active/standby pair: a lease in `leases`; its new holder takes the
+//!   old one's devices.
 //! - [`commands`] — pending commands → `devices/{id}/commands/request`.
 //! - [`users`] — the `users` collection mirrored into [`crate::users::Directory`].
 //! - [`status`] — mode / connected / last event, for `/health/uplink`.
@@ -14,6 +16,7 @@
 
 pub mod commands;
 pub mod handover;
+pub mod lease;
 pub mod status;
 pub mod users;
 pub mod watcher;
@@ -100,6 +103,18 @@ pub async fn start(
         to_claim,
         to_service.clone(),
     ));
+    if !mongo.lease.is_empty() {
+        tokio::spawn(
+            lease::Lease {
+                db: db.clone(),
+                gateway_id: gateway_id.to_string(),
+                name: mongo.lease.clone(),
+                ttl: Duration::from_millis(mongo.lease_ttl_ms),
+                to_service: to_service.clone(),
+            }
+            .run(),
+        );
+    }
     tokio::spawn(
         writer::Writer {
             db: db.clone(),

@@ -556,7 +556,7 @@ async fn write_command_result(
     Ok(())
 }
 
-fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+pub(super) fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
     matches!(
         e.kind.as_ref(),
         ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == DUPLICATE_KEY
