@@ -150,9 +150,15 @@ pub struct ShadowService {
     live: Option<watch::Receiver<GatewayConfig>>,
     /// With a MongoDB uplink: where the ids of devices to claim go.
     claims: Option<flume::Sender<String>>,
-    /// Requests of devices being claimed, in arrival order, served once the claim is
+    /// What arrived for devices being claimed, in order, handled once the claim is
     /// answered.
-    parked: HashMap<String, Vec<(ShadowTopic, Vec<u8>)>>,
+    parked: HashMap<String, Vec<Parked>>,
+}
+
+/// A request or a cloud change that waits for its device's claim.
+enum Parked {
+    Request(ShadowTopic, Vec<u8>),
+    Cloud(CloudDesired),
 }
 
 impl ShadowService {
@@ -241,7 +247,8 @@ impl ShadowService {
     }
 
     /// Puts the shadow a claim brought from MongoDB in the store (unless the device got
-    /// one meanwhile), publishes its pending delta, and serves the parked requests.
+    /// one meanwhile), publishes its pending delta, and handles what was parked (a cloud
+    /// change the claimed shadow already holds changes nothing).
     fn import(
         &mut self,
         device_id: &str,
@@ -252,7 +259,10 @@ impl ShadowService {
         if let Some(document) = shadow.filter(|_| !self.has(device_id)) {
             let encoding = parked
                 .iter()
-                .find_map(|(_, payload)| codec::decode_request(payload).ok()?.0)
+                .find_map(|item| match item {
+                    Parked::Request(_, payload) => codec::decode_request(payload).ok()?.0,
+                    Parked::Cloud(_) => None,
+                })
                 .unwrap_or_default();
             if let Some(delta) = shadow::delta(&document) {
                 out.push(self.replies.publication(
@@ -274,9 +284,14 @@ impl ShadowService {
             self.store
                 .put(device_id, &StoredShadow { document, encoding })?;
         }
-        for (kind, payload) in parked {
-            let stored = self.store.get(device_id)?;
-            self.serve(device_id, kind, stored, &payload, out)?;
+        for item in parked {
+            match item {
+                Parked::Request(kind, payload) => {
+                    let stored = self.store.get(device_id)?;
+                    self.serve(device_id, kind, stored, &payload, out)?;
+                }
+                Parked::Cloud(change) => self.merge_cloud_desired(change, out)?,
+            }
         }
         Ok(())
     }
@@ -299,9 +314,24 @@ impl ShadowService {
         matches!(self.store.get(device_id), Ok(Some(_)))
     }
 
+    /// A cloud change of a device the store does not hold waits for its claim (the device
+    /// may have been taken over; its shadow comes from MongoDB first).
+    fn apply_cloud_desired(
+        &mut self,
+        change: CloudDesired,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), StoreError> {
+        if !self.has(&change.device_id)
+            && self.park(&change.device_id, Parked::Cloud(change.clone()))
+        {
+            return Ok(());
+        }
+        self.merge_cloud_desired(change, out)
+    }
+
     /// Applies a desired change made in the cloud: the cloud wins on the fields it changed
     /// (a differing local value is logged as overridden); the device gets the delta.
-    fn apply_cloud_desired(
+    fn merge_cloud_desired(
         &mut self,
         change: CloudDesired,
         out: &mut Vec<Outgoing>,
@@ -398,27 +428,26 @@ impl ShadowService {
             );
             return Ok(());
         }
-        if stored.is_none() && self.park(device_id, kind, payload) {
+        if stored.is_none() && self.park(device_id, Parked::Request(kind, payload.to_vec())) {
             return Ok(());
         }
         self.serve(device_id, kind, stored, payload, out)
     }
 
-    /// Parks a request of a device that is not in the store while the uplink claims it;
-    /// false without an uplink (the device gets a fresh shadow).
-    fn park(&mut self, device_id: &str, kind: ShadowTopic, payload: &[u8]) -> bool {
+    /// Parks what arrived for a device that is not in the store while the uplink claims
+    /// it; false without an uplink (the device gets a fresh shadow).
+    fn park(&mut self, device_id: &str, item: Parked) -> bool {
         let Some(claims) = &self.claims else {
             return false;
         };
         if let Some(parked) = self.parked.get_mut(device_id) {
-            parked.push((kind, payload.to_vec()));
+            parked.push(item);
             return true;
         }
         if claims.send(device_id.to_string()).is_err() {
             return false;
         }
-        self.parked
-            .insert(device_id.to_string(), vec![(kind, payload.to_vec())]);
+        self.parked.insert(device_id.to_string(), vec![item]);
         true
     }
 

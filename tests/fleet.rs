@@ -264,3 +264,57 @@ async fn the_standby_takes_the_devices_when_the_active_gateway_dies() {
     expect_delta(&mut device, 75).await;
     device.expect_none("/shadow/delta", QUIET).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shadow_mongodb_holds_for_a_gateway_but_its_store_lost_is_imported() {
+    let mongo = Mongo::start().await;
+    let gw_b = gateway(&mongo, "gw-b");
+    wait_until_watching(&gw_b, &mongo, "probe-b", "gw-b").await;
+    // As after a new SD card: MongoDB has version 7 for gw-b, its store has nothing.
+    mongo
+        .db()
+        .collection::<BsonDocument>("shadows")
+        .insert_one(doc! {
+            "_id": "lost",
+            "gatewayId": "gw-b",
+            "state": {"reported": {"targetTemp": 50}, "desired": {"targetTemp": 55}},
+            "version": 7_i64,
+            "updatedAt": DateTime::now(),
+        })
+        .await
+        .expect("insert");
+    // The cloud change of a device gw-b does not hold makes it claim the shadow: the
+    // pending delta is retained before the device connected.
+    let started = std::time::Instant::now();
+    let mut device = loop {
+        let mut device = Client::connect(gw_b.port, "lost").await;
+        device.subscribe(&shadow_topic("lost", "+")).await;
+        if let Some(delta) = device.next_within(Duration::from_millis(500)).await {
+            assert_eq!(delta.payload_json()["state"]["targetTemp"], 55);
+            break device;
+        }
+        device.disconnect().await;
+        assert!(started.elapsed() < common::WAIT, "no retained delta");
+    };
+    device
+        .publish(
+            &shadow_topic("lost", "reported"),
+            json(&json!({"state": {"targetTemp": 55}})),
+        )
+        .await;
+    // The version continues (a document of the imported shadow may come first).
+    let document = loop {
+        let document = device.expect("/shadow/document").await.payload_json();
+        if document["version"] != 7 {
+            break document;
+        }
+    };
+    assert_eq!(document["version"], 8);
+    let cleared = device.expect("/shadow/delta").await;
+    assert!(cleared.payload.is_empty(), "the delta was not cleared");
+    mongo
+        .wait_for("shadows", doc! {"_id": "lost"}, |d| {
+            d.get_i64("version") == Ok(8)
+        })
+        .await;
+}

@@ -149,7 +149,13 @@ fn shadow_of(found: BsonDocument) -> Option<Document> {
         .remove("metadata")
         .and_then(|m| serde_json::from_value::<Sections>(m).ok())
         .unwrap_or_default();
-    let version = json.get("version").and_then(Value::as_u64).unwrap_or(0);
+    // A shadow a cloud service created has no version yet; locally a shadow with state
+    // has at least version 1 (0 means none).
+    let version = json
+        .get("version")
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+        .max(1);
     Some(Document {
         state,
         metadata,
@@ -183,5 +189,7 @@ mod tests {
             Some(&json!({"timestamp": 5}))
         );
         assert_eq!(shadow_of(doc! {"_id": "h2", "connected": true}), None);
+        let provisioned = shadow_of(doc! {"_id": "h3", "state": {"desired": {"t": 1}}});
+        assert_eq!(provisioned.map(|s| s.version), Some(1));
     }
 }

@@ -182,10 +182,12 @@ impl Writer {
     /// One read by `_id` per shadow write; a live change stream makes it rare to matter,
     /// but after an outage both sides may have changed.
     async fn cloud_changes_first(&self, device_id: &str) -> Result<bool, DrainError> {
+        // A shadow another gateway owns is not merged (the write is refused, see
+        // `release_if_owned_elsewhere`).
         let current = self
             .db
             .collection::<BsonDocument>("shadows")
-            .find_one(doc! {"_id": device_id})
+            .find_one(owned_by(&self.gateway_id, device_id))
             .projection(doc! {"state.desired": 1})
             .await?;
         let Some(current) = current else {
