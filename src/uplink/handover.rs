@@ -4,9 +4,11 @@
 //! devices in its local store, and a device enters a local store in exactly one way once
 //! the uplink is on: by being **claimed**.
 //!
-//! 1. The first request of a device the local store does not hold is *parked* by the
-//!    shadow service (with every further request of that device), and the device id goes
-//!    to the claim task here. The link loop never waits for MongoDB.
+//! 1. The first request (or cloud change) of a device the local store does not hold is
+//!    *parked* by the shadow service, with everything after it for that device, and the
+//!    device id goes to the claim task here. The link loop never waits for MongoDB. (A
+//!    cloud change of such a device comes after a lease takeover, or when the store was
+//!    lost; the lease task claims devices itself, see `lease`.)
 //! 2. The claim task reads the shadow by `_id` and takes it with a conditional update on
 //!    what it read: `{_id, version: v, state.desired: d}` → `$set {gatewayId: me,
 //!    connected: true, lastSeen}`. A write in between (the old gateway's last report sets
@@ -16,7 +18,7 @@
 //! 3. The claimed document comes back to the service as [`FromCloud::Claimed`]: it is
 //!    imported as the local shadow (the version continues, the pending delta is kept and
 //!    published retained on this broker, MongoDB's `desired` becomes the merge base), then
-//!    the parked requests are served in order. No shadow in MongoDB → a fresh one.
+//!    what was parked is handled in order. No shadow in MongoDB → a fresh one.
 //! 4. The old owner's watcher matches, besides its own documents, updates whose
 //!    `updatedFields.gatewayId` names another gateway (handovers are rare, so this adds
 //!    little traffic), and turns them into [`FromCloud::Released`]: the device leaves its
