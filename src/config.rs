@@ -225,6 +225,12 @@ pub struct MongoSection {
     /// After new readings arrive, wait this long for more before writing (fewer, fuller
     /// batches; 0 = write at once).
     pub telemetry_flush_ms: u64,
+    /// Name of the lease an active/standby pair shares (both gateways set the same one);
+    /// empty = no pair.
+    pub lease: String,
+    /// The standby takes the active's devices at most this long after the active stopped
+    /// renewing the lease.
+    pub lease_ttl_ms: u64,
 }
 
 impl Default for MongoSection {
@@ -238,6 +244,8 @@ impl Default for MongoSection {
             alerts_retention_days: 365,
             telemetry_batch: 500,
             telemetry_flush_ms: 0,
+            lease: String::new(),
+            lease_ttl_ms: 10_000,
         }
     }
 }
@@ -769,6 +777,9 @@ impl GatewayConfig {
                 "must be a MongoDB database name (no / \\ . space \" $)".into(),
             );
         }
+        if self.mongodb.lease_ttl_ms < 400 {
+            problem("mongodb.lease_ttl_ms", "must be at least 400 (ms)".into());
+        }
         if self.mongodb.poll_interval_ms < 50 {
             problem(
                 "mongodb.poll_interval_ms",
@@ -1223,6 +1234,15 @@ mod tests {
         }
         let text = "[http]\nlisten = \"0.0.0.0:9090\"\ntoken = \"s3cret-s3cret\"\n";
         assert_eq!(problem_lines(text, &[]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_lease_ttl_too_short_to_renew_is_refused() {
+        let lines = problem_lines("[mongodb]\nlease = \"site-1\"\nlease_ttl_ms = 100\n", &[]);
+        assert_eq!(
+            lines,
+            vec!["F:3:16: mongodb.lease_ttl_ms: must be at least 400 (ms)"]
+        );
     }
 
     #[test]

@@ -265,6 +265,10 @@ pub async fn run(
             .run(),
         );
     }
+    let service = match &uplink {
+        Some(uplink) => service.claim_through(uplink.claims.clone()),
+        None => service,
+    };
     let uplink_status = uplink.as_ref().map(|u| u.status.clone()).zip(outbox);
     let from_cloud = uplink.map(|u| u.from_cloud);
 

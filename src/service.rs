@@ -10,6 +10,11 @@
 //! when its setpoint changed receives the pending delta as soon as it subscribes. When the
 //! delta becomes empty a zero-length retained message clears it (MQTT's way of deleting a
 //! retained message; subscribers see one empty message, meaning "nothing pending").
+//!
+//! With a MongoDB uplink, a device this store does not hold is claimed first (see
+//! `uplink::handover`): its requests are parked until the uplink answers with MongoDB's
+//! shadow, which is imported before they are served; a device claimed by another gateway
+//! is released (removed here, its retained delta cleared).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -24,7 +29,7 @@ use crate::outbox::{Outbox, ToCloud};
 use crate::shadow::{self, Document, ErrorCode, Limits, Rejection, Section, Update};
 use crate::store::{ShadowStore, StoreError, StoredShadow};
 use crate::topics::{Route, ShadowTopic, Topics};
-use crate::uplink::{CloudDesired, CommandRequest};
+use crate::uplink::{CloudDesired, CommandRequest, FromCloud};
 
 /// A message the gateway publishes on its broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +148,17 @@ pub struct ShadowService {
     outbox: Option<Outbox>,
     /// The running configuration; shadow limits follow its SIGHUP reloads.
     live: Option<watch::Receiver<GatewayConfig>>,
+    /// With a MongoDB uplink: where the ids of devices to claim go.
+    claims: Option<flume::Sender<String>>,
+    /// What arrived for devices being claimed, in order, handled once the claim is
+    /// answered.
+    parked: HashMap<String, Vec<Parked>>,
+}
+
+/// A request or a cloud change that waits for its device's claim.
+enum Parked {
+    Request(ShadowTopic, Vec<u8>),
+    Cloud(CloudDesired),
 }
 
 impl ShadowService {
@@ -161,7 +177,15 @@ impl ShadowService {
             rate,
             outbox,
             live: None,
+            claims: None,
+            parked: HashMap::new(),
         }
+    }
+
+    /// Claims devices the store does not hold through the uplink before serving them.
+    pub fn claim_through(mut self, claims: flume::Sender<String>) -> Self {
+        self.claims = Some(claims);
+        self
     }
 
     /// Takes shadow limits from `config` whenever a reload changes it.
@@ -207,9 +231,107 @@ impl ShadowService {
         Ok(())
     }
 
+    /// Applies what the uplink sent: a cloud desired change, a claim's answer, a release.
+    pub fn apply_from_cloud(
+        &mut self,
+        change: FromCloud,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), StoreError> {
+        match change {
+            FromCloud::Desired(change) => self.apply_cloud_desired(change, out),
+            FromCloud::Claimed { device_id, shadow } => {
+                self.import(&device_id, shadow.map(|s| *s), out)
+            }
+            FromCloud::Released { device_id } => self.release(&device_id, out),
+        }
+    }
+
+    /// Puts the shadow a claim brought from MongoDB in the store (unless the device got
+    /// one meanwhile), publishes its pending delta, and handles what was parked (a cloud
+    /// change the claimed shadow already holds changes nothing).
+    fn import(
+        &mut self,
+        device_id: &str,
+        shadow: Option<Document>,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), StoreError> {
+        let parked = self.parked.remove(device_id).unwrap_or_default();
+        if let Some(document) = shadow.filter(|_| !self.has(device_id)) {
+            let encoding = parked
+                .iter()
+                .find_map(|item| match item {
+                    Parked::Request(_, payload) => codec::decode_request(payload).ok()?.0,
+                    Parked::Cloud(_) => None,
+                })
+                .unwrap_or_default();
+            if let Some(delta) = shadow::delta(&document) {
+                out.push(self.replies.publication(
+                    device_id,
+                    ShadowTopic::Delta,
+                    encoding,
+                    None,
+                    &delta,
+                    true,
+                ));
+            }
+            tracing::info!(
+                device_id,
+                version = document.version,
+                "serving a device claimed from MongoDB"
+            );
+            self.store
+                .set_cloud_base(device_id, &document.state.desired)?;
+            self.store
+                .put(device_id, &StoredShadow { document, encoding })?;
+        }
+        for item in parked {
+            match item {
+                Parked::Request(kind, payload) => {
+                    let stored = self.store.get(device_id)?;
+                    self.serve(device_id, kind, stored, &payload, out)?;
+                }
+                Parked::Cloud(change) => self.merge_cloud_desired(change, out)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops serving a device another gateway claimed.
+    fn release(&mut self, device_id: &str, out: &mut Vec<Outgoing>) -> Result<(), StoreError> {
+        if !self.has(device_id) {
+            return Ok(());
+        }
+        self.store.remove(device_id)?;
+        out.push(self.replies.clear_delta(device_id));
+        tracing::info!(
+            device_id,
+            "another gateway claimed the device: no longer served here"
+        );
+        Ok(())
+    }
+
+    fn has(&self, device_id: &str) -> bool {
+        matches!(self.store.get(device_id), Ok(Some(_)))
+    }
+
+    /// A cloud change of a device the store does not hold waits for its claim (the device
+    /// may have been taken over; its shadow comes from MongoDB first).
+    fn apply_cloud_desired(
+        &mut self,
+        change: CloudDesired,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), StoreError> {
+        if !self.has(&change.device_id)
+            && self.park(&change.device_id, Parked::Cloud(change.clone()))
+        {
+            return Ok(());
+        }
+        self.merge_cloud_desired(change, out)
+    }
+
     /// Applies a desired change made in the cloud: the cloud wins on the fields it changed
     /// (a differing local value is logged as overridden); the device gets the delta.
-    pub fn apply_cloud_desired(
+    fn merge_cloud_desired(
         &mut self,
         change: CloudDesired,
         out: &mut Vec<Outgoing>,
@@ -306,7 +428,44 @@ impl ShadowService {
             );
             return Ok(());
         }
+        if stored.is_none() && self.park(device_id, Parked::Request(kind, payload.to_vec())) {
+            return Ok(());
+        }
+        self.serve(device_id, kind, stored, payload, out)
+    }
 
+    /// Parks what arrived for a device that is not in the store while the uplink claims
+    /// it; false without an uplink (the device gets a fresh shadow).
+    fn park(&mut self, device_id: &str, item: Parked) -> bool {
+        let Some(claims) = &self.claims else {
+            return false;
+        };
+        if let Some(parked) = self.parked.get_mut(device_id) {
+            parked.push(item);
+            return true;
+        }
+        if claims.send(device_id.to_string()).is_err() {
+            return false;
+        }
+        self.parked.insert(device_id.to_string(), vec![item]);
+        true
+    }
+
+    /// Forgets a device's parked requests (its claim's answer could not be applied).
+    pub fn drop_parked(&mut self, device_id: &str) {
+        self.parked.remove(device_id);
+    }
+
+    /// Serves a request that passed the rate limit.
+    fn serve(
+        &mut self,
+        device_id: &str,
+        kind: ShadowTopic,
+        stored: Option<StoredShadow>,
+        payload: &[u8],
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), StoreError> {
+        let last_encoding = stored.as_ref().map(|s| s.encoding).unwrap_or_default();
         let (encoding, request) = match codec::decode_request(payload) {
             Ok((encoding, request)) => (encoding.unwrap_or(last_encoding), request),
             Err(e) => {

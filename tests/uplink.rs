@@ -5,31 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{http_get, json, shadow_topic, Client, Gateway, Mongo};
+use common::{http_get, json, reported_device, shadow_topic, Client, Gateway, Mongo};
 use mongodb::bson::{doc, Document as BsonDocument};
 use serde_json::json;
 
 fn shadows(mongo: &Mongo) -> mongodb::Collection<BsonDocument> {
     mongo.db().collection("shadows")
-}
-
-/// A heater that has reported once, so its shadow exists locally and in MongoDB.
-async fn reported_heater(gateway: &Gateway, mongo: &Mongo, id: &str) -> Client {
-    let mut heater = Client::connect(gateway.port, id).await;
-    heater.subscribe(&shadow_topic(id, "+")).await;
-    heater
-        .publish(
-            &shadow_topic(id, "reported"),
-            json(&json!({"state": {"targetTemp": 50}})),
-        )
-        .await;
-    heater.expect("/shadow/document").await;
-    mongo
-        .wait_for("shadows", doc! {"_id": id}, |d| {
-            d.get_i64("version") == Ok(1)
-        })
-        .await;
-    heater
 }
 
 /// The first delta (retained or live) whose targetTemp is `target`, skipping older ones.
@@ -83,7 +64,7 @@ async fn device_reports_reach_mongodb_with_version_and_gateway() {
 async fn a_cloud_desired_change_reaches_the_device_once() {
     let mongo = Mongo::start().await;
     let gateway = Gateway::start_with(&mongo.config(""));
-    let mut heater = reported_heater(&gateway, &mongo, "h-cloud").await;
+    let mut heater = reported_device(&gateway, &mongo, "h-cloud").await;
 
     shadows(&mongo)
         .update_one(doc! {"_id": "h-cloud"}, doc! {"$set": {"state.desired.targetTemp": 61, "updatedAt": mongodb::bson::DateTime::now()}})
@@ -112,7 +93,7 @@ async fn a_cloud_desired_change_reaches_the_device_once() {
 async fn a_desired_change_made_while_the_gateway_was_down_is_delivered_after_restart() {
     let mongo = Mongo::start().await;
     let mut gateway = Gateway::start_with(&mongo.config(""));
-    let heater = reported_heater(&gateway, &mongo, "h-away").await;
+    let heater = reported_device(&gateway, &mongo, "h-away").await;
     // Let the watcher process one cloud event so a resume token is stored.
     shadows(&mongo)
         .update_one(
@@ -159,7 +140,7 @@ async fn history_lost_triggers_a_resync() {
     })
     .await;
     let mut gateway = Gateway::start_with(&mongo.config(""));
-    let heater = reported_heater(&gateway, &mongo, "h-lost").await;
+    let heater = reported_device(&gateway, &mongo, "h-lost").await;
     shadows(&mongo)
         .update_one(
             doc! {"_id": "h-lost"},
@@ -216,7 +197,7 @@ async fn a_standalone_server_is_polled_and_health_says_so() {
     }
     let mongo = Mongo::start_with(true).await;
     let gateway = Gateway::start_with(&mongo.config(""));
-    let mut heater = reported_heater(&gateway, &mongo, "h-poll").await;
+    let mut heater = reported_device(&gateway, &mongo, "h-poll").await;
     let started = std::time::Instant::now();
     loop {
         let (_, body) = http_get(gateway.http_port, "/health/uplink");
@@ -377,7 +358,7 @@ async fn telemetry_is_stored_with_its_fields() {
 async fn commands_are_sent_answered_and_expired() {
     let mongo = Mongo::start().await;
     let gateway = Gateway::start_with(&mongo.config(""));
-    let mut heater = reported_heater(&gateway, &mongo, "h-cmd").await;
+    let mut heater = reported_device(&gateway, &mongo, "h-cmd").await;
     heater
         .subscribe("iotsphere/devices/h-cmd/commands/request")
         .await;
@@ -435,7 +416,7 @@ async fn scheduled_commands_wait_for_their_time_also_across_a_restart() {
     let mongo = Mongo::start().await;
     let mut gateway = Gateway::start_with(&mongo.config(""));
     let request_topic = "iotsphere/devices/h-sched/commands/request";
-    let mut heater = reported_heater(&gateway, &mongo, "h-sched").await;
+    let mut heater = reported_device(&gateway, &mongo, "h-sched").await;
     heater.subscribe(request_topic).await;
     let commands = mongo.db().collection::<BsonDocument>("commands");
     let due = later(2_000);
@@ -539,7 +520,7 @@ async fn desired_changed_on_both_sides_while_apart_is_merged() {
     })
     .await;
     let mut gateway = Gateway::start_with(&mongo.config(""));
-    let mut heater = reported_heater(&gateway, &mongo, "h-both").await;
+    let mut heater = reported_device(&gateway, &mongo, "h-both").await;
     // From now on the gateway's writes fail (its appName); the cloud's do not.
     let admin = mongo.client.database("admin");
     admin
@@ -659,7 +640,7 @@ async fn telemetry_retention_is_a_ttl_index_that_follows_the_config() {
 async fn a_command_for_an_offline_heater_waits_until_it_listens() {
     let mongo = Mongo::start().await;
     let gateway = Gateway::start_with(&mongo.config(""));
-    let heater = reported_heater(&gateway, &mongo, "h-away").await;
+    let heater = reported_device(&gateway, &mongo, "h-away").await;
     heater.disconnect().await;
     let commands = mongo.db().collection::<BsonDocument>("commands");
     commands

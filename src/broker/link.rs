@@ -1,5 +1,6 @@
 //! The link loop: drains the gateway's internal link (device requests) and the uplink's
-//! cloud changes into the shadow service, in batches.
+//! cloud changes (desired changes, claimed and released devices) into the shadow service,
+//! in batches.
 //!
 //! One batch = every request the router has handed over so far plus every cloud change
 //! waiting (up to [`MAX_BATCH`] requests). The service handles each, the batch is committed
@@ -19,7 +20,7 @@ use tokio::sync::watch;
 
 use super::{BrokerError, GatewayLink};
 use crate::service::{Outgoing, Replies, ShadowService};
-use crate::uplink::CloudDesired;
+use crate::uplink::FromCloud;
 
 /// Requests handled per commit at most; bounds reply latency under load.
 const MAX_BATCH: usize = 512;
@@ -28,7 +29,7 @@ const MAX_BATCH: usize = 512;
 #[derive(Default)]
 struct Batch {
     requests: Vec<(String, Bytes)>,
-    cloud_changes: Vec<CloudDesired>,
+    cloud_changes: Vec<FromCloud>,
     unscheduled: bool,
 }
 
@@ -54,7 +55,7 @@ pub async fn run(
     mut service: ShadowService,
     replies: Replies,
     mut stop: watch::Receiver<bool>,
-    from_cloud: Option<flume::Receiver<CloudDesired>>,
+    from_cloud: Option<flume::Receiver<FromCloud>>,
 ) -> Result<(), BrokerError> {
     let mut out: Vec<Outgoing> = Vec::new();
     loop {
@@ -91,7 +92,7 @@ pub async fn run(
     }
 }
 
-async fn next_cloud_change(from_cloud: Option<&flume::Receiver<CloudDesired>>) -> CloudDesired {
+async fn next_cloud_change(from_cloud: Option<&flume::Receiver<FromCloud>>) -> FromCloud {
     match from_cloud {
         Some(from_cloud) => match from_cloud.recv_async().await {
             Ok(change) => change,
@@ -118,7 +119,7 @@ fn serve_batch(
             batch
                 .cloud_changes
                 .iter()
-                .try_for_each(|change| service.apply_cloud_desired(change.clone(), out))
+                .try_for_each(|change| service.apply_from_cloud(change.clone(), out))
         })
         .and_then(|()| service.commit());
     if let Err(e) = handled {
@@ -128,6 +129,13 @@ fn serve_batch(
             cloud_changes = batch.cloud_changes.len(),
             "could not store a batch; requests answered 500, cloud changes not applied"
         );
+        // Their claims' answers were not applied: the parked requests go unanswered too
+        // (the devices retry, and are claimed again).
+        for change in &batch.cloud_changes {
+            if let FromCloud::Claimed { device_id, .. } = change {
+                service.drop_parked(device_id);
+            }
+        }
         out.clear();
         out.extend(
             batch

@@ -4,6 +4,10 @@
 //!
 //! - [`writer`] — everything bound for MongoDB, in order, retried while it is unreachable.
 //! - [`watcher`] — cloud changes of `state.desired` → [`CloudDesired`] for the service.
+//! - [`handover`] — claiming a device this gateway does not hold yet; devices claimed by
+//!   other gateways leave this one (many gateways on one MongoDB).
+//! - [`lease`] — the active/standby pair: a lease in `leases`; its new holder takes the
+//!   old one's devices.
 //! - [`commands`] — pending commands → `devices/{id}/commands/request`.
 //! - [`users`] — the `users` collection mirrored into [`crate::users::Directory`].
 //! - [`status`] — mode / connected / last event, for `/health/uplink`.
@@ -11,6 +15,8 @@
 //! The uplink talks to MongoDB only through the official `mongodb` driver.
 
 pub mod commands;
+pub mod handover;
+pub mod lease;
 pub mod status;
 pub mod users;
 pub mod watcher;
@@ -46,10 +52,33 @@ pub enum UplinkError {
     Uri(mongodb::error::Error),
 }
 
+/// What the uplink hands to the shadow service, in the order it happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FromCloud {
+    /// A desired change made in the cloud.
+    Desired(CloudDesired),
+    /// The answer to a claim ([`handover`]): MongoDB's shadow of a device this gateway now
+    /// owns, to import before serving its parked requests (None: start a fresh one).
+    Claimed {
+        device_id: String,
+        shadow: Option<Box<crate::shadow::Document>>,
+    },
+    /// Another gateway claimed the device: stop serving it here.
+    Released { device_id: String },
+}
+
+impl From<CloudDesired> for FromCloud {
+    fn from(change: CloudDesired) -> Self {
+        FromCloud::Desired(change)
+    }
+}
+
 /// The running uplink, as the rest of the gateway sees it.
 pub struct Uplink {
-    /// Desired changes made in the cloud.
-    pub from_cloud: flume::Receiver<CloudDesired>,
+    /// Cloud changes, claims and releases, for the shadow service.
+    pub from_cloud: flume::Receiver<FromCloud>,
+    /// Device ids to claim ([`handover`]); every one is answered on `from_cloud`.
+    pub claims: flume::Sender<String>,
     pub status: UplinkStatus,
 }
 
@@ -68,6 +97,25 @@ pub async fn start(
     let status = UplinkStatus::default();
     let own_writes = OwnWrites::default();
     let (to_service, from_cloud) = flume::unbounded();
+    let (claims, to_claim) = flume::unbounded();
+    tokio::spawn(handover::run(
+        db.clone(),
+        gateway_id.to_string(),
+        to_claim,
+        to_service.clone(),
+    ));
+    if !mongo.lease.is_empty() {
+        tokio::spawn(
+            lease::Lease {
+                db: db.clone(),
+                gateway_id: gateway_id.to_string(),
+                name: mongo.lease.clone(),
+                ttl: Duration::from_millis(mongo.lease_ttl_ms),
+                to_service: to_service.clone(),
+            }
+            .run(),
+        );
+    }
     tokio::spawn(
         writer::Writer {
             db: db.clone(),
@@ -145,7 +193,11 @@ pub async fn start(
             tokio::time::sleep(backoff.next_delay()).await;
         }
     });
-    Ok(Uplink { from_cloud, status })
+    Ok(Uplink {
+        from_cloud,
+        claims,
+        status,
+    })
 }
 
 async fn connect(mongo: &MongoSection, gateway_id: &str) -> Result<Database, UplinkError> {

@@ -1,13 +1,16 @@
 //! The shadow watcher: how a cloud change to `state.desired` in MongoDB reaches the device.
 //!
 //! - **Change stream** (replica set): `shadows.watch()` with `fullDocument: updateLookup`
-//!   and a `$match` on this gateway's devices. After each cloud change the resume token is
+//!   and a `$match` on this gateway's devices, plus the updates that hand a device to
+//!   another gateway (`updatedFields.gatewayId` not ours: see `handover`), which become
+//!   [`FromCloud::Released`]. After each cloud change the resume token is
 //!   stored in `resume_tokens` (`_id: "shadows:<gatewayId>"`), so a restart resumes where it
 //!   stopped and a change made while the gateway was down still reaches the device. "History
 //!   lost" (286) → a full resync of this gateway's shadows, then a fresh watch.
 //! - **Polling** (standalone server, or `change_streams = "off"`): `updatedAt > last seen`
 //!   every `poll_interval_ms`. Cloud services must set `updatedAt` when they change
-//!   `desired` for polling to see it (a change stream needs nothing).
+//!   `desired` for polling to see it (a change stream needs nothing). Polling does not
+//!   see handovers: a device claimed elsewhere stays in this store until a restart.
 //!
 //! Echoes: every gateway write sets `version`; cloud services change `state.desired.*` and
 //! never `version`. So an update event whose `updatedFields` holds `version` (or an
@@ -27,11 +30,14 @@ use serde_json::{Map, Value};
 
 use super::status::{UplinkMode, UplinkStatus};
 use super::writer::OwnWrites;
+use super::FromCloud;
 use crate::shadow::Object;
 use crate::store::ShadowStore;
 
 /// Error code of "resume token too old" (ChangeStreamHistoryLost).
 const HISTORY_LOST: i32 = 286;
+/// Device ids per `$in` query when looking for devices claimed elsewhere.
+const RELEASE_CHECK_CHUNK: usize = 1000;
 
 /// A desired change from the cloud, for the shadow service to apply.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,7 +56,7 @@ pub struct Watcher {
     pub own_writes: OwnWrites,
     pub status: UplinkStatus,
     pub poll_interval: Duration,
-    pub to_service: flume::Sender<CloudDesired>,
+    pub to_service: flume::Sender<FromCloud>,
 }
 
 impl Watcher {
@@ -70,7 +76,10 @@ impl Watcher {
         let shadows = self.db.collection::<BsonDocument>("shadows");
         let pipeline = [doc! {"$match": {
             "operationType": {"$in": ["insert", "update", "replace"]},
-            "fullDocument.gatewayId": &self.gateway_id,
+            "$or": [
+                {"fullDocument.gatewayId": &self.gateway_id},
+                {"updateDescription.updatedFields.gatewayId": {"$exists": true, "$ne": &self.gateway_id}},
+            ],
         }}];
         // The stream is opened before any resync, so a change made during the resync is
         // seen by one or the other (applying it twice is harmless: the same values).
@@ -110,7 +119,7 @@ impl Watcher {
         while let Some(event) = stream.next().await {
             let event = event?;
             let token = event.id.clone();
-            if let Some(change) = self.cloud_change(event) {
+            if let Some(change) = self.released(&event).or_else(|| self.cloud_change(event)) {
                 self.deliver(change);
                 self.store_token(&token).await?;
             }
@@ -129,11 +138,41 @@ impl Watcher {
         }
     }
 
-    /// Compares every shadow of this gateway with the local store; returns the newest
-    /// `updatedAt` seen.
+    /// Releases the local devices another gateway claimed meanwhile, then compares every
+    /// shadow of this gateway with the local store; returns the newest `updatedAt` seen.
     async fn resync(&self) -> Result<DateTime, mongodb::error::Error> {
+        self.release_claimed_elsewhere().await?;
         self.compare_with_cloud(doc! {}, DateTime::from_millis(0))
             .await
+    }
+
+    /// Local devices whose MongoDB shadow names another gateway (claimed while this one
+    /// was down or not watching) → [`FromCloud::Released`].
+    async fn release_claimed_elsewhere(&self) -> Result<(), mongodb::error::Error> {
+        let local: Vec<String> = self
+            .store
+            .iter()
+            .filter_map(|entry| entry.ok().map(|(device_id, _)| device_id))
+            .collect();
+        for ids in local.chunks(RELEASE_CHECK_CHUNK) {
+            let mut cursor = self
+                .db
+                .collection::<BsonDocument>("shadows")
+                .find(doc! {
+                    "_id": {"$in": ids},
+                    "gatewayId": {"$exists": true, "$ne": &self.gateway_id},
+                })
+                .projection(doc! {"_id": 1})
+                .await?;
+            while let Some(document) = cursor.next().await {
+                if let Ok(device_id) = document?.get_str("_id") {
+                    self.deliver(FromCloud::Released {
+                        device_id: device_id.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn compare_with_cloud(
@@ -154,7 +193,7 @@ impl Watcher {
                 newest = newest.max(*updated_at);
             }
             if let Some(change) = self.differing_desired(&document) {
-                self.deliver(change);
+                self.deliver(change.into());
             }
         }
         Ok(newest)
@@ -197,9 +236,23 @@ impl Watcher {
         })
     }
 
+    /// An update that gives the device to another gateway (a claim, see `handover`).
+    fn released(&self, event: &ChangeStreamEvent<BsonDocument>) -> Option<FromCloud> {
+        let owner = event
+            .update_description
+            .as_ref()?
+            .updated_fields
+            .get_str("gatewayId")
+            .ok()?;
+        let device_id = event.document_key.as_ref()?.get_str("_id").ok()?;
+        (owner != self.gateway_id).then(|| FromCloud::Released {
+            device_id: device_id.to_string(),
+        })
+    }
+
     /// The cloud's desired change in an event, or None for the gateway's own writes and
     /// for changes that do not touch `state.desired`.
-    fn cloud_change(&self, event: ChangeStreamEvent<BsonDocument>) -> Option<CloudDesired> {
+    fn cloud_change(&self, event: ChangeStreamEvent<BsonDocument>) -> Option<FromCloud> {
         let device_id = event
             .document_key
             .as_ref()?
@@ -216,11 +269,11 @@ impl Watcher {
                 if stateless || version.is_some_and(|v| self.own_writes.is_own(&device_id, v)) {
                     return None;
                 }
-                Some(CloudDesired {
+                Some(FromCloud::Desired(CloudDesired {
                     device_id,
                     state: full.map(desired_of).unwrap_or_default(),
                     replace: true,
-                })
+                }))
             }
             OperationType::Update => {
                 let update = event.update_description.as_ref()?;
@@ -240,20 +293,28 @@ impl Watcher {
                         "ignored a cloud change to state.reported: the device is the truth"
                     );
                 }
-                (!state.is_empty() || replace).then_some(CloudDesired {
+                (!state.is_empty() || replace).then_some(FromCloud::Desired(CloudDesired {
                     device_id,
                     state,
                     replace,
-                })
+                }))
             }
             _ => None,
         }
     }
 
-    fn deliver(&self, change: CloudDesired) {
+    fn deliver(&self, change: FromCloud) {
         self.status
             .update(|r| r.last_event_at = Some(crate::codec::rfc3339_now()));
-        tracing::info!(device_id = %change.device_id, "desired changed in the cloud");
+        match &change {
+            FromCloud::Desired(c) => {
+                tracing::info!(device_id = %c.device_id, "desired changed in the cloud");
+            }
+            FromCloud::Released { device_id } => {
+                tracing::info!(device_id, "the device was claimed by another gateway");
+            }
+            FromCloud::Claimed { .. } => {}
+        }
         if self.to_service.send(change).is_err() {
             tracing::error!("the shadow service is gone; a cloud change was not applied");
         }

@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use super::status::UplinkStatus;
 use super::watcher::CloudDesired;
+use super::FromCloud;
 use crate::backoff::Backoff;
 use crate::outbox::{CommandResult, Outbox, Pending, TelemetryRecord, ToCloud};
 use crate::shadow::Document;
@@ -70,7 +71,7 @@ pub struct Writer {
     pub gateway_id: String,
     pub store: ShadowStore,
     /// Cloud changes found before a write, for the shadow service to merge.
-    pub to_service: flume::Sender<CloudDesired>,
+    pub to_service: flume::Sender<FromCloud>,
     pub outbox: Outbox,
     pub own_writes: OwnWrites,
     pub status: UplinkStatus,
@@ -148,7 +149,7 @@ impl Writer {
                                 .set_cloud_base(device_id, &document.state.desired)?;
                         }
                     }
-                    Ok(false) => {}
+                    Ok(false) => self.release_if_owned_elsewhere(device_id).await?,
                     // The local store keeps the shadow; its next change writes it whole.
                     Err(e) if is_permanent(&e) => {
                         tracing::error!(device_id, error = %e, "MongoDB refused this shadow; not retried");
@@ -188,10 +189,12 @@ impl Writer {
     /// One read by `_id` per shadow write; a live change stream makes it rare to matter,
     /// but after an outage both sides may have changed.
     async fn cloud_changes_first(&self, device_id: &str) -> Result<bool, DrainError> {
+        // A shadow another gateway owns is not merged (the write is refused, see
+        // `release_if_owned_elsewhere`).
         let current = self
             .db
             .collection::<BsonDocument>("shadows")
-            .find_one(doc! {"_id": device_id})
+            .find_one(owned_by(&self.gateway_id, device_id))
             .projection(doc! {"state.desired": 1})
             .await?;
         let Some(current) = current else {
@@ -212,7 +215,7 @@ impl Writer {
             state: changes,
             replace: false,
         };
-        if self.to_service.send(merge).is_ok() {
+        if self.to_service.send(merge.into()).is_ok() {
             self.store.set_cloud_base(device_id, &cloud_desired)?;
         } else {
             // No shadow service (offline `outbox replay`): the write stays pending for the
@@ -223,6 +226,31 @@ impl Writer {
             );
         }
         Ok(true)
+    }
+
+    /// After MongoDB refused a shadow write: if another gateway owns the device now (it
+    /// was claimed while this gateway was not watching), stop serving it here.
+    async fn release_if_owned_elsewhere(&self, device_id: &str) -> Result<(), DrainError> {
+        let found = self
+            .db
+            .collection::<BsonDocument>("shadows")
+            .find_one(doc! {"_id": device_id})
+            .projection(doc! {"gatewayId": 1})
+            .await?;
+        let owner = found.as_ref().and_then(|d| d.get_str("gatewayId").ok());
+        if let Some(owner) = owner.filter(|owner| *owner != self.gateway_id) {
+            tracing::warn!(
+                device_id,
+                owner,
+                "another gateway owns this device; releasing it here"
+            );
+            let released = FromCloud::Released {
+                device_id: device_id.to_string(),
+            };
+            // No shadow service (offline `outbox replay`): the gateway's next start does it.
+            let _ = self.to_service.send(released);
+        }
+        Ok(())
     }
 
     /// Writes a batch in order: runs of telemetry with one `insertMany`, command results
@@ -341,9 +369,17 @@ fn is_permanent(e: &mongodb::error::Error) -> bool {
     )
 }
 
-/// Upserts the whole shadow, only over an older (or the same: a replay) version: a
-/// concurrent writer with a newer version makes the upsert collide on `_id` (11000), which
-/// is logged, never silent. Returns whether MongoDB took it.
+/// The filter of every shadow-document write: this gateway owns the device, or nobody
+/// does. A write still queued here when another gateway claimed the device matches
+/// nothing (its upsert collides on `_id`), so it cannot undo the claim (see `handover`).
+fn owned_by(gateway_id: &str, device_id: &str) -> BsonDocument {
+    doc! {"_id": device_id, "gatewayId": {"$in": [gateway_id, Bson::Null]}}
+}
+
+/// Upserts the whole shadow, only over an older (or the same: a replay) version of a
+/// shadow this gateway owns: a concurrent writer with a newer version, or another owner,
+/// makes the upsert collide on `_id` (11000), which is logged, never silent. Returns
+/// whether MongoDB took it.
 async fn write_shadow(
     db: &Database,
     gateway_id: &str,
@@ -352,17 +388,21 @@ async fn write_shadow(
     own_writes: &OwnWrites,
 ) -> Result<bool, mongodb::error::Error> {
     let shadows = db.collection::<BsonDocument>("shadows");
+    let mut filter = owned_by(gateway_id, device_id);
     let Some(document) = document else {
-        shadows.delete_one(doc! {"_id": device_id}).await?;
+        shadows.delete_one(filter).await?;
         return Ok(true);
     };
     let version = i64::try_from(document.version).unwrap_or(i64::MAX);
     let state = to_bson(&document.state)?;
     let metadata = to_bson(&document.metadata)?;
-    let filter = doc! {
-        "_id": device_id,
-        "$or": [{"version": {"$lte": version}}, {"version": {"$exists": false}}],
-    };
+    filter.insert(
+        "$or",
+        vec![
+            doc! {"version": {"$lte": version}},
+            doc! {"version": {"$exists": false}},
+        ],
+    );
     let update = doc! {"$set": {
         "state": state,
         "metadata": metadata,
@@ -382,7 +422,7 @@ async fn write_shadow(
             tracing::warn!(
                 device_id,
                 version,
-                "MongoDB already holds a newer version of this shadow; the local write was not applied there"
+                "MongoDB holds a newer version of this shadow, or another gateway owns it; the local write was not applied there"
             );
             Ok(false)
         }
@@ -412,6 +452,8 @@ fn telemetry_document(gateway_id: &str, record: &TelemetryRecord) -> BsonDocumen
 
 /// `connected`/`lastSeen` of the device's shadow, creating a state-less document for a
 /// device that has not reported yet (the watcher ignores documents without `state`).
+/// Skipped for a device another gateway owns: a late disconnect here must not mark a
+/// device that moved as offline.
 async fn write_presence(
     db: &Database,
     gateway_id: &str,
@@ -419,9 +461,10 @@ async fn write_presence(
     connected: bool,
     at_ms: i64,
 ) -> Result<(), mongodb::error::Error> {
-    db.collection::<BsonDocument>("shadows")
+    let written = db
+        .collection::<BsonDocument>("shadows")
         .update_one(
-            doc! {"_id": device_id},
+            owned_by(gateway_id, device_id),
             doc! {"$set": {
                 "connected": connected,
                 "lastSeen": DateTime::from_millis(at_ms),
@@ -429,8 +472,18 @@ async fn write_presence(
             }},
         )
         .with_options(UpdateOptions::builder().upsert(true).build())
-        .await?;
-    Ok(())
+        .await;
+    match written {
+        Err(e) if is_duplicate_key(&e) => {
+            tracing::debug!(
+                device_id,
+                connected,
+                "presence not written: another gateway owns the device"
+            );
+            Ok(())
+        }
+        other => other.map(|_| ()),
+    }
 }
 
 /// One document per alert (`_id` = alert id): opened by its firing, closed by its
@@ -512,7 +565,7 @@ async fn write_command_result(
     Ok(())
 }
 
-fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+pub(super) fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
     matches!(
         e.kind.as_ref(),
         ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == DUPLICATE_KEY

@@ -515,6 +515,26 @@ impl Mongo {
     }
 }
 
+/// A device subscribed to its shadow topics that has reported once (`targetTemp` 50), so
+/// its shadow exists locally and in MongoDB (version 1).
+pub async fn reported_device(gateway: &Gateway, mongo: &Mongo, id: &str) -> Client {
+    let mut device = Client::connect(gateway.port, id).await;
+    device.subscribe(&shadow_topic(id, "+")).await;
+    device
+        .publish(
+            &shadow_topic(id, "reported"),
+            json(&serde_json::json!({"state": {"targetTemp": 50}})),
+        )
+        .await;
+    device.expect("/shadow/document").await;
+    mongo
+        .wait_for("shadows", mongodb::bson::doc! {"_id": id}, |d| {
+            d.get_i64("version") == Ok(1)
+        })
+        .await;
+    device
+}
+
 /// GET an HTTP path on loopback; returns (status, body).
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
     http_get_with(port, path, "")
