@@ -151,6 +151,21 @@ for round in $(seq "$ROUNDS"); do
   stop "$MD_PID"
 done
 
+# 8. Many gateways on one MongoDB: G simulated gateways' change streams (the gateway's own
+# pipeline, one client each) on a fresh mongo-double, 1,000 devices spread over them, 2,000
+# cloud changes; with the ownership $match and without it.
+step "many gateways on one MongoDB: 1, 10, 50 change streams, with and without the \$match"
+for gateways in 1 10 50; do
+  for filter in on off; do
+    start_double
+    flag=()
+    [ "$filter" = off ] && flag=(--no-filter)
+    lg --label mongo-double --pid "$MD_PID" --tag "$filter" --round "$gateways" \
+      --deadline 60 fleetwatch --mongo "$MD_URI" --gateways "$gateways" --devices 1000 --changes 2000 "${flag[@]}"
+    stop "$MD_PID"
+  done
+done
+
 # 4. Idle memory: a fresh broker for every run, so "before" is a cold process.
 for size in $IDLE_SIZES; do
   if [ "$size" -ge "$fd_limit" ]; then
@@ -216,6 +231,9 @@ memory=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
   echo "  tests/mongo-double (release build, replica set rs0, in memory) per run: the change"
   echo "  stream is the double's; polling adds \`IOTSPHERE__MONGODB__CHANGE_STREAMS=off\`"
   echo "  (\`poll_interval_ms\` 1000). The double runs on the same 2 cores."
+  echo "- **many gateways** (section 8): no gateway process; loadgen opens G change streams with"
+  echo "  the gateway's own pipeline (\`uplink::watcher::change_stream_pipeline\`), one MongoDB client"
+  echo "  each, on a fresh mongo-double; \"broker CPU\" is the double's."
   echo "- **loadgen**: one runtime thread, raw MQTT 3.1.1 client (TCP_NODELAY on every socket),"
   echo "  256-byte payloads (valid JSON telemetry readings); latency = receive time − send time"
   echo "  written in the payload (same clock). Each broker's CPU time (/proc/PID/stat) is"

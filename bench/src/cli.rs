@@ -60,6 +60,9 @@ pub enum Scenario {
     Roundtrip(RoundtripArgs),
     /// A cloud service changes state.desired in MongoDB -> delta at the device.
     Mongochange(MongochangeArgs),
+    /// G gateways' change streams on one MongoDB: events each receives, with and without
+    /// the ownership $match.
+    Fleetwatch(FleetwatchArgs),
     /// Waits until an earlier fanin run's readings are in MongoDB (the outbox replay).
     Landed(LandedArgs),
     /// N connections held open (each subscribed to its delta); broker memory before/after.
@@ -76,6 +79,7 @@ impl Scenario {
             Scenario::Fanin(_) => "fanin",
             Scenario::Roundtrip(_) => "roundtrip",
             Scenario::Mongochange(_) => "mongochange",
+            Scenario::Fleetwatch(_) => "fleetwatch",
             Scenario::Landed(_) => "landed",
             Scenario::Idle(_) => "idle",
             Scenario::Storm(_) => "storm",
@@ -146,6 +150,26 @@ pub struct MongochangeArgs {
     /// How long to wait for late deltas after the last change (ms); with polling, more
     /// than the gateway's `poll_interval_ms`.
     #[arg(long, default_value_t = 3000)]
+    pub settle_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FleetwatchArgs {
+    #[command(flatten)]
+    pub mongo: MongoArgs,
+    /// Simulated gateways (change streams), each owning an equal share of the devices.
+    #[arg(long, default_value_t = 10)]
+    pub gateways: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub devices: usize,
+    /// Cloud changes of `state.desired`, round robin over the devices.
+    #[arg(long, default_value_t = 2000)]
+    pub changes: u64,
+    /// Watch without the ownership `$match` (what a gateway would receive without it).
+    #[arg(long)]
+    pub no_filter: bool,
+    /// How long to wait for events after the last change (ms).
+    #[arg(long, default_value_t = 5000)]
     pub settle_ms: u64,
 }
 

@@ -107,6 +107,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Scenario::Fanin(args) => scenarios::fanin::run(&ctx, args).await,
             Scenario::Roundtrip(args) => scenarios::roundtrip::run(&ctx, args).await,
             Scenario::Mongochange(args) => scenarios::mongochange::run(&ctx, args).await,
+            Scenario::Fleetwatch(args) => scenarios::fleetwatch::run(&ctx, args).await,
             Scenario::Landed(args) => scenarios::landed::run(&ctx, args).await,
             Scenario::Idle(args) => scenarios::idle::run(&ctx, args).await,
             Scenario::Storm(args) => scenarios::storm::run(&ctx, args).await,

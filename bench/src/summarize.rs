@@ -43,6 +43,7 @@ pub fn markdown(lines: &str) -> anyhow::Result<String> {
     ingest(&mut out, &uplink)?;
     outbox(&mut out, &uplink, &runs)?;
     commands(&mut out, &runs)?;
+    fleet(&mut out, &runs)?;
     Ok(out)
 }
 
@@ -412,6 +413,35 @@ fn puback(run: &Value) -> String {
         ms(num(run, "/results/puback/p50_us")),
         ms(num(run, "/results/puback/p99_us"))
     )
+}
+
+fn fleet(out: &mut String, runs: &[Value]) -> std::fmt::Result {
+    if of(runs, "fleetwatch").next().is_none() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "## 8. Many gateways on one MongoDB: change-stream events per gateway
+"
+    )?;
+    writeln!(out, "1,000 devices spread evenly over G gateways, 2,000 cloud changes of `state.desired` (round robin); G change streams with the gateway's pipeline, each on its own client. With the ownership `$match` a gateway receives only its devices' changes; without it, the whole fleet's.
+")?;
+    writeln!(out, "| gateways | ownership $match | events per gateway (mean, max) | shipped in all | all delivered after s | MongoDB CPU s |")?;
+    writeln!(out, "|---|---|---|---|---|---|")?;
+    for run in of(runs, "fleetwatch") {
+        writeln!(
+            out,
+            "| {} | {} | {}, {} | {} | {} | {} |",
+            int(num(run, "/params/gateways")),
+            text(run, "/tag"),
+            int(num(run, "/results/events_per_gateway_mean").map(f64::round)),
+            int(num(run, "/results/events_per_gateway_max")),
+            int(num(run, "/results/events_total")),
+            num(run, "/results/seconds").map_or_else(|| "–".into(), |s| format!("{s:.2}")),
+            num(run, "/cpu_broker_s").map_or_else(|| "–".into(), |v| format!("{v:.2}")),
+        )?;
+    }
+    writeln!(out)
 }
 
 fn ingest(out: &mut String, runs: &[Value]) -> std::fmt::Result {

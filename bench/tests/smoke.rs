@@ -3,7 +3,7 @@
 //! when its binary was built next to this test (`cargo test --workspace` builds it;
 //! `cargo test -p iotsphere-bench` alone may not, and then that part is skipped), and
 //! `mongochange` and `fanin --mongo` against the gateway with a mongo-double as its
-//! MongoDB when both binaries are there.
+//! MongoDB when both binaries are there, and `fleetwatch` on that double.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -231,4 +231,17 @@ fn mongochange_and_ingest_against_the_gateway_and_a_mongo_double() {
     let landed = &run["results"]["landed"];
     assert_eq!(landed["stored"], 2000, "{run}");
     assert_exactly_once(&run, landed);
+
+    // Three gateways' change streams: each gets its third of the changes, or all of them
+    // without the ownership $match.
+    for (filter, per_gateway) in [("", 20), ("--no-filter", 60)] {
+        let run = against(
+            &address,
+            "20",
+            &format!("fleetwatch --mongo {uri} --gateways 3 --devices 30 --changes 60 {filter}"),
+        );
+        let results = &run["results"];
+        assert_eq!(results["events_per_gateway_min"], per_gateway, "{run}");
+        assert_eq!(results["events_per_gateway_max"], per_gateway, "{run}");
+    }
 }

@@ -3,6 +3,7 @@
 //! what they got, and closing connections cleanly.
 
 pub mod fanin;
+pub mod fleetwatch;
 pub mod idle;
 pub mod landed;
 pub mod mongochange;
