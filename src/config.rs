@@ -131,7 +131,7 @@ impl Default for MqttSection {
             connect_timeout_ms: 5000,
             segment_bytes: 256 * 1024,
             segments: 4,
-            max_subscriptions: 32,
+            max_subscriptions: 1000,
         }
     }
 }

@@ -47,7 +47,7 @@ fn broker_closes_after(port: u16, bytes: &[u8]) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_input_leaves_the_gateway_serving_with_bounded_memory() {
-    let gateway = Gateway::start();
+    let gateway = Gateway::start_with_env("", &[("IOTSPHERE__MQTT__MAX_SUBSCRIPTIONS", "32")]);
     let mut heater = Client::connect(gateway.port, "heater-ok").await;
     heater.subscribe(&shadow_topic("heater-ok", "#")).await;
     let rss_before = gateway.rss_kib();
@@ -106,7 +106,7 @@ async fn hostile_input_leaves_the_gateway_serving_with_bounded_memory() {
         .await;
     big.expect_disconnected().await;
 
-    // mqtt.max_subscriptions (32): the 33rd distinct filter gets SUBACK failure.
+    // mqtt.max_subscriptions (32 here): the 33rd distinct filter gets SUBACK failure.
     let mut greedy = Client::connect(gateway.port, "heater-greedy").await;
     for n in 0..32 {
         greedy.subscribe(&format!("lab/filter-{n}")).await;
