@@ -268,31 +268,8 @@ async fn dropped_connections_and_a_slow_server_lose_nothing() {
         })
         .await
         .expect("fail point");
-    for i in 6..=8 {
-        heater
-            .publish(
-                "iotsphere/devices/h-fault/telemetry/temperature",
-                json(&json!({"value": i, "seq": i})),
-            )
-            .await;
-    }
-    let telemetry = mongo.db().collection::<BsonDocument>("telemetry");
-    let started = std::time::Instant::now();
-    loop {
-        let count = telemetry
-            .count_documents(doc! {"deviceId": "h-fault"})
-            .await
-            .expect("count");
-        if count == 8 {
-            break;
-        }
-        assert!(count < 8, "a reading was stored twice");
-        assert!(
-            started.elapsed() < common::WAIT * 2,
-            "only {count} of 8 readings stored"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    publish_temperatures(&heater, "h-fault", 6..=8).await;
+    wait_for_readings(&mongo, "h-fault", 8, common::WAIT * 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -675,28 +652,40 @@ async fn telemetry_in_small_delayed_batches_still_arrives_once() {
     let gateway =
         Gateway::start_with(&mongo.config("telemetry_batch = 3\ntelemetry_flush_ms = 200"));
     let heater = Client::connect(gateway.port, "h-batch").await;
-    for seq in 0..10 {
+    publish_temperatures(&heater, "h-batch", 0..=9).await;
+    wait_for_readings(&mongo, "h-batch", 10, common::WAIT).await;
+}
+
+/// Temperature readings `{"value": seq, "seq": seq}` for each `seq`, in order.
+async fn publish_temperatures(
+    heater: &Client,
+    device_id: &str,
+    seqs: std::ops::RangeInclusive<i64>,
+) {
+    let topic = format!("iotsphere/devices/{device_id}/telemetry/temperature");
+    for seq in seqs {
         heater
-            .publish(
-                "iotsphere/devices/h-batch/telemetry/temperature",
-                json(&json!({"value": 50 + seq, "seq": seq})),
-            )
+            .publish(&topic, json(&json!({"value": seq, "seq": seq})))
             .await;
     }
+}
+
+/// Waits until MongoDB holds exactly `expected` readings of the device (never more).
+async fn wait_for_readings(mongo: &Mongo, device_id: &str, expected: u64, wait: Duration) {
     let telemetry = mongo.db().collection::<BsonDocument>("telemetry");
     let started = std::time::Instant::now();
     loop {
         let stored = telemetry
-            .count_documents(doc! {"deviceId": "h-batch"})
+            .count_documents(doc! {"deviceId": device_id})
             .await
             .expect("count");
-        if stored == 10 {
-            break;
+        if stored == expected {
+            return;
         }
-        assert!(stored < 10, "duplicates: {stored}");
+        assert!(stored < expected, "a reading was stored twice: {stored}");
         assert!(
-            started.elapsed() < common::WAIT,
-            "only {stored} of 10 stored"
+            started.elapsed() < wait,
+            "only {stored} of {expected} readings stored"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
