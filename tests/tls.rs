@@ -31,35 +31,10 @@ fn tls_works_and_plain_mqtt_on_the_tls_port_does_not() {
     let _stalled = TcpStream::connect(("127.0.0.1", tls_port)).expect("stalled client");
 
     let ca = certs.path().join("ca.crt");
-    let port = tls_port.to_string();
-    let sub = Command::new("mosquitto_sub")
-        .args(["-h", "localhost", "-p", &port, "--cafile"])
-        .arg(&ca)
-        .args([
-            "-t",
-            "iotsphere/devices/heater-1/shadow/document",
-            "-C",
-            "1",
-            "-W",
-            "10",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("mosquitto_sub over TLS");
-    std::thread::sleep(Duration::from_millis(500));
-    let status = Command::new("mosquitto_pub")
-        .args(["-h", "localhost", "-p", &port, "--cafile"])
-        .arg(&ca)
-        .args([
-            "-q",
-            "1",
-            "-t",
-            "iotsphere/devices/heater-1/shadow/reported",
-            "-m",
-            r#"{"state":{"t":1}}"#,
-        ])
-        .status()
-        .expect("mosquitto_pub over TLS");
+    let document = "iotsphere/devices/heater-1/shadow/document";
+    let sub = tls_subscribe_once(tls_port, &ca, "technician", None, document);
+    let reported = "iotsphere/devices/heater-1/shadow/reported";
+    let status = tls_publish(tls_port, &ca, "heater-1", None, reported).status;
     assert!(status.success());
     let out = sub.wait_with_output().expect("sub output");
     assert!(out.status.success(), "no document over TLS");
@@ -121,15 +96,19 @@ fn a_missing_or_mismatched_certificate_stops_the_start_with_a_clear_error() {
     assert!(String::from_utf8_lossy(&mismatched.stderr).contains("do not belong together"));
 }
 
-/// mosquitto_pub over TLS as `client_id`, with `cert` = Some((certificate, key)).
-fn tls_publish(
+/// A client certificate and its key.
+type ClientCert<'a> = Option<(&'a std::path::Path, &'a std::path::Path)>;
+
+/// `mosquitto_pub` or `mosquitto_sub` (OpenSSL) to the TLS listener as `client_id`,
+/// trusting `ca`, with `cert` when given.
+fn mosquitto_tls(
+    program: &str,
     port: u16,
     ca: &std::path::Path,
     client_id: &str,
-    cert: Option<(&std::path::Path, &std::path::Path)>,
-    topic: &str,
-) -> std::process::Output {
-    let mut command = Command::new("mosquitto_pub");
+    cert: ClientCert,
+) -> Command {
+    let mut command = Command::new(program);
     command
         .args([
             "-h",
@@ -145,9 +124,38 @@ fn tls_publish(
         command.arg("--cert").arg(crt).arg("--key").arg(key);
     }
     command
+}
+
+/// mosquitto_pub of one reported state over TLS.
+fn tls_publish(
+    port: u16,
+    ca: &std::path::Path,
+    client_id: &str,
+    cert: ClientCert,
+    topic: &str,
+) -> std::process::Output {
+    mosquitto_tls("mosquitto_pub", port, ca, client_id, cert)
         .args(["-q", "1", "-t", topic, "-m", r#"{"state":{"t":1}}"#])
         .output()
         .expect("mosquitto_pub over TLS")
+}
+
+/// mosquitto_sub over TLS that prints the first message on `filter` (10 s at most); give
+/// it half a second to subscribe.
+fn tls_subscribe_once(
+    port: u16,
+    ca: &std::path::Path,
+    client_id: &str,
+    cert: ClientCert,
+    filter: &str,
+) -> std::process::Child {
+    let sub = mosquitto_tls("mosquitto_sub", port, ca, client_id, cert)
+        .args(["-t", filter, "-C", "1", "-W", "10"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub over TLS");
+    std::thread::sleep(Duration::from_millis(500));
+    sub
 }
 
 #[test]
@@ -175,33 +183,9 @@ fn mutual_tls_names_each_device_by_its_certificate() {
 
     let ca = ours("ca.crt");
     let (app_crt, app_key) = (ours("cloud-app.crt"), ours("cloud-app.key"));
-    let sub = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "localhost",
-            "-p",
-            &gateway.port.to_string(),
-            "-i",
-            "dashboard",
-        ])
-        .arg("--cafile")
-        .arg(&ca)
-        .arg("--cert")
-        .arg(&app_crt)
-        .arg("--key")
-        .arg(&app_key)
-        .args([
-            "-t",
-            "iotsphere/devices/+/shadow/document",
-            "-C",
-            "1",
-            "-W",
-            "10",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("mosquitto_sub over mTLS");
-    std::thread::sleep(Duration::from_millis(500));
+    let app = Some((app_crt.as_path(), app_key.as_path()));
+    let documents = "iotsphere/devices/+/shadow/document";
+    let sub = tls_subscribe_once(gateway.port, &ca, "dashboard", app, documents);
 
     let (heater_crt, heater_key) = (ours("heater-1.crt"), ours("heater-1.key"));
     let heater_1 = Some((heater_crt.as_path(), heater_key.as_path()));
