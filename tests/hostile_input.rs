@@ -12,16 +12,6 @@ use std::time::{Duration, Instant};
 use common::{shadow_topic, Client, Gateway};
 use rumqttc::SubscribeReasonCode;
 
-/// A CONNECT for MQTT 3.1.1, clean session, keepalive 30 s.
-fn connect_packet(client_id: &str) -> Vec<u8> {
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 30];
-    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
-    body.extend_from_slice(client_id.as_bytes());
-    let mut packet = vec![0x10, body.len() as u8];
-    packet.extend(body);
-    packet
-}
-
 /// Sends `bytes` on a fresh connection; true when the broker then closed it within 5 s.
 fn broker_closes_after(port: u16, bytes: &[u8]) -> bool {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -78,7 +68,7 @@ async fn hostile_input_leaves_the_gateway_serving_with_bounded_memory() {
     }
 
     // A QoS 0 PUBLISH whose topic is not UTF-8 (0xC3 0x28).
-    let mut bad_topic = connect_packet("heater-bad-topic");
+    let mut bad_topic = common::connect_packet("heater-bad-topic", 30);
     bad_topic.extend_from_slice(&[0x30, 6, 0, 2, 0xc3, 0x28, b'h', b'i']);
     assert!(
         broker_closes_after(gateway.port, &bad_topic),
@@ -121,7 +111,7 @@ async fn hostile_input_leaves_the_gateway_serving_with_bounded_memory() {
     for cycle in 0..500 {
         let mut stream = TcpStream::connect(("127.0.0.1", gateway.port)).expect("connect");
         stream
-            .write_all(&connect_packet(&format!("flap-{}", cycle % 50)))
+            .write_all(&common::connect_packet(&format!("flap-{}", cycle % 50), 30))
             .expect("CONNECT");
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))

@@ -564,6 +564,18 @@ pub fn http_get_with(port: u16, path: &str, headers: &str) -> (u16, String) {
     (status, body)
 }
 
+/// A raw MQTT 3.1.1 CONNECT, clean session, for `client_id`.
+pub fn connect_packet(client_id: &str, keepalive_secs: u16) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02];
+    body.extend_from_slice(&keepalive_secs.to_be_bytes());
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    let mut packet = vec![0x10];
+    remaining_length(body.len(), &mut packet);
+    packet.extend(body);
+    packet
+}
+
 /// A minimal MQTT 3.1.1 client over a blocking socket, for tests that must know exactly
 /// which QoS 1 publishes were acknowledged (PUBACK read) when the gateway is killed.
 pub struct RawClient {
@@ -590,13 +602,7 @@ impl RawClient {
         let mut stream = TcpStream::connect(("127.0.0.1", port))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         stream.set_nodelay(true)?;
-        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
-        body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
-        body.extend_from_slice(client_id.as_bytes());
-        let mut packet = vec![0x10];
-        remaining_length(body.len(), &mut packet);
-        packet.extend(body);
-        stream.write_all(&packet)?;
+        stream.write_all(&connect_packet(client_id, 60))?;
         let mut connack = [0u8; 4];
         stream.read_exact(&mut connack)?;
         if connack != [0x20, 2, 0, 0] {
