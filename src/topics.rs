@@ -23,7 +23,8 @@ pub enum ShadowTopic {
 }
 
 impl ShadowTopic {
-    const ALL: [ShadowTopic; 7] = [
+    /// Every kind, in the order of DESIGN.md §5.
+    pub const ALL: [ShadowTopic; 7] = [
         ShadowTopic::Reported,
         ShadowTopic::Desired,
         ShadowTopic::Get,

@@ -9,16 +9,6 @@
 use iotsphere_gateway::topics::{is_valid_id, Route, ShadowTopic, TopicError, Topics};
 use libfuzzer_sys::fuzz_target;
 
-const KINDS: [ShadowTopic; 7] = [
-    ShadowTopic::Reported,
-    ShadowTopic::Desired,
-    ShadowTopic::Get,
-    ShadowTopic::Delete,
-    ShadowTopic::Delta,
-    ShadowTopic::Document,
-    ShadowTopic::Rejected,
-];
-
 // Input: one flags byte (bit 0: the root `site/7`, a root of several levels, instead of
 // `iotsphere`; bits 1-7: the shadow kind), then the topic, which is also the device id
 // candidate for the round trip when it holds no `/`. Seeds stay readable this way.
@@ -45,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
     if text.contains('/') {
         return; // another topic shape altogether; covered by 1.
     }
-    let kind = KINDS[usize::from(flags >> 1) % KINDS.len()];
+    let kind = ShadowTopic::ALL[usize::from(flags >> 1) % ShadowTopic::ALL.len()];
     let topic = topics.shadow(text, kind);
     let parsed = topics.parse(&topic);
     if is_valid_id(text) {
