@@ -607,18 +607,7 @@ impl ShadowService {
             document: None,
         })?;
         let token = request.client_token.as_deref();
-        let payload = DeletedPayload {
-            deleted: true,
-            version,
-        };
-        out.push(self.replies.publication(
-            device_id,
-            ShadowTopic::Document,
-            encoding,
-            token,
-            &payload,
-            false,
-        ));
+        out.push(self.replies.deleted(device_id, encoding, token, version));
         if shadow::delta(previous.unwrap_or(&Document::default())).is_some() {
             out.push(self.replies.clear_delta(device_id));
         }
@@ -690,6 +679,21 @@ impl Replies {
         self.envelope(topic, encoding, None, "command.request", request, false)
     }
 
+    /// The answer to a delete, on the document topic.
+    fn deleted(
+        &self,
+        device_id: &str,
+        encoding: Encoding,
+        token: Option<&str>,
+        version: u64,
+    ) -> Outgoing {
+        let payload = DeletedPayload {
+            deleted: true,
+            version,
+        };
+        self.document_publication(device_id, encoding, token, &payload)
+    }
+
     /// The whole document, the reply to every accepted request.
     fn document(
         &self,
@@ -702,12 +706,23 @@ impl Replies {
             document,
             client_token: token,
         };
+        self.document_publication(device_id, encoding, token, &payload)
+    }
+
+    /// On `shadow/document`, not retained.
+    fn document_publication<P: Serialize>(
+        &self,
+        device_id: &str,
+        encoding: Encoding,
+        token: Option<&str>,
+        payload: &P,
+    ) -> Outgoing {
         self.publication(
             device_id,
             ShadowTopic::Document,
             encoding,
             token,
-            &payload,
+            payload,
             false,
         )
     }
