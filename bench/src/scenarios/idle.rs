@@ -12,8 +12,6 @@ use tokio::time::sleep;
 
 use super::{close_all, Ctx};
 use crate::cli::IdleArgs;
-use crate::mqtt::Connection;
-use crate::pool;
 use crate::procfs::{self, Memory};
 use crate::report::{Errors, Outcome};
 
@@ -49,17 +47,7 @@ pub async fn run(ctx: &Ctx, args: &IdleArgs) -> anyhow::Result<Outcome> {
 
     let before = procfs::memory(pid)?;
     let started = Instant::now();
-    let opened = pool::open_all(count, ctx.connect_concurrency, |i| {
-        let id = ctx.device_id("idle", i);
-        let topic = ctx.shadow_topic(&id, "delta");
-        let options = ctx.connect.clone();
-        async move {
-            let mut conn = Connection::open(&id, &options).await?;
-            conn.subscribe(&topic, 1).await?;
-            Ok(conn)
-        }
-    })
-    .await;
+    let opened = super::open_devices(ctx, "idle", count, 1, None).await;
     let connect_s = started.elapsed().as_secs_f64();
     let mut conns = Vec::with_capacity(count);
     for (i, conn) in opened.into_iter().enumerate() {

@@ -152,6 +152,34 @@ pub struct Listeners {
     stop: watch::Sender<bool>,
 }
 
+/// Connects `devices` devices (ids `ctx.device_id(kind, i)`), `connect_concurrency` at a
+/// time; each subscribes to its own delta with `qos` and, with `reported`, publishes that
+/// reported state (QoS 0). One result per device, in order.
+pub async fn open_devices(
+    ctx: &Ctx,
+    kind: &str,
+    devices: usize,
+    qos: u8,
+    reported: Option<&[u8]>,
+) -> Vec<anyhow::Result<Connection>> {
+    pool::open_all(devices, ctx.connect_concurrency, |i| {
+        let id = ctx.device_id(kind, i);
+        let delta = ctx.shadow_topic(&id, "delta");
+        let report = reported.map(|state| (ctx.shadow_topic(&id, "reported"), state.to_vec()));
+        let options = ctx.connect.clone();
+        async move {
+            let mut conn = Connection::open(&id, &options).await?;
+            conn.subscribe(&delta, qos).await?;
+            if let Some((topic, state)) = report {
+                conn.queue_publish(&topic, &state, 0, false);
+                conn.flush().await?;
+            }
+            Ok(conn)
+        }
+    })
+    .await
+}
+
 impl Listeners {
     /// Connects `devices` devices (ids `ctx.device_id(kind, i)`), subscribes each to its
     /// delta with `qos` and, with `reported`, publishes that reported state (QoS 0); then
@@ -164,22 +192,7 @@ impl Listeners {
         reported: Option<&[u8]>,
         errors: &mut Errors,
     ) -> Listeners {
-        let opened = pool::open_all(devices, ctx.connect_concurrency, |i| {
-            let id = ctx.device_id(kind, i);
-            let delta = ctx.shadow_topic(&id, "delta");
-            let report = reported.map(|state| (ctx.shadow_topic(&id, "reported"), state.to_vec()));
-            let options = ctx.connect.clone();
-            async move {
-                let mut conn = Connection::open(&id, &options).await?;
-                conn.subscribe(&delta, qos).await?;
-                if let Some((topic, state)) = report {
-                    conn.queue_publish(&topic, &state, 0, false);
-                    conn.flush().await?;
-                }
-                Ok(conn)
-            }
-        })
-        .await;
+        let opened = open_devices(ctx, kind, devices, qos, reported).await;
         let (seen_tx, seen) = mpsc::unbounded_channel();
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();

@@ -17,7 +17,6 @@ use super::{
 };
 use crate::cli::StormArgs;
 use crate::mqtt::{Connection, Incoming};
-use crate::pool;
 use crate::report::{Errors, Outcome};
 use crate::stats::{now_ns, Latency, LatencySummary, Pacer};
 
@@ -61,17 +60,7 @@ pub async fn run(ctx: &Ctx, args: &StormArgs) -> anyhow::Result<Outcome> {
     let mut errors = Errors::default();
 
     // Phase 0: every device connects and subscribes once, then goes away.
-    let opened = pool::open_all(devices, ctx.connect_concurrency, |i| {
-        let id = ids[i].clone();
-        let topic = ctx.shadow_topic(&id, "delta");
-        let options = ctx.connect.clone();
-        async move {
-            let mut conn = Connection::open(&id, &options).await?;
-            conn.subscribe(&topic, 1).await?;
-            Ok(conn)
-        }
-    })
-    .await;
+    let opened = super::open_devices(ctx, "storm", devices, 1, None).await;
     let mut conns = Vec::new();
     for (i, conn) in opened.into_iter().enumerate() {
         match conn {
