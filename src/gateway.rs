@@ -286,14 +286,10 @@ pub async fn run(
         metrics: metrics.clone(),
         started,
     };
-    // The first status goes to the router before the listeners open, so the very first
-    // client to subscribe finds it retained.
-    let mut system_link = broker.link("iotsphere:system")?;
-    system_link.publish_all([replies.system_status(&health.summary().await)])?;
     let notifier = Notifier::from_env();
     // Started after READY=1 (below): systemd must hear READY before the first WATCHDOG.
-    let system_task = SystemTask {
-        link: system_link,
+    let mut system_task = SystemTask {
+        link: broker.link("iotsphere:system")?,
         replies: replies.clone(),
         topics: topics.clone(),
         health: health.clone(),
@@ -301,6 +297,8 @@ pub async fn run(
         notifier: notifier.clone(),
         open_alerts,
     };
+    // Before the listeners open, so the very first client to subscribe finds it retained.
+    system_task.publish_status().await;
     let http_addr = if config.http.listen.is_empty() {
         None
     } else {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rumqttd::Notification;
 use serde::Serialize;
 use tokio::sync::watch;
-use tokio::time::{interval, Interval, MissedTickBehavior};
+use tokio::time::{interval, interval_at, Interval, MissedTickBehavior};
 
 use crate::alerts::OpenAlerts;
 use crate::batch::{self, BatchStatus};
@@ -55,7 +55,11 @@ pub struct SystemTask {
 
 impl SystemTask {
     pub async fn run(mut self) {
-        let mut status = interval(STATUS_INTERVAL);
+        // The first status went out before the listeners opened (`publish_status`).
+        let mut status = interval_at(
+            tokio::time::Instant::now() + STATUS_INTERVAL,
+            STATUS_INTERVAL,
+        );
         let mut batch = interval(batch::CHECK_INTERVAL);
         let mut last_batch: Option<(BatchStatus, Instant)> = None;
         let mut metrics = metrics_interval(&self.config.borrow_and_update());
@@ -66,10 +70,7 @@ impl SystemTask {
             .map(ticker);
         loop {
             tokio::select! {
-                _ = status.tick() => {
-                    let summary = self.health.summary().await;
-                    self.publish(self.replies.system_status(&summary), "system/status");
-                }
+                _ = status.tick() => self.publish_status().await,
                 _ = tick(&mut metrics) => {
                     let summary = self.metrics_summary().await;
                     self.publish(self.replies.system_metrics(&summary), "system/metrics");
@@ -101,6 +102,13 @@ impl SystemTask {
             &self.health.metrics.connected_client_ids(),
             self.open_alerts.get(),
         )
+    }
+
+    /// The retained `system/status` now. The gateway calls it once before its listeners
+    /// open, so the very first client to subscribe finds it retained.
+    pub async fn publish_status(&mut self) {
+        let summary = self.health.summary().await;
+        self.publish(self.replies.system_status(&summary), "system/status");
     }
 
     fn publish(&mut self, message: crate::service::Outgoing, what: &str) {
