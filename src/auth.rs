@@ -383,7 +383,7 @@ impl Access {
         );
         let session = self.session(client_id);
         let allowed = !gateway_only
-            && match session.as_ref().map(|(role, _)| role.clone()) {
+            && match session.as_ref().map(|(role, _)| role) {
                 Some(Role::Device(id)) => match route {
                     Ok(Route::Shadow { device_id, kind }) => {
                         device_id == id && matches!(kind, ShadowTopic::Reported | ShadowTopic::Get)
@@ -392,10 +392,10 @@ impl Access {
                     | Ok(Route::CommandResponse { device_id }) => device_id == id,
                     _ => false,
                 },
-                Some(Role::Service(name)) => self.service_is(&name, |s| {
+                Some(Role::Service(name)) => self.service_is(name, |s| {
                     s.publish.iter().any(|filter| filter_matches(filter, topic))
                 }),
-                Some(Role::User(id)) => route == Ok(Route::UserPreferences { user_id: &id }),
+                Some(Role::User(id)) => route == Ok(Route::UserPreferences { user_id: id }),
                 None => false,
             };
         if !allowed {
@@ -411,17 +411,17 @@ impl Access {
             return true;
         }
         let session = self.session(client_id);
-        let allowed = match session.as_ref().map(|(role, _)| role.clone()) {
-            Some(Role::Device(id)) => {
-                let own = format!("{}/devices/{id}/", self.inner.topics.root());
-                filter.starts_with(&own) && !filter[..own.len()].contains(['+', '#'])
-            }
-            Some(Role::Service(name)) => self.service_is(&name, |s| {
+        let allowed = match session.as_ref().map(|(role, _)| role) {
+            Some(Role::Device(id)) => under_without_wildcard(
+                filter,
+                &format!("{}/devices/{id}/", self.inner.topics.root()),
+            ),
+            Some(Role::Service(name)) => self.service_is(name, |s| {
                 s.subscribe
                     .iter()
                     .any(|allowed| filter_covers(allowed, filter))
             }),
-            Some(Role::User(id)) => self.user_may_subscribe(&id, filter),
+            Some(Role::User(id)) => self.user_may_subscribe(id, filter),
             None => false,
         };
         if !allowed {
@@ -437,10 +437,7 @@ impl Access {
     /// `document`, `delta` and telemetry (no wildcard in place of the device).
     fn user_may_subscribe(&self, user_id: &str, filter: &str) -> bool {
         let root = self.inner.topics.root();
-        let no_wildcard_before = |prefix: &str| {
-            filter.starts_with(prefix) && !filter[..prefix.len()].contains(['+', '#'])
-        };
-        if no_wildcard_before(&format!("{root}/users/{user_id}/")) {
+        if under_without_wildcard(filter, &format!("{root}/users/{user_id}/")) {
             return true;
         }
         let Some(rest) = filter.strip_prefix(&format!("{root}/devices/")) else {
@@ -462,6 +459,11 @@ fn by_name(services: &[ServiceRole]) -> HashMap<String, ServiceRole> {
         .iter()
         .map(|s| (s.name.clone(), s.clone()))
         .collect()
+}
+
+/// Is `filter` under `prefix`, with no wildcard standing in for any level of `prefix`?
+fn under_without_wildcard(filter: &str, prefix: &str) -> bool {
+    filter.starts_with(prefix) && !filter[..prefix.len()].contains(['+', '#'])
 }
 
 /// MQTT topic matching: does `filter` match `topic`?
