@@ -88,22 +88,25 @@ pub async fn run(
                         next_due = earliest(next_due, due);
                     }
                 }
-                () = sleep_until_due(next_due, RESCAN_INTERVAL) => {
-                    next_due = dispatch_pending(db, store, sink).await?;
-                }
-                () = listeners.notified() => {
+                () = next_scan(next_due, RESCAN_INTERVAL, &listeners) => {
                     next_due = dispatch_pending(db, store, sink).await?;
                 }
             }
         }
     } else {
         loop {
-            tokio::select! {
-                () = sleep_until_due(next_due, poll_interval) => {}
-                () = listeners.notified() => {}
-            }
+            next_scan(next_due, poll_interval, &listeners).await;
             next_due = dispatch_pending(db, store, sink).await?;
         }
+    }
+}
+
+/// Until the next scan of pending commands: a scheduled one is due, `cap` has passed, or
+/// a device subscribed to its command topic.
+async fn next_scan(due: Option<DateTime>, cap: Duration, listeners: &Notify) {
+    tokio::select! {
+        () = sleep_until_due(due, cap) => {}
+        () = listeners.notified() => {}
     }
 }
 
