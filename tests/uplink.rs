@@ -13,6 +13,22 @@ fn shadows(mongo: &Mongo) -> mongodb::Collection<BsonDocument> {
     mongo.db().collection("shadows")
 }
 
+/// A mongo-double keeping only 20 change events; `None` (the test is skipped, saying
+/// `why`) when the tests run against a real MongoDB (`MONGODB_URI`).
+async fn small_oplog_double(why: &str) -> Option<Mongo> {
+    if std::env::var("MONGODB_URI").is_ok() {
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    Some(
+        Mongo::start_double(mongo_double::Options {
+            oplog_size: 20,
+            ..Default::default()
+        })
+        .await,
+    )
+}
+
 /// The first delta (retained or live) whose targetTemp is `target`, skipping older ones.
 async fn delta_with_target(heater: &mut Client, target: i64) -> serde_json::Value {
     let started = std::time::Instant::now();
@@ -130,15 +146,11 @@ async fn a_desired_change_made_while_the_gateway_was_down_is_delivered_after_res
 
 #[tokio::test(flavor = "multi_thread")]
 async fn history_lost_triggers_a_resync() {
-    if std::env::var("MONGODB_URI").is_ok() {
-        eprintln!("skipped: needs a small oplog, only the double can provide it on demand");
+    let Some(mongo) =
+        small_oplog_double("needs a small oplog, only the double can provide it on demand").await
+    else {
         return;
-    }
-    let mongo = Mongo::start_double(mongo_double::Options {
-        oplog_size: 20,
-        ..Default::default()
-    })
-    .await;
+    };
     let mut gateway = Gateway::start_with(&mongo.config(""));
     let heater = reported_device(&gateway, &mongo, "h-lost").await;
     shadows(&mongo)
@@ -487,15 +499,11 @@ async fn presence_is_kept_in_the_shadow() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn desired_changed_on_both_sides_while_apart_is_merged() {
-    if std::env::var("MONGODB_URI").is_ok() {
-        eprintln!("skipped: needs the double's small oplog and per-client fail points");
+    let Some(mongo) =
+        small_oplog_double("needs the double's small oplog and per-client fail points").await
+    else {
         return;
-    }
-    let mongo = Mongo::start_double(mongo_double::Options {
-        oplog_size: 20,
-        ..Default::default()
-    })
-    .await;
+    };
     let mut gateway = Gateway::start_with(&mongo.config(""));
     let mut heater = reported_device(&gateway, &mongo, "h-both").await;
     // From now on the gateway's writes fail (its appName); the cloud's do not.
