@@ -22,7 +22,7 @@ use tokio::sync::{watch, Notify};
 use crate::alerts::{self, AlertRule, AlertTask, Engine, OpenAlerts};
 use crate::auth::{Access, AuthError};
 use crate::bridge::{Bridge, BridgeError, BRIDGE_CLIENT_ID};
-use crate::broker::hook::{GatewayHook, SubscriptionLimit};
+use crate::broker::hook::{GatewayHook, StepDown, SubscriptionLimit};
 use crate::broker::{self, BrokerError, EmbeddedBroker, GatewayLink};
 use crate::config::{AuthMode, GatewayConfig};
 use crate::http::{self, HealthState, StoreProbe};
@@ -36,7 +36,7 @@ use crate::store::{ShadowStore, StoreError};
 use crate::system::SystemTask;
 use crate::systemd::Notifier;
 use crate::topics::Topics;
-use crate::uplink::{self, CommandRequest, CommandSink, UplinkError};
+use crate::uplink::{self, CommandRequest, CommandSink, LeaseState, UplinkError};
 use crate::users::Directory;
 
 /// Longest time shutdown waits for the link loop's last batch.
@@ -194,6 +194,11 @@ pub async fn run(
         let (bridge, capture) = Bridge::new(&config, store.db())?;
         (Some(bridge), Some(capture))
     };
+    // This gateway's role in its active/standby pair: the lease task (uplink) decides it,
+    // the broker refuses clients as a standby, the system task lets them go on a step-down.
+    let (lease, lease_role) = watch::channel(LeaseState::default());
+    let lease_role = (uplink_enabled && !config.mongodb.lease.is_empty()).then_some(lease_role);
+    let step_down = StepDown::default();
     let hook: Arc<dyn PublishHook> = Arc::new(GatewayHook {
         topics: topics.clone(),
         metrics: metrics.clone(),
@@ -203,8 +208,10 @@ pub async fn run(
         alerts: alert_feed,
         bridge: capture,
         command_listeners: command_listeners.clone(),
+        step_down: step_down.clone(),
     });
-    let (broker, mut link) = EmbeddedBroker::new(&config.mqtt, Some(hook), access.clone())?;
+    let (broker, mut link) =
+        EmbeddedBroker::new(&config.mqtt, Some(hook), access.clone(), lease_role.clone())?;
     for filter in service.request_filters() {
         link.subscribe(&filter)?;
     }
@@ -235,13 +242,12 @@ pub async fn run(
             }
             Some(
                 uplink::start(
-                    &config.mongodb,
-                    &config.gateway.id,
+                    &config,
                     store.clone(),
                     outbox,
-                    config.outbox.replay_rate,
                     Box::new(commands),
                     users.clone(),
+                    lease,
                 )
                 .await?,
             )
@@ -296,6 +302,8 @@ pub async fn run(
         config: running_rx,
         notifier: notifier.clone(),
         open_alerts,
+        lease: lease_role,
+        step_down,
     };
     // Before the listeners open, so the very first client to subscribe finds it retained.
     system_task.publish_status().await;

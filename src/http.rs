@@ -107,6 +107,9 @@ pub struct Health {
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
     uplink: UplinkMode,
+    /// `active`, `standby` or `undecided` in an active/standby pair; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease: Option<&'static str>,
     shadows: usize,
     connected_clients: i64,
     outbox_items: usize,
@@ -139,12 +142,13 @@ impl HealthState {
     /// The summary, with the store probed (rate-limited).
     pub async fn summary(&self) -> Health {
         let store = self.probe.check().await;
-        let (uplink, outbox_items) = match &self.uplink {
+        let (uplink, lease, outbox_items) = match &self.uplink {
             Some((status, outbox)) => {
                 let stats = outbox.stats();
-                (status.report().mode, stats.items + stats.shadows)
+                let report = status.report();
+                (report.mode, report.lease, stats.items + stats.shadows)
             }
-            None => (UplinkMode::Offline, 0),
+            None => (UplinkMode::Offline, None, 0),
         };
         Health {
             status: if store.is_ok() { "ok" } else { "unavailable" },
@@ -156,6 +160,7 @@ impl HealthState {
             },
             reason: store.err().map(|e| format!("store: {e}")),
             uplink,
+            lease,
             shadows: self.store.len(),
             connected_clients: self.metrics.connected_clients(),
             outbox_items,

@@ -243,6 +243,15 @@ impl ShadowService {
                 self.import(&device_id, shadow.map(|s| *s), out)
             }
             FromCloud::Released { device_id } => self.release(&device_id, out),
+            FromCloud::ShutOut { device_id } => {
+                let dropped = self.parked.remove(&device_id).map_or(0, |p| p.len());
+                tracing::warn!(
+                    device_id,
+                    dropped,
+                    "requests dropped: the device is served by the active gateway of this pair"
+                );
+                Ok(())
+            }
         }
     }
 

@@ -17,12 +17,14 @@ use tokio::time::{interval, interval_at, Interval, MissedTickBehavior};
 
 use crate::alerts::OpenAlerts;
 use crate::batch::{self, BatchStatus};
+use crate::broker::hook::StepDown;
 use crate::broker::GatewayLink;
 use crate::config::GatewayConfig;
 use crate::http::HealthState;
 use crate::service::Replies;
 use crate::systemd::{self, Notifier};
 use crate::topics::Topics;
+use crate::uplink::{LeaseRole, LeaseState};
 
 /// How often the retained `system/status` summary is refreshed.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(30);
@@ -51,6 +53,9 @@ pub struct SystemTask {
     /// `Some` under systemd with `Type=notify`.
     pub notifier: Option<Notifier>,
     pub open_alerts: OpenAlerts,
+    /// This gateway's role in its active/standby pair, when in one.
+    pub lease: Option<watch::Receiver<LeaseState>>,
+    pub step_down: StepDown,
 }
 
 impl SystemTask {
@@ -85,6 +90,15 @@ impl SystemTask {
                         self.publish(self.replies.batch_status(&now), "devices/batch/status");
                         last_batch = Some((now, Instant::now()));
                     }
+                }
+                changed = lease_changed(&mut self.lease) => {
+                    match changed {
+                        Some(LeaseRole::Standby) => self.step_down.request(),
+                        Some(_) => {}
+                        None => self.lease = None,
+                    }
+                    // Also wakes the router, which then lets the clients go.
+                    self.publish_status().await;
                 }
                 changed = self.config.changed() => {
                     if changed.is_err() {
@@ -180,6 +194,18 @@ fn ticker(period: Duration) -> Interval {
 fn metrics_interval(config: &GatewayConfig) -> Option<Interval> {
     let secs = config.gateway.metrics_interval_secs;
     (secs > 0).then(|| ticker(Duration::from_secs(secs)))
+}
+
+/// The role after the next change of the lease; never without a pair; None once the
+/// lease task is gone.
+async fn lease_changed(lease: &mut Option<watch::Receiver<LeaseState>>) -> Option<LeaseRole> {
+    match lease {
+        Some(lease) => {
+            lease.changed().await.ok()?;
+            Some(lease.borrow_and_update().role)
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// The next tick, or never when off.

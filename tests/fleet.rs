@@ -175,8 +175,20 @@ async fn only_gw_b_serves_the_mover(device: &mut Client, observer_a: &mut Client
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_moved_device_is_claimed_and_served_by_its_new_gateway_only() {
+    a_device_moves_away_from_gw_a("").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_polling_gateway_lets_a_moved_device_go_too() {
+    a_device_moves_away_from_gw_a("change_streams = \"off\"").await;
+}
+
+/// "mover" moves from `gw-a` (with this `[mongodb]` extra) to `gw-b`: claimed there,
+/// released by gw-a (its retained delta cleared), served by gw-b only.
+async fn a_device_moves_away_from_gw_a(gw_a_mongodb: &str) {
     let mongo = Mongo::start().await;
-    let gw_a = gateway(&mongo, "gw-a");
+    let mut gw_a = Gateway::configure(&mongo.config(gw_a_mongodb));
+    gw_a.spawn(&[("IOTSPHERE__GATEWAY__ID", "gw-a")]);
     let gw_b = gateway(&mongo, "gw-b");
     wait_until_watching(&gw_a, &mongo, "probe-a", "gw-a").await;
     wait_until_watching(&gw_b, &mongo, "probe-b", "gw-b").await;
@@ -219,25 +231,55 @@ async fn a_gateway_down_during_the_handover_lets_go_when_it_is_back() {
     only_gw_b_serves_the_mover(&mut device, &mut observer_a, &mongo).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_standby_takes_the_devices_when_the_active_gateway_dies() {
-    const TTL: Duration = Duration::from_millis(2000);
-    let mongo = Mongo::start().await;
-    let pair = mongo.config(&format!(
+/// Lease time of the pair tests.
+const TTL: Duration = Duration::from_millis(2000);
+
+/// Until `/health/uplink` shows this role in the pair.
+async fn wait_for_lease_role(gateway: &Gateway, role: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let (status, body) = common::http_get(gateway.http_port, "/health/uplink");
+        let report: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if status == 200 && report["lease"] == role && report["connected"] == true {
+            return;
+        }
+        assert!(started.elapsed() < common::WAIT, "never {role}: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn assert_unavailable(gateway: &Gateway, client_id: &str) {
+    let refused = Client::try_connect(gateway.port, client_id, true, None).await;
+    let error = refused.err().expect("the standby refuses clients");
+    assert!(error.contains("ServiceUnavailable"), "{error}");
+}
+
+/// `gw-a` active (it created the lease), `gw-b` its standby.
+async fn pair(mongo: &Mongo) -> (Gateway, Gateway) {
+    let config = mongo.config(&format!(
         "lease = \"site-1\"\nlease_ttl_ms = {}",
         TTL.as_millis()
     ));
-    let mut active = Gateway::configure(&pair);
+    let mut active = Gateway::configure(&config);
     active.spawn(&[("IOTSPHERE__GATEWAY__ID", "gw-a")]);
     mongo
         .wait_for("leases", doc! {"_id": "site-1"}, |d| {
             d.get_str("holder") == Ok("gw-a")
         })
         .await;
-    let mut standby = Gateway::configure(&pair);
+    let mut standby = Gateway::configure(&config);
     standby.spawn(&[("IOTSPHERE__GATEWAY__ID", "gw-b")]);
+    (active, standby)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_standby_takes_the_devices_when_the_active_gateway_dies() {
+    let mongo = Mongo::start().await;
+    let (mut active, standby) = pair(&mongo).await;
     wait_until_watching(&active, &mongo, "probe-a", "gw-a").await;
-    wait_until_watching(&standby, &mongo, "probe-b", "gw-b").await;
+    wait_for_lease_role(&standby, "standby").await;
+    // A device that tries the standby first is sent on: "server unavailable".
+    assert_unavailable(&standby, "mover").await;
     mover_with_pending_delta(&active, &mongo).await;
 
     active.kill9();
@@ -249,6 +291,7 @@ async fn the_standby_takes_the_devices_when_the_active_gateway_dies() {
         .await;
     let took = killed.elapsed();
     assert!(took < TTL, "the standby took {took:?}, more than {TTL:?}");
+    wait_for_lease_role(&standby, "active").await;
     let lease = mongo
         .wait_for("leases", doc! {"_id": "site-1"}, |_| true)
         .await;
@@ -263,6 +306,87 @@ async fn the_standby_takes_the_devices_when_the_active_gateway_dies() {
     set_desired(&mongo, "mover", 75).await;
     expect_delta(&mut device, 75).await;
     device.expect_none("/shadow/delta", QUIET).await;
+}
+
+/// A device configured with both gateways' addresses: it takes the first that accepts it.
+async fn connect_to_either(gateways: [&Gateway; 2], client_id: &str) -> (Client, u16) {
+    let started = std::time::Instant::now();
+    loop {
+        for gateway in gateways {
+            if let Ok(client) = Client::try_connect(gateway.port, client_id, true, None).await {
+                return (client, gateway.port);
+            }
+        }
+        assert!(
+            started.elapsed() < common::WAIT,
+            "no gateway took {client_id}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_active_steps_down_and_its_late_writes_are_fenced() {
+    let mongo = Mongo::start().await;
+    let (active, standby) = pair(&mongo).await;
+    wait_for_lease_role(&active, "active").await;
+    wait_for_lease_role(&standby, "standby").await;
+    let mut device = reported_device(&active, &mongo, "stalled", "gw-a").await;
+
+    // The active freezes (SIGSTOP: a hung SD card, a paused VM) for longer than the TTL.
+    active.signal("STOP");
+    let taken = mongo
+        .wait_for("shadows", doc! {"_id": "stalled"}, |d| {
+            d.get_str("gatewayId") == Ok("gw-b")
+        })
+        .await;
+    assert_eq!(
+        taken.get_document("lease").ok(),
+        Some(&doc! {"name": "site-1", "epoch": 2_i64}),
+        "the takeover stamps the new epoch"
+    );
+    // A report sent meanwhile waits in the frozen gateway's socket.
+    device
+        .publish(
+            &shadow_topic("stalled", "reported"),
+            json(&json!({"state": {"targetTemp": 99}})),
+        )
+        .await;
+    active.signal("CONT");
+
+    // It steps down: lets its clients go and refuses them from then on.
+    device.expect_disconnected().await;
+    wait_for_lease_role(&active, "standby").await;
+    assert_unavailable(&active, "stalled").await;
+    // Its late write never reached MongoDB, nor did it take the device back.
+    tokio::time::sleep(QUIET).await;
+    let after = mongo
+        .wait_for("shadows", doc! {"_id": "stalled"}, |_| true)
+        .await;
+    assert_eq!(after.get_str("gatewayId"), Ok("gw-b"));
+    assert_eq!(after.get_i64("version"), Ok(1), "{after}");
+    assert_eq!(
+        after.get_document("lease").ok(),
+        Some(&doc! {"name": "site-1", "epoch": 2_i64})
+    );
+
+    // The device, which knows both addresses, lands on the new active and is served.
+    let (mut device, port) = connect_to_either([&active, &standby], "stalled").await;
+    assert_eq!(port, standby.port);
+    device.subscribe(&shadow_topic("stalled", "+")).await;
+    device
+        .publish(
+            &shadow_topic("stalled", "reported"),
+            json(&json!({"state": {"targetTemp": 60}})),
+        )
+        .await;
+    let document = device.expect("/shadow/document").await.payload_json();
+    assert_eq!(document["version"], 2);
+    mongo
+        .wait_for("shadows", doc! {"_id": "stalled"}, |d| {
+            d.get_i64("version") == Ok(2) && d.get_str("gatewayId") == Ok("gw-b")
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -317,4 +441,69 @@ async fn a_shadow_mongodb_holds_for_a_gateway_but_its_store_lost_is_imported() {
             d.get_i64("version") == Ok(8)
         })
         .await;
+}
+
+/// Names of the indexes on `collection` (empty while it does not exist).
+async fn index_names(mongo: &Mongo, collection: &str) -> Vec<String> {
+    use futures_util::TryStreamExt;
+    match mongo
+        .db()
+        .collection::<BsonDocument>(collection)
+        .list_indexes()
+        .await
+    {
+        Ok(cursor) => cursor
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|index| index.options.and_then(|o| o.name))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Until the gateway's query indexes exist.
+async fn wait_for_query_indexes(mongo: &Mongo) {
+    let wanted = [
+        ("shadows", "gatewayId_updatedAt"),
+        ("commands", "status_deviceId_createdAt"),
+        ("telemetry", "deviceId_ts"),
+    ];
+    let started = std::time::Instant::now();
+    for (collection, name) in wanted {
+        while !index_names(mongo, collection)
+            .await
+            .iter()
+            .any(|n| n == name)
+        {
+            assert!(
+                started.elapsed() < common::WAIT,
+                "no {name} on {collection}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_creates_the_indexes_its_queries_need_at_every_start() {
+    let mongo = Mongo::start().await;
+    let mut gw_a = gateway(&mongo, "gw-a");
+    wait_for_query_indexes(&mongo).await;
+    assert!(gw_a.terminate().success());
+    // Again, as every gateway of a fleet does at its start: nothing fails, nothing doubles.
+    let before: Vec<_> = index_names(&mongo, "commands").await;
+    gw_a.spawn(&[("IOTSPHERE__GATEWAY__ID", "gw-a")]);
+    let gw_b = gateway(&mongo, "gw-b");
+    wait_until_watching(&gw_b, &mongo, "probe-b", "gw-b").await;
+    wait_until_watching(&gw_a, &mongo, "probe-a", "gw-a").await;
+    assert_eq!(index_names(&mongo, "commands").await, before);
+    for gateway in [&gw_a, &gw_b] {
+        assert!(
+            !gateway.log().contains("could not create an index"),
+            "{}",
+            gateway.log()
+        );
+    }
 }

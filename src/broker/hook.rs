@@ -6,6 +6,7 @@
 //! per-client limit.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -32,6 +33,22 @@ pub struct GatewayHook {
     pub bridge: Option<Capture>,
     /// Told when a device subscribes to its own command topic (commands waiting for it).
     pub command_listeners: Arc<Notify>,
+    pub step_down: StepDown,
+}
+
+/// Asked for when this gateway became the standby of its pair: at its next iteration the
+/// router disconnects every client, so devices go to the active gateway.
+#[derive(Debug, Clone, Default)]
+pub struct StepDown(Arc<AtomicBool>);
+
+impl StepDown {
+    pub fn request(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    fn take(&self) -> bool {
+        self.0.swap(false, Ordering::AcqRel)
+    }
 }
 
 /// `mqtt.max_subscriptions`: distinct filters per connection. rumqttd keeps a commit log
@@ -132,6 +149,18 @@ impl PublishHook for GatewayHook {
         if let Some(ingest) = &self.ingest {
             ingest.on_connection(client_id, connected);
         }
+    }
+
+    fn disconnections(&self) -> Vec<String> {
+        if !self.step_down.take() {
+            return Vec::new();
+        }
+        let clients = self.metrics.connected_client_ids();
+        tracing::warn!(
+            clients = clients.len(),
+            "standby: disconnecting every client (they reconnect to the active gateway)"
+        );
+        clients
     }
 
     fn on_subscribe(&self, client_id: &str, filter: &str) -> bool {

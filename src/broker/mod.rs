@@ -16,13 +16,15 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rumqttd::protocol::{Packet, Publish};
 use rumqttd::{
-    Broker, ConnectRequest, ConnectionSettings, PublishHook, PublishHookHandle, RouterConfig,
-    ServerSettings, TlsConfig,
+    Broker, ConnectRequest, ConnectVerdict, ConnectionSettings, PublishHook, PublishHookHandle,
+    RouterConfig, ServerSettings, TlsConfig,
 };
+use tokio::sync::watch;
 
 use crate::auth::{admit_anonymous, Access, ConnectAttempt};
 use crate::config::MqttSection;
 use crate::service::Outgoing;
+use crate::uplink::{LeaseRole, LeaseState};
 
 /// Messages the router hands a connection per scheduling round before it must ask for more.
 const MAX_OUTGOING_PACKET_COUNT: u64 = 200;
@@ -68,11 +70,13 @@ impl EmbeddedBroker {
     /// Starts the router and returns the gateway's link. Listen addresses are checked here,
     /// so a port already in use is a clear startup error, not a listener thread that died.
     /// `hook` sees every PUBLISH in the router before it is routed or acknowledged; with
-    /// `access`, CONNECT requires a username and password (checked off the I/O thread).
+    /// `access`, CONNECT requires a username and password (checked off the I/O thread);
+    /// with `lease`, a standby answers every CONNECT "server unavailable".
     pub fn new(
         mqtt: &MqttSection,
         hook: Option<Arc<dyn PublishHook>>,
         access: Option<Access>,
+        lease: Option<watch::Receiver<LeaseState>>,
     ) -> Result<(EmbeddedBroker, GatewayLink), BrokerError> {
         let listen = if mqtt.listen.is_empty() {
             None
@@ -93,10 +97,17 @@ impl EmbeddedBroker {
             .flat_map(|servers| servers.values_mut())
         {
             let access = access.clone();
+            let lease = lease.clone();
             server.set_connect_handler(move |request: ConnectRequest| {
                 let access = access.clone();
+                let lease = lease.clone();
                 async move {
-                    match access {
+                    if lease.is_some_and(|l| l.borrow().role == LeaseRole::Standby) {
+                        // Devices retry (or try the other address) every few seconds.
+                        tracing::debug!(client_id = %request.client_id, peer = %request.peer.addr, "CONNECT refused: this gateway is the standby of its pair");
+                        return ConnectVerdict::Unavailable;
+                    }
+                    let admitted = match access {
                         None => admit_anonymous(&attempt(&request)),
                         // Argon2 takes milliseconds of CPU: never on the I/O threads.
                         Some(access) => tokio::task::spawn_blocking(move || {
@@ -104,6 +115,11 @@ impl EmbeddedBroker {
                         })
                         .await
                         .unwrap_or(false),
+                    };
+                    if admitted {
+                        ConnectVerdict::Accept
+                    } else {
+                        ConnectVerdict::BadLogin
                     }
                 }
             });

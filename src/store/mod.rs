@@ -131,6 +131,16 @@ impl ShadowStore {
         })
     }
 
+    /// The ids of every stored shadow, in order (keys only: nothing is decoded).
+    pub fn device_ids(&self) -> Vec<String> {
+        self.shadows
+            .iter()
+            .keys()
+            .filter_map(|key| key.ok())
+            .map(|key| String::from_utf8_lossy(&key).into_owned())
+            .collect()
+    }
+
     /// The desired section MongoDB last received from this gateway for `device_id`: empty
     /// when the gateway never wrote it (then all of MongoDB's desired is the cloud's).
     pub fn cloud_base(&self, device_id: &str) -> Object {

@@ -139,21 +139,26 @@ fn instant(command: &BsonDocument, key: &str) -> Option<DateTime> {
     }
 }
 
-/// Sends every pending command that is due; returns when the next scheduled one is.
+/// Sends every pending command of the devices served here that is due; returns when the
+/// next scheduled one is. Only this gateway's devices are asked for (index
+/// `status_deviceId_createdAt`), so many gateways on one MongoDB do not each read the
+/// whole fleet's pending commands.
 async fn dispatch_pending(
     db: &Database,
     store: &ShadowStore,
     sink: &mut dyn CommandSink,
 ) -> Result<Option<DateTime>, mongodb::error::Error> {
-    let mut cursor = db
-        .collection::<BsonDocument>("commands")
-        .find(doc! {"status": "pending"})
-        .sort(doc! {"createdAt": 1})
-        .await?;
     let mut next_due = None;
-    while let Some(command) = cursor.next().await {
-        let due = dispatch(db, store, &command?, sink).await?;
-        next_due = earliest(next_due, due);
+    for device_ids in store.device_ids().chunks(super::DEVICE_IDS_PER_QUERY) {
+        let mut cursor = db
+            .collection::<BsonDocument>("commands")
+            .find(doc! {"status": "pending", "deviceId": {"$in": device_ids}})
+            .sort(doc! {"createdAt": 1})
+            .await?;
+        while let Some(command) = cursor.next().await {
+            let due = dispatch(db, store, &command?, sink).await?;
+            next_due = earliest(next_due, due);
+        }
     }
     Ok(next_due)
 }

@@ -31,6 +31,8 @@
 //! moved is refused (logged), never undoing the claim. A delta is therefore delivered by
 //! one broker at a time: the old one clears its retained copy, the new one publishes it
 //! from the claimed document, and later cloud changes match only the new owner's stream.
+//! In an active/standby pair writes and claims are also fenced by the lease epoch
+//! (`lease::Fence`): a stalled former holder cannot claim a device back either.
 //!
 //! MongoDB unreachable: a claim gives up after [`CLAIM_TIMEOUT`] and the device is served
 //! from a fresh local shadow (the gateway works offline); if MongoDB holds the device for
@@ -43,6 +45,7 @@ use mongodb::bson::{doc, Bson, DateTime, Document as BsonDocument};
 use mongodb::Database;
 use serde_json::Value;
 
+use super::lease::Fence;
 use super::FromCloud;
 use crate::shadow::{Document, Sections};
 
@@ -56,16 +59,23 @@ pub const CLAIM_ATTEMPTS: usize = 5;
 pub async fn run(
     db: Database,
     gateway_id: String,
+    fence: Fence,
     claims: flume::Receiver<String>,
     to_service: flume::Sender<FromCloud>,
 ) {
     while let Ok(device_id) = claims.recv_async().await {
         let (db, gateway_id, to_service) = (db.clone(), gateway_id.clone(), to_service.clone());
+        let fence = fence.clone();
         tokio::spawn(async move {
             let claimed =
-                tokio::time::timeout(CLAIM_TIMEOUT, claim(&db, &gateway_id, &device_id, true));
+                tokio::time::timeout(CLAIM_TIMEOUT, claim(&db, &gateway_id, &fence, &device_id));
             let shadow = match claimed.await {
                 Ok(Ok(shadow)) => shadow,
+                Ok(Err(ClaimError::ShutOut)) => {
+                    tracing::warn!(device_id, "the device belongs to a newer holder of this gateway's lease: not serving it here");
+                    let _ = to_service.send(FromCloud::ShutOut { device_id });
+                    return;
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(device_id, error = %e, "could not claim the device in MongoDB; serving it from a fresh local shadow");
                     None
@@ -88,21 +98,26 @@ pub enum ClaimError {
     Mongo(#[from] mongodb::error::Error),
     #[error("the shadow kept changing; gave up after {CLAIM_ATTEMPTS} attempts")]
     Contended,
+    #[error("a newer holder of this gateway's lease owns the device")]
+    ShutOut,
 }
 
-/// Takes `device_id` for `gateway_id` (marking it connected if it is: it sent a
-/// request); returns MongoDB's shadow to import, if it has one.
+/// Takes `device_id` (connected: it sent a request) for `gateway_id`, unless a newer
+/// holder of its lease has it; returns MongoDB's shadow to import, if it has one.
 pub(super) async fn claim(
     db: &Database,
     gateway_id: &str,
+    fence: &Fence,
     device_id: &str,
-    connected: bool,
 ) -> Result<Option<Document>, ClaimError> {
     let shadows = db.collection::<BsonDocument>("shadows");
     for _ in 0..CLAIM_ATTEMPTS {
         let Some(found) = shadows.find_one(doc! {"_id": device_id}).await? else {
             return Ok(None);
         };
+        if fence.shuts_out(&found) {
+            return Err(ClaimError::ShutOut);
+        }
         let version = found.get("version").cloned().unwrap_or(Bson::Null);
         let desired = found
             .get_document("state")
@@ -110,17 +125,12 @@ pub(super) async fn claim(
             .and_then(|s| s.get("desired"))
             .cloned()
             .unwrap_or(Bson::Null);
-        let mut set = doc! {"gatewayId": gateway_id};
-        if connected {
-            set.insert("connected", true);
-            set.insert("lastSeen", DateTime::now());
-        }
-        let claimed = shadows
-            .update_one(
-                doc! {"_id": device_id, "version": version, "state.desired": desired},
-                doc! {"$set": set},
-            )
-            .await?;
+        let mut set =
+            doc! {"gatewayId": gateway_id, "connected": true, "lastSeen": DateTime::now()};
+        fence.stamp(&mut set);
+        let mut filter = doc! {"_id": device_id, "version": version, "state.desired": desired};
+        fence.guard(&mut filter);
+        let claimed = shadows.update_one(filter, doc! {"$set": set}).await?;
         if claimed.matched_count == 1 {
             let previous = found.get_str("gatewayId").unwrap_or("none").to_string();
             let shadow = shadow_of(found);
@@ -138,7 +148,7 @@ pub(super) async fn claim(
 
 /// A `shadows` document as a local shadow; None without `state` (a presence-only
 /// document of a device that never reported).
-fn shadow_of(found: BsonDocument) -> Option<Document> {
+pub(super) fn shadow_of(found: BsonDocument) -> Option<Document> {
     let updated_ms = found.get_datetime("updatedAt").map_or_else(
         |_| DateTime::now().timestamp_millis(),
         |d| d.timestamp_millis(),

@@ -5,28 +5,108 @@
 //!   (`{_id, holder: me, epoch}` → `expiresAt = now + ttl/2`); the other one takes the
 //!   lease once it has expired (`expiresAt < now` → `holder: me`, `epoch + 1`). So the
 //!   standby becomes active at most ¾ of the TTL after the active's last renewal.
-//! - Taking the lease, the new holder claims every device MongoDB names for the previous
-//!   holder, one by one exactly like a device that moved (`handover`): each claimed shadow
-//!   is imported and its pending delta published retained, so a device that reconnects
-//!   here gets it at once, before it sends anything.
-//! - A holder whose renewal matches nothing lost the lease (it was stalled or cut off for
-//!   longer than the TTL): it logs that it steps down. Its devices leave it through the
-//!   claims above (its change stream releases them, and its writes of a claimed device are
-//!   refused on `gatewayId`), so there is no separate stop switch to forget.
-//!
-//! Fencing is by ownership (`gatewayId`), not yet by lease epoch: between the lease's
-//! expiry and the claim of a device, a stalled old holder's write of that device still
-//! lands (and is then merged by the claim, which reads the shadow as it is).
+//! - **Takeover**: the new holder first stamps every shadow MongoDB names for the previous
+//!   holder with one `updateMany` → `{gatewayId: me, lease: {name, epoch}}`, then imports
+//!   them (one cursor) exactly like devices that moved (`handover`): each pending delta is
+//!   published retained, so a device that reconnects here gets it before it asks.
+//! - **Fencing by epoch** ([`Fence`]): every shadow and presence write and every claim of a
+//!   gateway in a pair stamps `lease: {name, epoch}` and is conditional on the document
+//!   carrying no newer epoch of the same lease. Once the takeover has stamped epoch E+1, a
+//!   stalled old holder (epoch E) can neither write those shadows nor claim one back (a
+//!   device still connected to it would otherwise make it take the device again).
+//! - **Standby** ([`LeaseRole::Standby`]): a gateway that knows another one holds the lease
+//!   serves no MQTT client: CONNECT is answered "server unavailable" (3), so devices that
+//!   list both addresses go to the active one; an active that finds it lost the lease steps
+//!   down the same way and disconnects its clients (`broker::hook`). A standby that cannot
+//!   reach MongoDB for a whole TTL no longer knows who is active and takes clients again
+//!   (offline operation, as a gateway without a pair), and so does a gateway that has not
+//!   reached MongoDB yet.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use mongodb::bson::DateTime;
 use mongodb::bson::{doc, Document as BsonDocument};
 use mongodb::options::ReturnDocument;
 use mongodb::Database;
+use tokio::sync::watch;
 
+use super::status::UplinkStatus;
 use super::FromCloud;
+
+/// What this gateway is in its pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LeaseRole {
+    /// MongoDB has not answered (yet, or for a whole TTL): serve whoever comes.
+    #[default]
+    Undecided,
+    /// This gateway holds the lease.
+    Active,
+    /// Another gateway holds the lease: serve no MQTT client.
+    Standby,
+}
+
+impl LeaseRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Undecided => "undecided",
+            Self::Active => "active",
+            Self::Standby => "standby",
+        }
+    }
+}
+
+/// The lease as this gateway knows it, shared through a `watch` channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LeaseState {
+    pub role: LeaseRole,
+    /// The newest epoch this gateway held (0: none); what its writes are fenced with.
+    pub epoch: i64,
+}
+
+/// The epoch condition and stamp of a pair member's writes; inert without a lease.
+#[derive(Debug, Clone, Default)]
+pub struct Fence(Option<(String, watch::Receiver<LeaseState>)>);
+
+impl Fence {
+    pub fn new(name: &str, state: watch::Receiver<LeaseState>) -> Self {
+        Self(Some((name.to_string(), state)))
+    }
+
+    fn current(&self) -> Option<(&str, i64)> {
+        let (name, state) = self.0.as_ref()?;
+        Some((name.as_str(), state.borrow().epoch))
+    }
+
+    /// Adds to a write's filter: the document carries no newer epoch of this lease.
+    pub fn guard(&self, filter: &mut BsonDocument) {
+        if let Some((name, epoch)) = self.current() {
+            filter.insert(
+                "$and",
+                vec![
+                    doc! {"$or": [{"lease.name": {"$ne": name}}, {"lease.epoch": {"$lte": epoch}}]},
+                ],
+            );
+        }
+    }
+
+    /// Adds to a write's `$set`: this lease and epoch.
+    pub fn stamp(&self, set: &mut BsonDocument) {
+        if let Some((name, epoch)) = self.current() {
+            set.insert("lease", doc! {"name": name, "epoch": epoch});
+        }
+    }
+
+    /// Whether `found` carries a newer epoch of this lease than this gateway holds.
+    pub fn shuts_out(&self, found: &BsonDocument) -> bool {
+        let Some((name, epoch)) = self.current() else {
+            return false;
+        };
+        found.get_document("lease").is_ok_and(|lease| {
+            lease.get_str("name") == Ok(name) && lease.get_i64("epoch").is_ok_and(|e| e > epoch)
+        })
+    }
+}
 
 /// One gateway's side of the lease.
 pub struct Lease {
@@ -35,20 +115,50 @@ pub struct Lease {
     pub name: String,
     pub ttl: Duration,
     pub to_service: flume::Sender<FromCloud>,
+    pub state: watch::Sender<LeaseState>,
+    /// Shows the role in `/health/uplink`.
+    pub status: UplinkStatus,
 }
 
 impl Lease {
     /// Renews or takes the lease every `ttl / 4`, for ever; MongoDB errors are logged and
     /// retried at the next round.
     pub async fn run(self) {
+        self.set_role(LeaseRole::Undecided, None);
         let mut held: Option<i64> = None;
+        let mut last_answer: Option<Instant> = None;
         loop {
             match self.round(held).await {
-                Ok(now_held) => held = now_held,
-                Err(e) => tracing::warn!(lease = %self.name, error = %e, "lease round failed"),
+                Ok(now_held) => {
+                    held = now_held;
+                    last_answer = Some(Instant::now());
+                    if held.is_none() {
+                        self.set_role(LeaseRole::Standby, None);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(lease = %self.name, error = %e, "lease round failed");
+                    let lost_touch = last_answer.is_none_or(|at| at.elapsed() >= self.ttl);
+                    if held.is_none() && lost_touch {
+                        self.set_role(LeaseRole::Undecided, None);
+                    }
+                }
             }
             tokio::time::sleep(self.ttl / 4).await;
         }
+    }
+
+    fn set_role(&self, role: LeaseRole, epoch: Option<i64>) {
+        self.status.update(|r| r.lease = Some(role.as_str()));
+        self.state.send_if_modified(|state| {
+            let before = *state;
+            state.role = role;
+            state.epoch = epoch.map_or(state.epoch, |e| e.max(state.epoch));
+            if state.role != before.role {
+                tracing::warn!(lease = %self.name, role = role.as_str(), epoch = state.epoch, "lease role changed");
+            }
+            *state != before
+        });
     }
 
     /// One round; returns the epoch held afterwards, if any.
@@ -68,7 +178,7 @@ impl Lease {
             if renewed.matched_count == 1 {
                 return Ok(Some(epoch));
             }
-            tracing::warn!(lease = %self.name, epoch, "lost the lease: stepping down (the new holder claims the devices)");
+            tracing::warn!(lease = %self.name, epoch, "lost the lease: stepping down (the new holder has the devices)");
         }
         let taken = leases
             .find_one_and_update(
@@ -86,8 +196,13 @@ impl Lease {
         let epoch = previous.get_i64("epoch").unwrap_or(0) + 1;
         let previous_holder = previous.get_str("holder").unwrap_or_default();
         tracing::warn!(lease = %self.name, epoch, previous_holder, "took the lease: this gateway is active");
+        // Before the takeover: the imported devices' writes carry the new epoch.
+        self.set_role(LeaseRole::Active, Some(epoch));
         if previous_holder != self.gateway_id {
-            self.take_devices_of(previous_holder).await?;
+            if let Err(e) = self.take_devices_of(previous_holder, epoch).await {
+                // Stamped devices not imported yet are claimed when they connect or change.
+                tracing::warn!(lease = %self.name, error = %e, "the takeover of the previous holder's devices was interrupted");
+            }
         }
         Ok(Some(epoch))
     }
@@ -103,6 +218,7 @@ impl Lease {
         {
             Ok(_) => {
                 tracing::warn!(lease = %self.name, "created the lease: this gateway is active");
+                self.set_role(LeaseRole::Active, Some(1));
                 Ok(Some(1))
             }
             Err(e) if super::writer::is_duplicate_key(&e) => Ok(None),
@@ -110,39 +226,154 @@ impl Lease {
         }
     }
 
-    /// Claims every device MongoDB names for `previous_holder` and hands each to the
-    /// shadow service to import.
-    async fn take_devices_of(&self, previous_holder: &str) -> Result<(), mongodb::error::Error> {
-        let mut cursor = self
-            .db
-            .collection::<BsonDocument>("shadows")
-            .find(doc! {"gatewayId": previous_holder})
-            .projection(doc! {"_id": 1})
+    /// Stamps every device MongoDB names for `previous_holder` as this gateway's at
+    /// `epoch` (one `updateMany`: from then on the old holder's writes of them are
+    /// refused), then hands each to the shadow service to import.
+    async fn take_devices_of(
+        &self,
+        previous_holder: &str,
+        epoch: i64,
+    ) -> Result<(), mongodb::error::Error> {
+        let shadows = self.db.collection::<BsonDocument>("shadows");
+        let taken = shadows
+            .update_many(
+                doc! {"gatewayId": previous_holder},
+                doc! {"$set": {
+                    "gatewayId": &self.gateway_id,
+                    "lease": {"name": &self.name, "epoch": epoch},
+                }},
+            )
             .await?;
-        let mut device_ids = Vec::new();
-        while let Some(document) = cursor.next().await {
-            if let Ok(device_id) = document?.get_str("_id") {
-                device_ids.push(device_id.to_string());
-            }
-        }
         tracing::warn!(
-            devices = device_ids.len(),
+            devices = taken.modified_count,
             previous_holder,
-            "taking over the previous holder's devices"
+            "took over the previous holder's devices"
         );
-        for device_id in device_ids {
-            match super::handover::claim(&self.db, &self.gateway_id, &device_id, false).await {
-                Ok(shadow) => {
-                    let shadow = shadow.map(Box::new);
-                    let _ = self
-                        .to_service
-                        .send(FromCloud::Claimed { device_id, shadow });
-                }
-                Err(e) => {
-                    tracing::warn!(device_id, error = %e, "could not take over the device");
-                }
-            }
+        let mut cursor = shadows
+            .find(doc! {"gatewayId": &self.gateway_id, "lease.name": &self.name, "lease.epoch": epoch})
+            .await?;
+        while let Some(found) = cursor.next().await {
+            let found = found?;
+            let Ok(device_id) = found.get_str("_id").map(str::to_string) else {
+                continue;
+            };
+            let shadow = super::handover::shadow_of(found).map(Box::new);
+            let _ = self
+                .to_service
+                .send(FromCloud::Claimed { device_id, shadow });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fence_shuts_out_only_a_newer_epoch_of_its_own_lease() {
+        let (state, receiver) = watch::channel(LeaseState {
+            role: LeaseRole::Active,
+            epoch: 3,
+        });
+        let fence = Fence::new("site-1", receiver);
+        let stamped = |name: &str, epoch: i64| doc! {"lease": {"name": name, "epoch": epoch}};
+        assert!(fence.shuts_out(&stamped("site-1", 4)));
+        assert!(!fence.shuts_out(&stamped("site-1", 3)));
+        assert!(
+            !fence.shuts_out(&stamped("site-2", 9)),
+            "another pair's epochs do not compare"
+        );
+        assert!(!fence.shuts_out(&doc! {"_id": "h1"}));
+        assert!(
+            !Fence::default().shuts_out(&stamped("site-1", 4)),
+            "no pair, no fence"
+        );
+        state.send_modify(|s| s.epoch = 4);
+        assert!(
+            !fence.shuts_out(&stamped("site-1", 4)),
+            "the fence follows the lease"
+        );
+
+        let mut set = doc! {};
+        fence.stamp(&mut set);
+        assert_eq!(set, stamped("site-1", 4));
+        let mut filter = doc! {"_id": "h1"};
+        fence.guard(&mut filter);
+        assert!(filter.contains_key("$and"));
+        let mut unfenced = doc! {"_id": "h1"};
+        Fence::default().guard(&mut unfenced);
+        assert_eq!(unfenced, doc! {"_id": "h1"});
+    }
+
+    /// Against the MongoDB test double (or the server of `MONGODB_URI`): the guard's query
+    /// means in MongoDB what `shuts_out` means here, and a claim is refused the same way.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn mongodb_refuses_writes_and_claims_stamped_by_a_newer_holder() {
+        let (uri, _double) = match std::env::var("MONGODB_URI") {
+            Ok(uri) if !uri.is_empty() => (uri, None),
+            _ => {
+                let double = mongo_double::Server::start(mongo_double::Options::default())
+                    .await
+                    .expect("start mongo-double");
+                (double.uri(), Some(double))
+            }
+        };
+        let client = mongodb::Client::with_uri_str(&uri).await.expect("client");
+        let db = client.database(&format!("iotsphere_fence_{}", std::process::id()));
+        let shadows = db.collection::<BsonDocument>("shadows");
+        shadows
+            .insert_many([
+                doc! {"_id": "newer", "gatewayId": "gw-b", "version": 2_i64, "lease": {"name": "site-1", "epoch": 2_i64}},
+                doc! {"_id": "same", "gatewayId": "gw-a", "version": 2_i64, "lease": {"name": "site-1", "epoch": 1_i64}},
+                doc! {"_id": "other-pair", "gatewayId": "gw-x", "version": 2_i64, "lease": {"name": "site-2", "epoch": 9_i64}},
+                doc! {"_id": "unstamped", "gatewayId": "gw-c", "version": 2_i64},
+            ])
+            .await
+            .expect("seed");
+        let (state, receiver) = watch::channel(LeaseState {
+            role: LeaseRole::Active,
+            epoch: 1,
+        });
+        let fence = Fence::new("site-1", receiver);
+        for (device_id, writable) in [
+            ("newer", false),
+            ("same", true),
+            ("other-pair", true),
+            ("unstamped", true),
+        ] {
+            let mut filter = doc! {"_id": device_id};
+            fence.guard(&mut filter);
+            let matched = shadows.count_documents(filter).await.expect("count");
+            assert_eq!(matched == 1, writable, "{device_id}");
+            let found = shadows
+                .find_one(doc! {"_id": device_id})
+                .await
+                .expect("find")
+                .expect("seeded");
+            assert_eq!(fence.shuts_out(&found), !writable, "{device_id}");
+        }
+
+        let refused = super::super::handover::claim(&db, "gw-a", &fence, "newer").await;
+        assert!(matches!(
+            refused,
+            Err(super::super::handover::ClaimError::ShutOut)
+        ));
+        // The same gateway holding a newer epoch later (it took the lease back) may.
+        state.send_modify(|s| s.epoch = 3);
+        super::super::handover::claim(&db, "gw-a", &fence, "newer")
+            .await
+            .expect("claimed");
+        let claimed = shadows
+            .find_one(doc! {"_id": "newer"})
+            .await
+            .expect("find")
+            .expect("seeded");
+        assert_eq!(claimed.get_str("gatewayId"), Ok("gw-a"));
+        assert_eq!(
+            claimed.get_document("lease").ok(),
+            Some(&doc! {"name": "site-1", "epoch": 3_i64})
+        );
+        db.drop().await.expect("drop the test database");
     }
 }

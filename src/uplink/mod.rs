@@ -27,14 +27,16 @@ use std::time::Duration;
 use mongodb::bson::doc;
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Database, IndexModel};
+use tokio::sync::watch;
 
 pub use commands::{CommandRequest, CommandSink};
+pub use lease::{Fence, LeaseRole, LeaseState};
 pub use status::{UplinkMode, UplinkReport, UplinkStatus};
 pub use watcher::CloudDesired;
 pub use writer::OwnWrites;
 
 use crate::backoff::Backoff;
-use crate::config::{ChangeStreams, MongoSection};
+use crate::config::{ChangeStreams, GatewayConfig, MongoSection};
 use crate::outbox::{Outbox, OutboxStats};
 use crate::store::ShadowStore;
 
@@ -43,6 +45,8 @@ use crate::store::ShadowStore;
 const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(5);
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(15);
+/// Device ids per `$in` query about the devices this gateway serves.
+const DEVICE_IDS_PER_QUERY: usize = 1000;
 /// Error code of a change stream on a standalone server.
 const NOT_A_REPLICA_SET: i32 = 40573;
 
@@ -65,6 +69,9 @@ pub enum FromCloud {
     },
     /// Another gateway claimed the device: stop serving it here.
     Released { device_id: String },
+    /// A claim this gateway may not make (a newer holder of its lease has the device):
+    /// the requests waiting for it are dropped.
+    ShutOut { device_id: String },
 }
 
 impl From<CloudDesired> for FromCloud {
@@ -84,23 +91,31 @@ pub struct Uplink {
 
 /// Starts the uplink tasks on the current tokio runtime. Fails only on an unusable URI;
 /// an unreachable server is retried for ever (and shown in `/health/uplink`).
+/// `lease` is told this gateway's role in its active/standby pair (with `[mongodb]
+/// lease` set; otherwise it stays undecided).
 pub async fn start(
-    mongo: &MongoSection,
-    gateway_id: &str,
+    config: &GatewayConfig,
     store: ShadowStore,
     outbox: Outbox,
-    replay_rate: u32,
     mut commands: Box<dyn CommandSink>,
     directory: crate::users::Directory,
+    lease: watch::Sender<LeaseState>,
 ) -> Result<Uplink, UplinkError> {
+    let (mongo, gateway_id) = (&config.mongodb, config.gateway.id.as_str());
     let db = connect(mongo, gateway_id).await?;
     let status = UplinkStatus::default();
     let own_writes = OwnWrites::default();
     let (to_service, from_cloud) = flume::unbounded();
     let (claims, to_claim) = flume::unbounded();
+    let fence = if mongo.lease.is_empty() {
+        Fence::default()
+    } else {
+        Fence::new(&mongo.lease, lease.subscribe())
+    };
     tokio::spawn(handover::run(
         db.clone(),
         gateway_id.to_string(),
+        fence.clone(),
         to_claim,
         to_service.clone(),
     ));
@@ -112,6 +127,8 @@ pub async fn start(
                 name: mongo.lease.clone(),
                 ttl: Duration::from_millis(mongo.lease_ttl_ms),
                 to_service: to_service.clone(),
+                state: lease,
+                status: status.clone(),
             }
             .run(),
         );
@@ -125,7 +142,8 @@ pub async fn start(
             outbox,
             own_writes: own_writes.clone(),
             status: status.clone(),
-            replay_rate,
+            fence,
+            replay_rate: config.outbox.replay_rate,
             batch: mongo.telemetry_batch,
             flush: Duration::from_millis(mongo.telemetry_flush_ms),
         }
@@ -231,6 +249,9 @@ pub async fn replay(
         outbox: outbox.clone(),
         own_writes: OwnWrites::default(),
         status: UplinkStatus::default(),
+        // Offline, the gateway holds no lease to fence with; ownership (`gatewayId`) still
+        // refuses writes of devices another gateway took.
+        fence: Fence::default(),
         replay_rate,
         batch: mongo.telemetry_batch,
         flush: Duration::ZERO,
@@ -336,7 +357,10 @@ async fn ensure_indexes(db: &Database) {
         ),
         (
             "commands",
-            named(doc! {"status": 1, "createdAt": 1}, "status_createdAt"),
+            named(
+                doc! {"status": 1, "deviceId": 1, "createdAt": 1},
+                "status_deviceId_createdAt",
+            ),
         ),
         (
             "telemetry",

@@ -41,6 +41,9 @@ pub struct UplinkReport {
     pub last_event_at: Option<String>,
     /// The outbox: what waits for MongoDB, and what was dropped.
     pub outbox: OutboxStats,
+    /// This gateway's role in its active/standby pair (`[mongodb] lease`), if in one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<&'static str>,
 }
 
 /// Shared, cheap to clone.
@@ -54,6 +57,7 @@ impl Default for UplinkStatus {
             connected: false,
             last_event_at: None,
             outbox: OutboxStats::default(),
+            lease: None,
         })))
     }
 }

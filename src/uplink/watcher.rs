@@ -9,8 +9,9 @@
 //!   lost" (286) → a full resync of this gateway's shadows, then a fresh watch.
 //! - **Polling** (standalone server, or `change_streams = "off"`): `updatedAt > last seen`
 //!   every `poll_interval_ms`. Cloud services must set `updatedAt` when they change
-//!   `desired` for polling to see it (a change stream needs nothing). Polling does not
-//!   see handovers: a device claimed elsewhere stays in this store until a restart.
+//!   `desired` for polling to see it (a change stream needs nothing). Polling sees
+//!   handovers by looking for local devices claimed elsewhere every
+//!   [`RELEASE_CHECK_POLLS`] polls.
 //!
 //! Echoes: every gateway write sets `version`; cloud services change `state.desired.*` and
 //! never `version`. So an update event whose `updatedFields` holds `version` (or an
@@ -30,14 +31,15 @@ use serde_json::{Map, Value};
 
 use super::status::{UplinkMode, UplinkStatus};
 use super::writer::OwnWrites;
-use super::FromCloud;
+use super::{FromCloud, DEVICE_IDS_PER_QUERY};
 use crate::shadow::Object;
 use crate::store::ShadowStore;
 
 /// Error code of "resume token too old" (ChangeStreamHistoryLost).
 const HISTORY_LOST: i32 = 286;
-/// Device ids per `$in` query when looking for devices claimed elsewhere.
-const RELEASE_CHECK_CHUNK: usize = 1000;
+/// Polling sees no handover events: every this many polls it looks for local devices
+/// claimed elsewhere.
+const RELEASE_CHECK_POLLS: u64 = 10;
 
 /// A desired change from the cloud, for the shadow service to apply.
 #[derive(Debug, Clone, PartialEq)]
@@ -136,12 +138,16 @@ impl Watcher {
     async fn poll(&self) -> Result<(), mongodb::error::Error> {
         tracing::info!(interval = ?self.poll_interval, "polling shadows for cloud changes");
         let mut since = self.resync().await?;
-        loop {
+        for polls in 1_u64.. {
             tokio::time::sleep(self.poll_interval).await;
+            if polls % RELEASE_CHECK_POLLS == 0 {
+                self.release_claimed_elsewhere().await?;
+            }
             since = self
                 .compare_with_cloud(doc! {"updatedAt": {"$gt": since}}, since)
                 .await?;
         }
+        Ok(())
     }
 
     /// Releases the local devices another gateway claimed meanwhile, then compares every
@@ -155,12 +161,7 @@ impl Watcher {
     /// Local devices whose MongoDB shadow names another gateway (claimed while this one
     /// was down or not watching) → [`FromCloud::Released`].
     async fn release_claimed_elsewhere(&self) -> Result<(), mongodb::error::Error> {
-        let local: Vec<String> = self
-            .store
-            .iter()
-            .filter_map(|entry| entry.ok().map(|(device_id, _)| device_id))
-            .collect();
-        for ids in local.chunks(RELEASE_CHECK_CHUNK) {
+        for ids in self.store.device_ids().chunks(DEVICE_IDS_PER_QUERY) {
             let mut cursor = self
                 .db
                 .collection::<BsonDocument>("shadows")
@@ -319,7 +320,7 @@ impl Watcher {
             FromCloud::Released { device_id } => {
                 tracing::info!(device_id, "the device was claimed by another gateway");
             }
-            FromCloud::Claimed { .. } => {}
+            FromCloud::Claimed { .. } | FromCloud::ShutOut { .. } => {}
         }
         if self.to_service.send(change).is_err() {
             tracing::error!("the shadow service is gone; a cloud change was not applied");

@@ -16,6 +16,7 @@ use mongodb::options::{InsertManyOptions, UpdateOptions};
 use mongodb::Database;
 use serde_json::Value;
 
+use super::lease::Fence;
 use super::status::UplinkStatus;
 use super::watcher::CloudDesired;
 use super::FromCloud;
@@ -75,6 +76,8 @@ pub struct Writer {
     pub outbox: Outbox,
     pub own_writes: OwnWrites,
     pub status: UplinkStatus,
+    /// The lease epoch of every shadow and presence write (active/standby pair).
+    pub fence: Fence,
     /// Items per second at most.
     pub replay_rate: u32,
     /// Items per MongoDB round trip at most (`mongodb.telemetry_batch`).
@@ -134,15 +137,7 @@ impl Writer {
                     // The merged version replaces this pending write.
                     continue;
                 }
-                match write_shadow(
-                    &self.db,
-                    &self.gateway_id,
-                    device_id,
-                    document.as_ref(),
-                    &self.own_writes,
-                )
-                .await
-                {
+                match self.write_shadow(device_id, document.as_ref()).await {
                     Ok(true) => {
                         if let Some(document) = document {
                             self.store
@@ -194,7 +189,7 @@ impl Writer {
         let current = self
             .db
             .collection::<BsonDocument>("shadows")
-            .find_one(owned_by(&self.gateway_id, device_id))
+            .find_one(self.owned(device_id))
             .projection(doc! {"state.desired": 1})
             .await?;
         let Some(current) = current else {
@@ -253,6 +248,108 @@ impl Writer {
         Ok(())
     }
 
+    /// The filter of every shadow-document write: this gateway owns the device, or nobody
+    /// does, and no newer holder of its lease stamped it (`lease::Fence`). A write still
+    /// queued here when another gateway claimed the device matches nothing (its upsert
+    /// collides on `_id`), so it cannot undo the claim (see `handover`).
+    fn owned(&self, device_id: &str) -> BsonDocument {
+        let mut filter =
+            doc! {"_id": device_id, "gatewayId": {"$in": [&self.gateway_id, Bson::Null]}};
+        self.fence.guard(&mut filter);
+        filter
+    }
+
+    /// `$set` of this gateway's ownership (and lease epoch, in a pair).
+    fn ownership(&self, mut set: BsonDocument) -> BsonDocument {
+        set.insert("gatewayId", &self.gateway_id);
+        self.fence.stamp(&mut set);
+        doc! {"$set": set}
+    }
+
+    /// Upserts the whole shadow, only over an older (or the same: a replay) version of a
+    /// shadow this gateway owns: a concurrent writer with a newer version, or another
+    /// owner, makes the upsert collide on `_id` (11000), which is logged, never silent.
+    /// Returns whether MongoDB took it.
+    async fn write_shadow(
+        &self,
+        device_id: &str,
+        document: Option<&Document>,
+    ) -> Result<bool, mongodb::error::Error> {
+        let shadows = self.db.collection::<BsonDocument>("shadows");
+        let mut filter = self.owned(device_id);
+        let Some(document) = document else {
+            shadows.delete_one(filter).await?;
+            return Ok(true);
+        };
+        let version = i64::try_from(document.version).unwrap_or(i64::MAX);
+        filter.insert(
+            "$or",
+            vec![
+                doc! {"version": {"$lte": version}},
+                doc! {"version": {"$exists": false}},
+            ],
+        );
+        let update = self.ownership(doc! {
+            "state": to_bson(&document.state)?,
+            "metadata": to_bson(&document.metadata)?,
+            "version": version,
+            "updatedAt": DateTime::now(),
+        });
+        self.own_writes.record(device_id, document.version);
+        let upsert = UpdateOptions::builder().upsert(true).build();
+        match shadows
+            .update_one(filter, update)
+            .with_options(upsert)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_duplicate_key(&e) => {
+                tracing::warn!(
+                    device_id,
+                    version,
+                    "MongoDB holds a newer version of this shadow, or another gateway owns it; the local write was not applied there"
+                );
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `connected`/`lastSeen` of the device's shadow, creating a state-less document for
+    /// a device that has not reported yet (the watcher ignores documents without `state`).
+    /// Skipped for a device another gateway owns: a late disconnect here must not mark a
+    /// device that moved as offline.
+    async fn write_presence(
+        &self,
+        device_id: &str,
+        connected: bool,
+        at_ms: i64,
+    ) -> Result<(), mongodb::error::Error> {
+        let written = self
+            .db
+            .collection::<BsonDocument>("shadows")
+            .update_one(
+                self.owned(device_id),
+                self.ownership(doc! {
+                    "connected": connected,
+                    "lastSeen": DateTime::from_millis(at_ms),
+                }),
+            )
+            .with_options(UpdateOptions::builder().upsert(true).build())
+            .await;
+        match written {
+            Err(e) if is_duplicate_key(&e) => {
+                tracing::debug!(
+                    device_id,
+                    connected,
+                    "presence not written: another gateway owns the device"
+                );
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
+    }
+
     /// Writes a batch in order: runs of telemetry with one `insertMany`, command results
     /// one by one.
     async fn write_items(&self, items: &[Pending]) -> Result<(), DrainError> {
@@ -279,9 +376,7 @@ impl Writer {
                     device_id,
                     connected,
                     at_ms,
-                } => {
-                    write_presence(&self.db, &self.gateway_id, device_id, *connected, *at_ms).await
-                }
+                } => self.write_presence(device_id, *connected, *at_ms).await,
                 _ => Ok(()),
             };
             match written {
@@ -369,67 +464,6 @@ fn is_permanent(e: &mongodb::error::Error) -> bool {
     )
 }
 
-/// The filter of every shadow-document write: this gateway owns the device, or nobody
-/// does. A write still queued here when another gateway claimed the device matches
-/// nothing (its upsert collides on `_id`), so it cannot undo the claim (see `handover`).
-fn owned_by(gateway_id: &str, device_id: &str) -> BsonDocument {
-    doc! {"_id": device_id, "gatewayId": {"$in": [gateway_id, Bson::Null]}}
-}
-
-/// Upserts the whole shadow, only over an older (or the same: a replay) version of a
-/// shadow this gateway owns: a concurrent writer with a newer version, or another owner,
-/// makes the upsert collide on `_id` (11000), which is logged, never silent. Returns
-/// whether MongoDB took it.
-async fn write_shadow(
-    db: &Database,
-    gateway_id: &str,
-    device_id: &str,
-    document: Option<&Document>,
-    own_writes: &OwnWrites,
-) -> Result<bool, mongodb::error::Error> {
-    let shadows = db.collection::<BsonDocument>("shadows");
-    let mut filter = owned_by(gateway_id, device_id);
-    let Some(document) = document else {
-        shadows.delete_one(filter).await?;
-        return Ok(true);
-    };
-    let version = i64::try_from(document.version).unwrap_or(i64::MAX);
-    let state = to_bson(&document.state)?;
-    let metadata = to_bson(&document.metadata)?;
-    filter.insert(
-        "$or",
-        vec![
-            doc! {"version": {"$lte": version}},
-            doc! {"version": {"$exists": false}},
-        ],
-    );
-    let update = doc! {"$set": {
-        "state": state,
-        "metadata": metadata,
-        "version": version,
-        "updatedAt": DateTime::now(),
-        "gatewayId": gateway_id,
-    }};
-    own_writes.record(device_id, document.version);
-    let upsert = UpdateOptions::builder().upsert(true).build();
-    match shadows
-        .update_one(filter, update)
-        .with_options(upsert)
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(e) if is_duplicate_key(&e) => {
-            tracing::warn!(
-                device_id,
-                version,
-                "MongoDB holds a newer version of this shadow, or another gateway owns it; the local write was not applied there"
-            );
-            Ok(false)
-        }
-        Err(e) => Err(e),
-    }
-}
-
 fn telemetry_document(gateway_id: &str, record: &TelemetryRecord) -> BsonDocument {
     let reading = &record.reading;
     let ts = DateTime::from_millis(reading.ts_ms.unwrap_or(record.received_ms));
@@ -448,42 +482,6 @@ fn telemetry_document(gateway_id: &str, record: &TelemetryRecord) -> BsonDocumen
         document.insert("unit", unit);
     }
     document
-}
-
-/// `connected`/`lastSeen` of the device's shadow, creating a state-less document for a
-/// device that has not reported yet (the watcher ignores documents without `state`).
-/// Skipped for a device another gateway owns: a late disconnect here must not mark a
-/// device that moved as offline.
-async fn write_presence(
-    db: &Database,
-    gateway_id: &str,
-    device_id: &str,
-    connected: bool,
-    at_ms: i64,
-) -> Result<(), mongodb::error::Error> {
-    let written = db
-        .collection::<BsonDocument>("shadows")
-        .update_one(
-            owned_by(gateway_id, device_id),
-            doc! {"$set": {
-                "connected": connected,
-                "lastSeen": DateTime::from_millis(at_ms),
-                "gatewayId": gateway_id,
-            }},
-        )
-        .with_options(UpdateOptions::builder().upsert(true).build())
-        .await;
-    match written {
-        Err(e) if is_duplicate_key(&e) => {
-            tracing::debug!(
-                device_id,
-                connected,
-                "presence not written: another gateway owns the device"
-            );
-            Ok(())
-        }
-        other => other.map(|_| ()),
-    }
 }
 
 /// One document per alert (`_id` = alert id): opened by its firing, closed by its

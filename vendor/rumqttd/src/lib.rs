@@ -71,8 +71,18 @@ pub struct Peer {
     pub certificate: Option<Vec<u8>>,
 }
 
+/// What a connect handler decided about a CONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectVerdict {
+    Accept,
+    /// CONNACK "bad user name or password" (4).
+    BadLogin,
+    /// CONNACK "server unavailable" (3): the client should try another server.
+    Unavailable,
+}
+
 pub type ConnectHandler = Arc<
-    dyn Fn(ConnectRequest) -> Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+    dyn Fn(ConnectRequest) -> Pin<Box<dyn std::future::Future<Output = ConnectVerdict> + Send>>
         + Send
         + Sync,
 >;
@@ -159,7 +169,7 @@ impl ServerSettings {
     pub fn set_connect_handler<F, O>(&mut self, connect_fn: F)
     where
         F: Fn(ConnectRequest) -> O + Send + Sync + 'static,
-        O: IntoFuture<Output = bool> + 'static,
+        O: IntoFuture<Output = ConnectVerdict> + 'static,
         O::IntoFuture: Send,
     {
         self.connections.connect_handler = Some(Arc::new(move |request| {
@@ -249,6 +259,11 @@ pub trait PublishHook: Send + Sync {
     /// A SUBSCRIBE filter; `false` refuses it (SUBACK failure code 0x80).
     fn on_subscribe(&self, _client_id: &str, _filter: &str) -> bool {
         true
+    }
+    /// Called once per router iteration, after `before_acks`: client ids the router
+    /// should disconnect now (e.g. a gateway that became a standby lets its clients go).
+    fn disconnections(&self) -> Vec<String> {
+        Vec::new()
     }
 }
 

@@ -4,7 +4,7 @@ use crate::link::network::Network;
 use crate::local::LinkBuilder;
 use crate::protocol::{ConnAck, Connect, ConnectReturnCode, Login, Packet, Protocol};
 use crate::router::{Event, Notification};
-use crate::{ConnectRequest, ConnectionId, ConnectionSettings, Peer};
+use crate::{ConnectRequest, ConnectVerdict, ConnectionId, ConnectionSettings, Peer};
 
 use flume::{RecvError, SendError, Sender, TrySendError};
 use std::cmp::min;
@@ -43,6 +43,9 @@ pub enum Error {
     ConnectionAck(String),
     #[error("Authentication error")]
     InvalidAuth,
+    // iotsphere patch: the connect handler answered "server unavailable".
+    #[error("Refused: this server does not take clients now")]
+    Unavailable,
     #[error("Channel try send error")]
     TrySend(#[from] TrySendError<(ConnectionId, Event)>),
     #[error("Link error = {0}")]
@@ -208,23 +211,28 @@ where
                     .map(|l| (l.username.clone(), l.password.clone())),
                 peer,
             };
-            if handler(request).await {
-                Ok(())
-            } else {
-                Err(Error::InvalidAuth)
+            match handler(request).await {
+                ConnectVerdict::Accept => Ok(()),
+                ConnectVerdict::BadLogin => Err(ConnectReturnCode::BadUserNamePassword),
+                ConnectVerdict::Unavailable => Err(ConnectReturnCode::ServiceUnavailable),
             }
         }
-        None => handle_auth(config.clone(), login.as_ref(), &connect.client_id).await,
+        None => handle_auth(config.clone(), login.as_ref(), &connect.client_id)
+            .await
+            .map_err(|_| ConnectReturnCode::BadUserNamePassword),
     };
-    if let Err(e) = authorized {
-        // iotsphere patch: tell the client why (CONNACK "bad user name or password")
-        // instead of only closing the connection.
+    if let Err(code) = authorized {
+        // iotsphere patch: tell the client why (CONNACK "bad user name or password", or
+        // "server unavailable") instead of only closing the connection.
         let ack = ConnAck {
             session_present: false,
-            code: ConnectReturnCode::BadUserNamePassword,
+            code,
         };
         let _ = network.write(Packet::ConnAck(ack, None)).await;
-        return Err(e);
+        return Err(match code {
+            ConnectReturnCode::ServiceUnavailable => Error::Unavailable,
+            _ => Error::InvalidAuth,
+        });
     }
 
     // When keep_alive feature is disabled client can live forever, which is not good in

@@ -218,6 +218,14 @@ impl Router {
         if let Some(hook) = &self.config.publish_hook {
             hook.0.before_acks();
         }
+        // iotsphere patch: clients the hook wants gone (see PublishHook::disconnections).
+        if let Some(hook) = self.config.publish_hook.clone() {
+            for client_id in hook.0.disconnections() {
+                if let Some(&id) = self.connection_map.get(&client_id) {
+                    self.handle_disconnection(id, None);
+                }
+            }
+        }
 
         // A connection should not be scheduled multiple times
         #[cfg(debug_assertions)]
