@@ -237,6 +237,35 @@ async fn a_standalone_server_is_polled_and_health_says_so() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn polling_misses_no_change_stamped_in_the_same_millisecond() {
+    let mongo = Mongo::start().await;
+    let gateway = Gateway::start_with(&mongo.config("change_streams = \"off\""));
+    let mut first = reported_device(&gateway, &mongo, "h-same-1").await;
+    let mut second = reported_device(&gateway, &mongo, "h-same-2").await;
+    // A cloud job stamps its whole batch with one time; the gateway polls in between.
+    let stamp = mongodb::bson::DateTime::from_millis(
+        mongodb::bson::DateTime::now().timestamp_millis() + 60_000,
+    );
+    let collection = shadows(&mongo);
+    let set = |id: &'static str| {
+        collection.update_one(
+            doc! {"_id": id},
+            doc! {"$set": {"state.desired.targetTemp": 61, "updatedAt": stamp}},
+        )
+    };
+    set("h-same-1").await.expect("cloud update");
+    first.expect("/shadow/delta").await;
+    set("h-same-2").await.expect("cloud update");
+    let delta = second.expect("/shadow/delta").await;
+    assert_eq!(delta.payload_json()["state"], json!({"targetTemp": 61}));
+    for heater in [&mut first, &mut second] {
+        heater
+            .expect_none("/shadow/delta", Duration::from_millis(500))
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn dropped_connections_and_a_slow_server_lose_nothing() {
     let mongo = Mongo::start().await;
     let gateway = Gateway::start_with(&mongo.config(""));

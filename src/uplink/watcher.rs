@@ -7,7 +7,7 @@
 //!   stored in `resume_tokens` (`_id: "shadows:<gatewayId>"`), so a restart resumes where it
 //!   stopped and a change made while the gateway was down still reaches the device. "History
 //!   lost" (286) → a full resync of this gateway's shadows, then a fresh watch.
-//! - **Polling** (standalone server, or `change_streams = "off"`): `updatedAt > last seen`
+//! - **Polling** (standalone server, or `change_streams = "off"`): `updatedAt >= last seen`
 //!   every `poll_interval_ms`. Cloud services must set `updatedAt` when they change
 //!   `desired` for polling to see it (a change stream needs nothing). Polling sees
 //!   handovers by looking for local devices claimed elsewhere every
@@ -143,8 +143,10 @@ impl Watcher {
             if polls % RELEASE_CHECK_POLLS == 0 {
                 self.release_claimed_elsewhere().await?;
             }
+            // `$gte`: a change stamped in the same millisecond as the newest one seen must
+            // not be missed; documents seen again compare equal and change nothing.
             since = self
-                .compare_with_cloud(doc! {"updatedAt": {"$gt": since}}, since)
+                .compare_with_cloud(doc! {"updatedAt": {"$gte": since}}, since)
                 .await?;
         }
         Ok(())
