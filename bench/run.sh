@@ -95,11 +95,19 @@ stop "$outbox_pid"
 
 # 3. MongoDB change → delta: the gateway with its uplink to a mongo-double (replica set,
 # so a change stream), a fresh pair each round; then once with polling
-# (change_streams = "off", poll_interval_ms as in config/gateway.toml).
-step "MongoDB change -> delta: change stream, $ROUNDS rounds; polling once"
-for round in $(seq "$ROUNDS") polling; do
+# (change_streams = "off", poll_interval_ms as in config/gateway.toml); then once with
+# every gateway update taking 20 ms in the server (a distant MongoDB: the delta must not
+# wait for the gateway's own writes, e.g. of the change stream's resume token).
+step "MongoDB change -> delta: change stream, $ROUNDS rounds; polling once; slow MongoDB once"
+for round in $(seq "$ROUNDS") polling slow; do
   start_double
-  if [ "$round" = polling ]; then
+  if [ "$round" = slow ]; then
+    start_gateway "IOTSPHERE__MONGODB__URI=$MD_URI" IOTSPHERE__GATEWAY__ID=gw-bench
+    wait_uplink change_stream
+    lg --broker "127.0.0.1:$GW_PORT" --label gateway --pid "$GW_PID" --tag gateway-updates-20ms --round "$((ROUNDS + 2))" \
+      --deadline 90 mongochange --mongo "$MD_URI" --devices 200 --rounds 2 --rate 100 --settle-ms 5000 \
+      --slow-app iotsphere-gateway/gw-bench --slow-ms 20
+  elif [ "$round" = polling ]; then
     start_gateway "IOTSPHERE__MONGODB__URI=$MD_URI" IOTSPHERE__MONGODB__CHANGE_STREAMS=off
     wait_uplink polling
     lg --broker "127.0.0.1:$GW_PORT" --label gateway --pid "$GW_PID" --tag polling --round "$((ROUNDS + 1))" \

@@ -151,6 +151,14 @@ pub struct MongochangeArgs {
     /// than the gateway's `poll_interval_ms`.
     #[arg(long, default_value_t = 3000)]
     pub settle_ms: u64,
+    /// Make every `update` of the client with this appName (the gateway's:
+    /// `iotsphere-gateway/<gateway id>`) take `--slow-ms` in the server, as a distant
+    /// MongoDB would (the mongo-double's `failCommand` fail point; the cloud's updates
+    /// are not slowed).
+    #[arg(long)]
+    pub slow_app: Option<String>,
+    #[arg(long, default_value_t = 20)]
+    pub slow_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -3,9 +3,10 @@
 //! - **Change stream** (replica set): `shadows.watch()` with `fullDocument: updateLookup`
 //!   and a `$match` on this gateway's devices, plus the updates that hand a device to
 //!   another gateway (`updatedFields.gatewayId` not ours: see `handover`), which become
-//!   [`FromCloud::Released`]. After each cloud change the resume token is
-//!   stored in `resume_tokens` (`_id: "shadows:<gatewayId>"`), so a restart resumes where it
-//!   stopped and a change made while the gateway was down still reaches the device. "History
+//!   [`FromCloud::Released`]. The resume token of the last change delivered is stored in
+//!   `resume_tokens` (`_id: "shadows:<gatewayId>"`) beside the stream (never holding up
+//!   the next event), so a restart resumes where it stopped and a change made while the
+//!   gateway was down still reaches the device. "History
 //!   lost" (286) → a full resync of this gateway's shadows, then a fresh watch.
 //! - **Polling** (standalone server, or `change_streams = "off"`): `updatedAt >= last seen`
 //!   every `poll_interval_ms`. Cloud services must set `updatedAt` when they change
@@ -28,6 +29,7 @@ use mongodb::error::ErrorKind;
 use mongodb::options::{FullDocumentType, UpdateOptions};
 use mongodb::Database;
 use serde_json::{Map, Value};
+use tokio::sync::watch;
 
 use super::status::{UplinkMode, UplinkStatus};
 use super::writer::OwnWrites;
@@ -124,15 +126,33 @@ impl Watcher {
             self.store_token(&token).await?;
         }
         tracing::info!("watching shadows for cloud changes (change stream)");
-        while let Some(event) = stream.next().await {
-            let event = event?;
-            let token = event.id.clone();
-            if let Some(change) = self.released(&event).or_else(|| self.cloud_change(event)) {
-                self.deliver(change);
-                self.store_token(&token).await?;
+        // The token of the last change delivered is stored by a saver beside the stream,
+        // never between two events: a round trip per event would cap delivery at one
+        // event per MongoDB round trip. Tokens that arrive while one is being stored are
+        // coalesced; after a crash at most the changes of that round trip come again.
+        let (latest, mut to_save) = watch::channel(None::<ResumeToken>);
+        let events = async move {
+            while let Some(event) = stream.next().await {
+                let event = event?;
+                let token = event.id.clone();
+                if let Some(change) = self.released(&event).or_else(|| self.cloud_change(event)) {
+                    self.deliver(change);
+                    latest.send_replace(Some(token));
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        };
+        let saver = async {
+            // Ends once the stream ended and its last token is stored.
+            while to_save.changed().await.is_ok() {
+                let token = to_save.borrow_and_update().clone();
+                if let Some(token) = token {
+                    self.store_token(&token).await?;
+                }
+            }
+            Ok(())
+        };
+        tokio::try_join!(events, saver).map(|_| ())
     }
 
     async fn poll(&self) -> Result<(), mongodb::error::Error> {

@@ -7,7 +7,8 @@
 //! gateway's own writes set it, and its watcher skips those as echoes). Measured: from
 //! issuing the update to the delta at the device (HDR); missing, duplicated, unexpected
 //! deltas; the driver's update round trip. Works the same whether the gateway follows a
-//! change stream or polls.
+//! change stream or polls. `--slow-app` makes the gateway's own updates slow in the server
+//! (a distant MongoDB): the cloud → device path must not wait for them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,6 +64,18 @@ pub async fn run(ctx: &Ctx, args: &MongochangeArgs) -> anyhow::Result<Outcome> {
         .as_deref()
         .ok_or_else(|| anyhow::anyhow!("mongochange needs --mongo URI"))?;
     let db = mongo::connect(uri, &args.mongo.database).await?;
+    if let Some(app) = &args.slow_app {
+        let slow_ms = i64::try_from(args.slow_ms).unwrap_or(i64::MAX);
+        db.client()
+            .database("admin")
+            .run_command(doc! {
+                "configureFailPoint": "failCommand",
+                "mode": "alwaysOn",
+                "data": {"failCommands": ["update"], "blockConnection": true,
+                         "blockTimeMS": slow_ms, "appName": app},
+            })
+            .await?;
+    }
     let devices = args.plan.devices.max(1);
     let rounds = args.plan.rounds.max(1);
     let ids: Vec<String> = (0..devices).map(|i| ctx.device_id("mc", i)).collect();
