@@ -391,3 +391,59 @@ async fn the_outbox_cli_refuses_while_the_gateway_runs_and_reports_when_stopped(
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn presence_queued_while_offline_ends_in_each_devices_last_state() {
+    let Some((mongo_port, database, config)) = unreachable_mongo() else {
+        return;
+    };
+    let gateway = Gateway::start_with(&config);
+    // Heaters that come and go while MongoDB is away: h-flap-0 ends connected, the others
+    // disconnected; 20 presence changes wait in the outbox.
+    let mut staying = None;
+    for round in 0..4 {
+        for device in 0..5 {
+            let client = Client::connect(gateway.port, &format!("h-flap-{device}")).await;
+            if round == 3 && device == 0 {
+                staying = Some(client);
+            } else {
+                client.disconnect().await;
+            }
+        }
+    }
+    let (_server, client) = start_double_on(mongo_port).await;
+    let shadows = client
+        .database(&database)
+        .collection::<BsonDocument>("shadows");
+    let started = Instant::now();
+    loop {
+        let mut states = Vec::new();
+        for device in 0..5 {
+            let found = shadows
+                .find_one(doc! {"_id": format!("h-flap-{device}")})
+                .await
+                .expect("find");
+            states.push(found.and_then(|d| d.get_bool("connected").ok()));
+        }
+        let (_, body) = http_get(gateway.http_port, "/health/uplink");
+        let drained = body.contains("\"items\":0,");
+        if drained
+            && states
+                == [
+                    Some(true),
+                    Some(false),
+                    Some(false),
+                    Some(false),
+                    Some(false),
+                ]
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < common::WAIT,
+            "presence never settled: {states:?} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(staying);
+}

@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
 use mongodb::bson::{self, doc, Bson, DateTime, Document as BsonDocument};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{InsertManyOptions, UpdateOptions};
@@ -25,7 +27,9 @@ use crate::outbox::{CommandResult, Outbox, Pending, TelemetryRecord, ToCloud};
 use crate::shadow::Document;
 use crate::store::{ShadowStore, StoreError};
 
-/// Items per round trip.
+/// Writes of different devices (shadows, presence) in flight at once: with a distant
+/// MongoDB, one at a time would cap them at one per round trip.
+const WRITES_IN_FLIGHT: usize = 16;
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// An item that waited longer than this in the outbox is replayed (paced), not live.
@@ -127,33 +131,18 @@ impl Writer {
     /// [`Self::drain`], pacing every batch if `always`, else only batches of a replay.
     async fn drain_paced(&self, always: bool) -> Result<usize, DrainError> {
         let mut written = 0;
-        for pending in self.outbox.pending_shadows()? {
-            if let ToCloud::Shadow {
-                device_id,
-                document,
-            } = &pending.entry.write
-            {
-                if document.is_some() && self.cloud_changes_first(device_id).await? {
-                    // The merged version replaces this pending write.
-                    continue;
-                }
-                match self.write_shadow(device_id, document.as_ref()).await {
-                    Ok(true) => {
-                        if let Some(document) = document {
-                            self.store
-                                .set_cloud_base(device_id, &document.state.desired)?;
-                        }
-                    }
-                    Ok(false) => self.release_if_owned_elsewhere(device_id).await?,
-                    // The local store keeps the shadow; its next change writes it whole.
-                    Err(e) if is_permanent(&e) => {
-                        tracing::error!(device_id, error = %e, "MongoDB refused this shadow; not retried");
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+        let shadows = self.outbox.pending_shadows()?;
+        let mut queued = shadows.iter();
+        let mut in_flight = FuturesUnordered::new();
+        loop {
+            while in_flight.len() < WRITES_IN_FLIGHT {
+                let Some(pending) = queued.next() else { break };
+                in_flight.push(self.write_pending_shadow(pending));
             }
-            self.outbox.remove_shadow(&pending)?;
-            written += 1;
+            let Some(done) = in_flight.next().await else {
+                break;
+            };
+            written += usize::from(done?);
         }
         loop {
             let items = self.outbox.next_items(self.batch)?;
@@ -175,6 +164,36 @@ impl Writer {
             }
         }
         Ok(written)
+    }
+
+    /// One coalesced shadow write; false when it waits for a merge of cloud changes.
+    async fn write_pending_shadow(&self, pending: &Pending) -> Result<bool, DrainError> {
+        if let ToCloud::Shadow {
+            device_id,
+            document,
+        } = &pending.entry.write
+        {
+            if document.is_some() && self.cloud_changes_first(device_id).await? {
+                // The merged version replaces this pending write.
+                return Ok(false);
+            }
+            match self.write_shadow(device_id, document.as_ref()).await {
+                Ok(true) => {
+                    if let Some(document) = document {
+                        self.store
+                            .set_cloud_base(device_id, &document.state.desired)?;
+                    }
+                }
+                Ok(false) => self.release_if_owned_elsewhere(device_id).await?,
+                // The local store keeps the shadow; its next change writes it whole.
+                Err(e) if is_permanent(&e) => {
+                    tracing::error!(device_id, error = %e, "MongoDB refused this shadow; not retried");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.outbox.remove_shadow(pending)?;
+        Ok(true)
     }
 
     /// Before a device's shadow replaces MongoDB's: did the cloud change `desired` since
@@ -350,43 +369,105 @@ impl Writer {
         }
     }
 
-    /// Writes a batch in order: runs of telemetry with one `insertMany`, command results
-    /// one by one.
+    /// Writes a batch in order: runs of telemetry with one `insertMany`, runs of presence
+    /// changes together ([`Self::write_presence_run`]), the rest one by one.
     async fn write_items(&self, items: &[Pending]) -> Result<(), DrainError> {
         let mut index = 0;
         while index < items.len() {
-            let run_end = items[index..]
-                .iter()
-                .position(|p| !matches!(p.entry.write, ToCloud::Telemetry(_)))
-                .map_or(items.len(), |offset| index + offset);
-            if run_end > index {
-                self.write_telemetry(&items[index..run_end]).await?;
-                index = run_end;
-                continue;
+            let run = Run::of(&items[index].entry.write);
+            let run_end = match run {
+                Run::Single => index + 1,
+                _ => items[index..]
+                    .iter()
+                    .position(|p| Run::of(&p.entry.write) != run)
+                    .map_or(items.len(), |offset| index + offset),
+            };
+            let run_items = &items[index..run_end];
+            index = run_end;
+            match run {
+                Run::Telemetry => self.write_telemetry(run_items).await?,
+                Run::Presence => self.write_presence_run(run_items).await?,
+                Run::Single => {
+                    for pending in run_items {
+                        let written = match &pending.entry.write {
+                            ToCloud::CommandResult(result) => {
+                                write_command_result(&self.db, result).await
+                            }
+                            ToCloud::Alert(event) => {
+                                write_alert(&self.db, &self.gateway_id, event).await
+                            }
+                            ToCloud::Preferences {
+                                user_id,
+                                preferences,
+                            } => write_preferences(&self.db, user_id, preferences).await,
+                            _ => Ok(()),
+                        };
+                        self.settle(pending, written)?;
+                    }
+                }
             }
-            let pending = &items[index];
-            let written = match &pending.entry.write {
-                ToCloud::CommandResult(result) => write_command_result(&self.db, result).await,
-                ToCloud::Alert(event) => write_alert(&self.db, &self.gateway_id, event).await,
-                ToCloud::Preferences {
-                    user_id,
-                    preferences,
-                } => write_preferences(&self.db, user_id, preferences).await,
-                ToCloud::Presence {
-                    device_id,
-                    connected,
-                    at_ms,
-                } => self.write_presence(device_id, *connected, *at_ms).await,
+        }
+        Ok(())
+    }
+
+    /// Removes a written item, or counts a refusal against it; a transient failure stops
+    /// the drain.
+    fn settle(
+        &self,
+        pending: &Pending,
+        written: Result<(), mongodb::error::Error>,
+    ) -> Result<(), DrainError> {
+        match written {
+            Ok(()) => self.outbox.remove_item(pending)?,
+            Err(e) if is_permanent(&e) => {
+                self.outbox.fail_item(pending, &e.to_string())?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// Presence changes in a row: each write sets `connected` and `lastSeen`, so only a
+    /// device's last change in the run is written, and different devices' at once.
+    async fn write_presence_run(&self, run: &[Pending]) -> Result<(), DrainError> {
+        let mut last: HashMap<&str, (bool, i64)> = HashMap::new();
+        for pending in run {
+            if let ToCloud::Presence {
+                device_id,
+                connected,
+                at_ms,
+            } = &pending.entry.write
+            {
+                last.insert(device_id, (*connected, *at_ms));
+            }
+        }
+        let mut queued = last.into_iter();
+        let mut in_flight = FuturesUnordered::new();
+        let mut outcomes = HashMap::new();
+        loop {
+            while in_flight.len() < WRITES_IN_FLIGHT {
+                let Some((device_id, (connected, at_ms))) = queued.next() else {
+                    break;
+                };
+                in_flight.push(async move {
+                    let written = self.write_presence(device_id, connected, at_ms).await;
+                    (device_id, written)
+                });
+            }
+            let Some((device_id, written)) = in_flight.next().await else {
+                break;
+            };
+            outcomes.insert(device_id, written);
+        }
+        for pending in run {
+            let ToCloud::Presence { device_id, .. } = &pending.entry.write else {
+                continue;
+            };
+            let written = match outcomes.get(device_id.as_str()) {
+                Some(Err(e)) => Err(e.clone()),
                 _ => Ok(()),
             };
-            match written {
-                Ok(()) => self.outbox.remove_item(pending)?,
-                Err(e) if is_permanent(&e) => {
-                    self.outbox.fail_item(pending, &e.to_string())?;
-                }
-                Err(e) => return Err(e.into()),
-            }
-            index += 1;
+            self.settle(pending, written)?;
         }
         Ok(())
     }
@@ -445,6 +526,24 @@ impl Writer {
             }
         }
         Ok(())
+    }
+}
+
+/// How a queued item is written: with the items of its kind around it, or alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Run {
+    Telemetry,
+    Presence,
+    Single,
+}
+
+impl Run {
+    fn of(write: &ToCloud) -> Run {
+        match write {
+            ToCloud::Telemetry(_) => Run::Telemetry,
+            ToCloud::Presence { .. } => Run::Presence,
+            _ => Run::Single,
+        }
     }
 }
 
