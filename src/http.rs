@@ -189,6 +189,7 @@ impl HealthState {
             uptime_secs: health.uptime_secs,
             store_problem: health.reason,
             uplink_mode: health.uplink.as_str(),
+            lease: health.lease,
             outbox_items: health.outbox_items,
             connected: self.metrics.connected_client_ids(),
             shadows,

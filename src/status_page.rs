@@ -20,6 +20,8 @@ pub struct StatusView {
     /// `None` when the store is writable, else why not.
     pub store_problem: Option<String>,
     pub uplink_mode: &'static str,
+    /// The role in an active/standby pair, if in one.
+    pub lease: Option<&'static str>,
     pub outbox_items: usize,
     pub connected: Vec<String>,
     /// (device id, version, pending delta), at most [`MAX_SHADOWS_SHOWN`].
@@ -73,9 +75,14 @@ pub fn render(view: &StatusView) -> String {
             escape(reason)
         ),
     };
+    let pair = match view.lease {
+        None => String::new(),
+        Some("standby") => "<dt>Pair</dt><dd id=\"lease\">standby: the other gateway of the pair serves the devices</dd>".into(),
+        Some(role) => format!("<dt>Pair</dt><dd id=\"lease\">{role}</dd>"),
+    };
     let _ = write!(
         html,
-        "<dt>Store</dt><dd id=\"store\">{store}</dd>\
+        "<dt>Store</dt><dd id=\"store\">{store}</dd>{pair}\
          <dt>Uplink</dt><dd id=\"uplink\">{}</dd>\
          <dt>Outbox</dt><dd id=\"outbox\">{} waiting</dd>\
          <dt>Connected</dt><dd>{}</dd>\
@@ -175,6 +182,7 @@ mod tests {
             uptime_secs: 65,
             store_problem: None,
             uplink_mode: "offline",
+            lease: None,
             outbox_items: 3,
             connected: vec!["heater-<1>".into()],
             shadows: vec![
@@ -199,6 +207,18 @@ mod tests {
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(html.contains("heater-&lt;1&gt;"));
         assert!(html.contains("&quot;targetTemp&quot;"));
+    }
+
+    #[test]
+    fn a_standby_says_so() {
+        assert!(!render(&view()).contains("Pair"));
+        let standby = StatusView {
+            lease: Some("standby"),
+            ..view()
+        };
+        assert!(
+            render(&standby).contains("standby: the other gateway of the pair serves the devices")
+        );
     }
 
     #[test]

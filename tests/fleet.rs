@@ -278,6 +278,8 @@ async fn the_standby_takes_the_devices_when_the_active_gateway_dies() {
     let (mut active, standby) = pair(&mongo).await;
     wait_until_watching(&active, &mongo, "probe-a", "gw-a").await;
     wait_for_lease_role(&standby, "standby").await;
+    let (_, page) = common::http_get(standby.http_port, "/");
+    assert!(page.contains("standby: the other gateway"), "{page}");
     // A device that tries the standby first is sent on: "server unavailable".
     assert_unavailable(&standby, "mover").await;
     mover_with_pending_delta(&active, &mongo).await;
