@@ -194,7 +194,11 @@ pub struct DataRequest {
     pub read_count: usize,
     /// Maximum count of payload buffer per replica
     max_count: usize,
-    pub(crate) forward_retained: bool,
+    // iotsphere patch: the retained messages of a new subscription, read when it was
+    // made (they were read at the first consume, so a retained message published in
+    // between came twice: from the store and from the log). See PATCHES.md.
+    #[serde(skip)]
+    pub(crate) retained: Vec<(Publish, Option<PublishProperties>)>,
     pub(crate) group: Option<String>,
 }
 

@@ -1018,6 +1018,13 @@ impl Router {
         // call to `insert(_)` returns `true` if it didn't contain the filter_path already
         // i.e. its a new subscription
         if connection.subscriptions.insert(filter_path.clone()) {
+            // iotsphere patch: the retained messages as of now, when `cursor` was taken;
+            // whatever is published later comes from the log only.
+            let retained = if forward_retained {
+                self.datalog.read_retained_messages(filter_path)
+            } else {
+                Vec::new()
+            };
             let request = DataRequest {
                 filter: filter_path.clone(),
                 filter_idx,
@@ -1025,8 +1032,7 @@ impl Router {
                 cursor,
                 read_count: 0,
                 max_count: 100,
-                // set true for new subscriptions
-                forward_retained,
+                retained,
                 group,
             };
 
@@ -1514,28 +1520,28 @@ fn forward_device_data(
 
     let mut publishes = Vec::new();
 
-    if request.forward_retained {
-        // NOTE: ideally we want to limit the number of read messages
-        // and skip the messages previously read while reading next time.
-        // but for now, we just try to read all messages and drop the excess ones
-        let mut retained_publishes = datalog.read_retained_messages(&request.filter);
-        retained_publishes.truncate(inflight_slots as usize);
-
-        publishes.extend(retained_publishes.into_iter().map(|p| (p, None)));
-        inflight_slots -= publishes.len() as u64;
-
-        // we only want to forward retained messages once
-        request.forward_retained = false;
+    // iotsphere patch: the retained messages read at SUBSCRIBE (see DataRequest), as many
+    // as the inflight slots take; the rest at the next round (upstream dropped them).
+    if !request.retained.is_empty() {
+        let count = request.retained.len().min(inflight_slots as usize);
+        publishes.extend(request.retained.drain(..count).map(|p| (p, None)));
+        inflight_slots -= count as u64;
     }
 
-    let (next, publishes_from_datalog) =
+    // iotsphere patch: the log only once every retained message went, so a live message
+    // never precedes an older retained one of its topic.
+    let (next, publishes_from_datalog) = if !request.retained.is_empty() {
+        let cursor = request.cursor;
+        (Position::Next { start: cursor, end: cursor }, Vec::new())
+    } else {
         match datalog.native_readv(request.filter_idx, request.cursor, inflight_slots) {
             Ok(v) => v,
             Err(e) => {
                 error!(error = ?e, "Failed to read from commitlog {}", e);
                 return ConsumeStatus::FilterCaughtup;
             }
-        };
+        }
+    };
 
     publishes.extend(
         publishes_from_datalog
@@ -1671,7 +1677,8 @@ fn forward_device_data(
         share.cursor = request.cursor;
     }
 
-    if caughtup {
+    // iotsphere patch: retained messages still to send keep the request scheduled.
+    if caughtup && request.retained.is_empty() {
         ConsumeStatus::FilterCaughtup
     } else {
         ConsumeStatus::PartialRead
