@@ -140,6 +140,15 @@ pub struct MongoArgs {
     pub database: String,
 }
 
+impl MongoArgs {
+    /// `--mongo`, which `scenario` cannot run without.
+    pub fn required_uri(&self, scenario: &str) -> anyhow::Result<&str> {
+        self.mongo
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("{scenario} needs --mongo URI"))
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct MongochangeArgs {
     #[command(flatten)]
