@@ -2,12 +2,14 @@
 //! topics, reading a delta's setpoint, devices listening to their deltas and the tally of
 //! what they got, and closing connections cleanly.
 
+pub mod failover;
 pub mod fanin;
 pub mod fleetwatch;
 pub mod idle;
 pub mod landed;
 pub mod mongochange;
 pub mod reading;
+mod reconnect;
 pub mod roundtrip;
 pub mod storm;
 
@@ -52,6 +54,12 @@ impl Ctx {
     pub fn past_deadline(&self) -> bool {
         Instant::now() >= self.deadline
     }
+}
+
+/// The setpoint pending for device `i` (storm, failover): a distinct value per device
+/// modulo 40, so a delta meant for another device shows.
+pub fn setpoint(i: usize) -> u32 {
+    40 + (i % 40) as u32
 }
 
 /// The desired request every scenario sends: one setpoint.
