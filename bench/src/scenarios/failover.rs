@@ -18,7 +18,7 @@ use mongodb::{Collection, Database};
 use serde::Serialize;
 use serde_json::json;
 
-use super::reconnect::{self, Failures, Returning};
+use super::reconnect::{self, Duplicate, Failures, Returning};
 use super::{open_devices, setpoint, Ctx};
 use crate::cli::FailoverArgs;
 use crate::mongo;
@@ -71,6 +71,8 @@ struct Results {
     missing_first: Vec<usize>,
     /// Devices that got their setpoint more than once.
     duplicated: usize,
+    /// The first few, with each copy: when (from t0) and whether it came retained.
+    duplicated_first: Vec<Duplicate>,
     /// Deltas with another setpoint, or empty.
     wrong: u64,
     /// t0 → the last device got its setpoint.
@@ -234,6 +236,7 @@ pub async fn run(ctx: &Ctx, args: &FailoverArgs) -> anyhow::Result<Outcome> {
         missing: devices - back.delivered,
         missing_first: back.missing_first,
         duplicated: back.duplicated,
+        duplicated_first: back.duplicated_first,
         wrong: back.wrong,
         all_delivered_ms: back.all_delivered_ms,
         delta: back.delta,

@@ -100,6 +100,8 @@ pub struct DeltaSeen {
     /// The setpoint in it; `None` for an empty ("nothing pending") or foreign payload.
     pub target_temp: Option<f64>,
     pub at_ns: u64,
+    /// Sent as a retained message (on SUBSCRIBE), not live.
+    pub retain: bool,
 }
 
 /// A device's life after it subscribed to its delta: acknowledge and report every delta
@@ -132,6 +134,7 @@ pub async fn listen_deltas(
                     device,
                     target_temp,
                     at_ns,
+                    retain: p.retain,
                 });
             }
             Ok(Some(_)) => {}
@@ -312,7 +315,7 @@ impl Updates {
         loop {
             tokio::select! {
                 delta = seen.recv() => {
-                    let Some(DeltaSeen { device, target_temp, at_ns }) = delta else { break };
+                    let Some(DeltaSeen { device, target_temp, at_ns, .. }) = delta else { break };
                     tally.received += 1;
                     last_ns = at_ns;
                     let round = target_temp

@@ -19,8 +19,8 @@ use crate::stats::{now_ns, Latency, LatencySummary};
 
 /// A device whose connection attempts all failed tries again after this long.
 pub const RETRY_AFTER: Duration = Duration::from_millis(100);
-/// How many of the devices that never got their setpoint are named.
-const MISSING_SHOWN: usize = 10;
+/// How many of the devices that missed their setpoint, or got it twice, are named.
+const SHOWN: usize = 10;
 
 /// Why connection attempts failed, counted over all devices.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -178,6 +178,8 @@ pub struct Returns {
     pub missing_first: Vec<usize>,
     /// Devices that got their setpoint more than once.
     pub duplicated: usize,
+    /// The first few of them, with every copy they got.
+    pub duplicated_first: Vec<Duplicate>,
     /// Deltas with another setpoint, or empty.
     pub wrong: u64,
     /// Connection attempts beyond the first, over all devices.
@@ -196,6 +198,22 @@ pub struct Returns {
     /// Per device: `from_ns` → its setpoint's delta.
     pub delta: LatencySummary,
     pub deadline_hit: bool,
+}
+
+/// One copy of a device's setpoint as it arrived.
+#[derive(Debug, Clone, Serialize)]
+pub struct Arrival {
+    /// From `from_ns`.
+    pub after_ms: f64,
+    /// The broker sent it as a retained message (on the device's SUBSCRIBE), not live.
+    pub retain: bool,
+}
+
+/// A device that got its setpoint more than once.
+#[derive(Debug, Clone, Serialize)]
+pub struct Duplicate {
+    pub device: usize,
+    pub copies: Vec<Arrival>,
 }
 
 fn ms(ns: u64) -> f64 {
@@ -230,7 +248,8 @@ where
     }
     drop((seen_tx, connected_tx));
 
-    let mut deliveries = vec![0u32; count];
+    // Per device: every copy of its setpoint it got.
+    let mut deliveries: Vec<Vec<Arrival>> = vec![Vec::new(); count];
     let (mut delivered, mut wrong, mut retries, mut back) = (0usize, 0u64, 0u64, 0usize);
     let (mut delta, mut connect) = (Latency::default(), Latency::default());
     let (mut all_delivered_ns, mut all_connected_ns) = (None, None);
@@ -245,13 +264,13 @@ where
     loop {
         tokio::select! {
             seen = seen_rx.recv() => {
-                let Some(DeltaSeen { device, target_temp, at_ns }) = seen else { break };
+                let Some(DeltaSeen { device, target_temp, at_ns, retain }) = seen else { break };
                 if !expected(device, target_temp) {
                     wrong += 1;
                     continue;
                 }
-                deliveries[device] += 1;
-                if deliveries[device] == 1 {
+                deliveries[device].push(Arrival { after_ms: ms(at_ns.saturating_sub(from_ns)), retain });
+                if deliveries[device].len() == 1 {
                     delivered += 1;
                     delta.record_ns(at_ns.saturating_sub(from_ns));
                     if delivered == count {
@@ -299,11 +318,15 @@ where
     while let Ok(DeltaSeen {
         device,
         target_temp,
-        ..
+        at_ns,
+        retain,
     }) = seen_rx.try_recv()
     {
         if expected(device, target_temp) {
-            deliveries[device] += 1;
+            deliveries[device].push(Arrival {
+                after_ms: ms(at_ns.saturating_sub(from_ns)),
+                retain,
+            });
         } else {
             wrong += 1;
         }
@@ -311,10 +334,17 @@ where
     let returns = Returns {
         delivered,
         missing_first: (0..count)
-            .filter(|&d| deliveries[d] == 0)
-            .take(MISSING_SHOWN)
+            .filter(|&d| deliveries[d].is_empty())
+            .take(SHOWN)
             .collect(),
-        duplicated: deliveries.iter().filter(|&&n| n > 1).count(),
+        duplicated: deliveries.iter().filter(|c| c.len() > 1).count(),
+        duplicated_first: deliveries
+            .into_iter()
+            .enumerate()
+            .filter(|(_, copies)| copies.len() > 1)
+            .take(SHOWN)
+            .map(|(device, copies)| Duplicate { device, copies })
+            .collect(),
         wrong,
         retries,
         retry_reasons,
