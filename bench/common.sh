@@ -142,12 +142,12 @@ start_double() { # [PORT]: mongo-double (replica set rs0, in memory); sets MD_PO
   MD_URI="mongodb://127.0.0.1:$MD_PORT/?replicaSet=rs0"
 }
 
-wait_uplink() { # MODE: until the gateway's /health/uplink says that mode (10 s at most)
-  local i
+wait_uplink() { # MODE [FIELD]: until the gateway's /health/uplink says FIELD (default mode) is MODE (10 s at most)
+  local i field=${2:-mode}
   for i in $(seq 100); do
-    curl -fsS "http://127.0.0.1:$GW_HTTP/health/uplink" 2>/dev/null | grep -q "\"mode\":\"$1\"" && return 0
+    curl -fsS "http://127.0.0.1:$GW_HTTP/health/uplink" 2>/dev/null | grep -q "\"$field\":\"$1\"" && return 0
     sleep 0.1
   done
-  echo "the gateway's uplink did not reach mode $1 within 10 s" >&2
+  echo "the gateway's uplink did not reach $field $1 within 10 s" >&2
   return 1
 }

@@ -6,8 +6,9 @@
 # Builds the gateway, loadgen and mongo-double (release), starts mosquitto and the gateway
 # on free loopback ports, runs fan-in (1) and idle memory (4) against both, alternating
 # (mosquitto, gateway, … in every round), then round trip (2), MongoDB change → delta (3),
-# telemetry ingest into MongoDB (6), outbox append and replay (7) and reconnect storm (5)
-# against the gateway (with a mongo-double as its MongoDB for 3, 6, 7), and writes
+# telemetry ingest into MongoDB (6), outbox append and replay (7), many gateways' change
+# streams (8), active/standby failover (9) and reconnect storm (5) against the gateway
+# (with a mongo-double as its MongoDB for 3, 6, 7, 8, 9), and writes
 # bench/RESULTS.md (+ the raw JSON lines in bench/results.jsonl). About 8 minutes on 2
 # cores once built. Everything it started is
 # stopped on exit. Knobs (environment): ROUNDS (2), IDLE_SIZES ("1000 10000"),
@@ -174,6 +175,29 @@ for gateways in 1 10 50; do
   done
 done
 
+# 9. Active/standby failover: a fresh mongo-double; gateway A (gw-a) takes the lease
+# site-1, then gateway B (gw-b) joins as its standby; loadgen puts 1,000 devices on A, kills
+# A (SIGKILL) and measures B's takeover while a cloud service changes every device's
+# setpoint in MongoDB. Once with lease_ttl_ms 2000, once with 10000 (the default).
+step "active/standby failover: lease TTL 2000 and 10000 ms"
+for ttl in 2000 10000; do
+  start_double
+  pair=("IOTSPHERE__MONGODB__URI=$MD_URI" IOTSPHERE__MONGODB__LEASE=site-1 "IOTSPHERE__MONGODB__LEASE_TTL_MS=$ttl")
+  start_gateway "${pair[@]}" IOTSPHERE__GATEWAY__ID=gw-a
+  wait_uplink change_stream
+  wait_uplink active lease
+  active_port=$GW_PORT active_pid=$GW_PID
+  start_gateway "${pair[@]}" IOTSPHERE__GATEWAY__ID=gw-b
+  wait_uplink change_stream
+  wait_uplink standby lease
+  lg --broker "127.0.0.1:$active_port" --label gateway-pair --pid "$GW_PID" --tag "ttl-$ttl" --round 1 \
+    --deadline 90 failover --mongo "$MD_URI" --standby "127.0.0.1:$GW_PORT" --active-pid "$active_pid" \
+    --lease site-1 --lease-ttl-ms "$ttl" --devices 1000
+  stop "$active_pid" # killed by loadgen: reaped here (or stopped, if loadgen failed first)
+  stop "$GW_PID"
+  stop "$MD_PID"
+done
+
 # 4. Idle memory: a fresh broker for every run, so "before" is a cold process.
 for size in $IDLE_SIZES; do
   if [ "$size" -ge "$fd_limit" ]; then
@@ -242,6 +266,10 @@ memory=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
   echo "- **many gateways** (section 8): no gateway process; loadgen opens G change streams with"
   echo "  the gateway's own pipeline (\`uplink::watcher::change_stream_pipeline\`), one MongoDB client"
   echo "  each, on a fresh mongo-double; \"broker CPU\" is the double's."
+  echo "- **active/standby pair** (section 9): two gateways as in sections 3 and 6 plus"
+  echo "  \`IOTSPHERE__MONGODB__LEASE=site-1 IOTSPHERE__MONGODB__LEASE_TTL_MS=TTL\` and"
+  echo "  \`IOTSPHERE__GATEWAY__ID=gw-a\` / \`gw-b\` on one fresh mongo-double; loadgen kills gw-a"
+  echo "  (SIGKILL); \"broker CPU\" is the standby's."
   echo "- **loadgen**: one runtime thread, raw MQTT 3.1.1 client (TCP_NODELAY on every socket),"
   echo "  256-byte payloads (valid JSON telemetry readings); latency = receive time − send time"
   echo "  written in the payload (same clock). Each broker's CPU time (/proc/PID/stat) is"

@@ -69,6 +69,9 @@ pub enum Scenario {
     Idle(IdleArgs),
     /// N devices with a pending delta reconnect at once; every delta once, none missed.
     Storm(StormArgs),
+    /// Active/standby pair: N devices on the active (--broker), which is killed; cloud
+    /// changes made meanwhile reach every device on the standby exactly once.
+    Failover(FailoverArgs),
     /// Turns the JSON lines of earlier runs into the Markdown tables of RESULTS.md.
     Summarize(SummarizeArgs),
 }
@@ -83,6 +86,7 @@ impl Scenario {
             Scenario::Landed(_) => "landed",
             Scenario::Idle(_) => "idle",
             Scenario::Storm(_) => "storm",
+            Scenario::Failover(_) => "failover",
             Scenario::Summarize(_) => "summarize",
         }
     }
@@ -138,6 +142,15 @@ pub struct MongoArgs {
     /// The gateway's `mongodb.database`.
     #[arg(long, default_value = "iotsphere")]
     pub database: String,
+}
+
+impl MongoArgs {
+    /// `--mongo`, which `scenario` cannot run without.
+    pub fn required_uri(&self, scenario: &str) -> anyhow::Result<&str> {
+        self.mongo
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("{scenario} needs --mongo URI"))
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -243,6 +256,36 @@ pub struct StormArgs {
     /// instead of disconnecting cleanly.
     #[arg(long)]
     pub abrupt: bool,
+    /// After the last device got its delta, how long to keep listening for duplicates (ms).
+    #[arg(long, default_value_t = 1000)]
+    pub settle_ms: u64,
+}
+
+/// `--broker` is the active gateway, `--pid` the standby (its CPU is measured).
+#[derive(Debug, Clone, Args)]
+pub struct FailoverArgs {
+    #[command(flatten)]
+    pub mongo: MongoArgs,
+    /// The standby gateway's MQTT address (loopback only).
+    #[arg(long)]
+    pub standby: SocketAddr,
+    /// The active gateway's process id: loadgen kills it (SIGKILL).
+    #[arg(long)]
+    pub active_pid: u32,
+    /// The pair's `mongodb.lease` (the `_id` of its document in `leases`).
+    #[arg(long, default_value = "site-1")]
+    pub lease: String,
+    /// The pair's `mongodb.lease_ttl_ms`, for the report (the standby must take the lease
+    /// within 3/4 of it).
+    #[arg(long, default_value_t = 10_000)]
+    pub lease_ttl_ms: u64,
+    #[arg(long, default_value_t = 1000)]
+    pub devices: usize,
+    /// The cloud's changes per second from the kill on; 0 = one after the other, as fast
+    /// as MongoDB answers. A rate that spreads them past the takeover also puts changes
+    /// in its window (the standby stamping and importing the devices).
+    #[arg(long, default_value_t = 0.0)]
+    pub cloud_rate: f64,
     /// After the last device got its delta, how long to keep listening for duplicates (ms).
     #[arg(long, default_value_t = 1000)]
     pub settle_ms: u64,

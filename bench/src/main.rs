@@ -111,6 +111,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Scenario::Landed(args) => scenarios::landed::run(&ctx, args).await,
             Scenario::Idle(args) => scenarios::idle::run(&ctx, args).await,
             Scenario::Storm(args) => scenarios::storm::run(&ctx, args).await,
+            Scenario::Failover(args) => scenarios::failover::run(&ctx, args).await,
             Scenario::Summarize(_) => anyhow::bail!("summarize is not a scenario"),
         }
     };

@@ -1,5 +1,6 @@
 //! The cloud side of the uplink scenarios, through the same `mongodb` driver the gateway
-//! uses: connecting (loopback only), and waiting for telemetry readings to land in the
+//! uses: connecting (loopback only), a cloud service's change of a desired setpoint,
+//! waiting until documents are there, and waiting for telemetry readings to land in the
 //! `telemetry` collection, then checking them exactly once per (device, seq).
 
 use std::collections::HashMap;
@@ -7,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures_util::TryStreamExt;
-use mongodb::bson::{doc, Bson, Document};
+use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::options::{ClientOptions, ServerAddress};
-use mongodb::{Client, Database};
+use mongodb::{Client, Collection, Database};
 use serde::Serialize;
 
 /// How long the driver looks for the server before an operation fails.
@@ -40,6 +41,41 @@ pub async fn connect(uri: &str, database: &str) -> anyhow::Result<Database> {
     options.server_selection_timeout = Some(SERVER_SELECTION_TIMEOUT);
     options.app_name = Some("iotsphere-loadgen".to_string());
     Ok(Client::with_options(options)?.database(database))
+}
+
+/// What a cloud service does to change a device's setpoint: `$set` its
+/// `state.desired.targetTemp` and `updatedAt` in `shadows` (never `version`: README.md
+/// here, scenario 3). `Ok(false)`: no shadow has that id.
+pub async fn set_desired_temp(
+    shadows: &Collection<Document>,
+    device_id: &str,
+    target_temp: u32,
+) -> mongodb::error::Result<bool> {
+    let change = doc! {"$set": {
+        "state.desired.targetTemp": target_temp,
+        "updatedAt": DateTime::now(),
+    }};
+    let outcome = shadows.update_one(doc! {"_id": device_id}, change).await?;
+    Ok(outcome.matched_count == 1)
+}
+
+/// Counts the documents matching `filter` every `every` until there are `n`; how long
+/// that took, or `None` at the deadline.
+pub async fn wait_count(
+    collection: &Collection<Document>,
+    filter: Document,
+    n: u64,
+    every: Duration,
+    deadline: Instant,
+) -> anyhow::Result<Option<Duration>> {
+    let started = Instant::now();
+    while Instant::now() < deadline {
+        if collection.count_documents(filter.clone()).await? >= n {
+            return Ok(Some(started.elapsed()));
+        }
+        tokio::time::sleep(every).await;
+    }
+    Ok(None)
 }
 
 /// How the readings of a run reached MongoDB.

@@ -44,6 +44,7 @@ pub fn markdown(lines: &str) -> anyhow::Result<String> {
     outbox(&mut out, &uplink, &runs)?;
     commands(&mut out, &runs)?;
     fleet(&mut out, &runs)?;
+    failover(&mut out, &runs)?;
     Ok(out)
 }
 
@@ -445,6 +446,73 @@ fn fleet(out: &mut String, runs: &[Value]) -> std::fmt::Result {
     writeln!(out)
 }
 
+fn failover(out: &mut String, runs: &[Value]) -> std::fmt::Result {
+    if of(runs, "failover").next().is_none() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "## 9. Active/standby failover: the active gateway is killed, the standby takes its devices\n"
+    )?;
+    writeln!(out, "Two gateways with the same `mongodb.lease` on one mongo-double; N devices on the active report a state, then loadgen kills the active (SIGKILL) and at once changes every device's `state.desired.targetTemp` in MongoDB (a distinct value per device). Each device retries [active, standby] every 100 ms and subscribes once to its delta on the gateway that accepts it. Times are seconds from the kill; the standby must take the lease within ¾ of the TTL. Exactly once: every device gets its new setpoint, none twice, none wrong.\n")?;
+    let s = |v: Option<f64>| v.map_or_else(|| "never".into(), |ms| format!("{:.2}", ms / 1000.0));
+    let us = |run: &Value, p: &str| {
+        num(run, p).map_or_else(|| "–".into(), |us| format!("{:.2}", us / 1e6))
+    };
+    let mut ttls: Vec<f64> = of(runs, "failover")
+        .filter_map(|r| num(r, "/params/lease_ttl_ms"))
+        .collect();
+    ttls.sort_by(f64::total_cmp);
+    ttls.dedup();
+    for ttl in ttls {
+        writeln!(
+            out,
+            "### lease_ttl_ms = {ttl:.0} (bound ¾ × TTL = {:.2} s)\n",
+            ttl * 0.75 / 1000.0
+        )?;
+        writeln!(out, "| round | devices | lease taken s | bound s | all shadows owned s | all reconnected s | CONNACK p50 / p99 / max s | all deltas delivered s | delta p50 / p99 / max s | delivered | missing | got it twice | wrong | failed attempts: CONNACK 3 / TCP refused / other | standby CPU s |")?;
+        writeln!(
+            out,
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        )?;
+        let these: Vec<&Value> = of(runs, "failover")
+            .filter(|r| num(r, "/params/lease_ttl_ms") == Some(ttl))
+            .collect();
+        for run in &these {
+            writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} / {} / {} | {} | {} / {} / {} | {} | {} | {} | {} | {} / {} / {} | {} |",
+                int(num(run, "/round")),
+                int(num(run, "/results/devices")),
+                s(num(run, "/results/lease_taken_ms")),
+                s(num(run, "/results/lease_bound_ms")),
+                s(num(run, "/results/all_owned_ms")),
+                s(num(run, "/results/all_reconnected_ms")),
+                us(run, "/results/connect/p50_us"),
+                us(run, "/results/connect/p99_us"),
+                us(run, "/results/connect/max_us"),
+                s(num(run, "/results/all_delivered_ms")),
+                us(run, "/results/delta/p50_us"),
+                us(run, "/results/delta/p99_us"),
+                us(run, "/results/delta/max_us"),
+                int(num(run, "/results/delivered")),
+                int(num(run, "/results/missing")),
+                int(num(run, "/results/duplicated")),
+                int(num(run, "/results/wrong")),
+                int(num(run, "/results/refusals/connack/3").or(Some(0.0))),
+                int(num(run, "/results/refusals/tcp_refused")),
+                int(num(run, "/results/refusals/other/count")),
+                num(run, "/cpu_broker_s").map_or_else(|| "–".into(), |v| format!("{v:.2}")),
+            )?;
+        }
+        writeln!(out)?;
+        for run in these {
+            writeln!(out, "`{}`\n", text(run, "/command"))?;
+        }
+    }
+    Ok(())
+}
+
 fn ingest(out: &mut String, runs: &[Value]) -> std::fmt::Result {
     if tagged(runs, "ingest").next().is_none() {
         return Ok(());
@@ -696,6 +764,36 @@ mod tests {
         let md = markdown(&lines).expect("valid lines");
         assert!(md.contains("**2.00×** (1.50, 2.50)"), "{md}");
         assert!(md.contains("| met |"), "{md}");
+    }
+
+    #[test]
+    fn failover_gets_a_table_per_lease_ttl() {
+        let line = |ttl: u64| {
+            serde_json::json!({
+                "scenario": "failover", "broker": "gateway-pair", "tag": format!("ttl-{ttl}"),
+                "round": 1, "command": format!("loadgen failover --lease-ttl-ms {ttl}"),
+                "params": {"lease_ttl_ms": ttl, "devices": 1000},
+                "results": {"devices": 1000, "lease_taken_ms": 900.0, "lease_bound_ms": ttl as f64 * 0.75,
+                            "delivered": 1000, "missing": 0, "duplicated": 0, "wrong": 0,
+                            "refusals": {"connack": {"3": 7000}, "tcp_refused": 8000, "other": {"count": 0}}}
+            })
+            .to_string()
+        };
+        let md = markdown(&[line(2000), line(10000)].join("\n")).expect("valid lines");
+        assert!(
+            md.contains("### lease_ttl_ms = 2000 (bound ¾ × TTL = 1.50 s)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("### lease_ttl_ms = 10000 (bound ¾ × TTL = 7.50 s)"),
+            "{md}"
+        );
+        assert!(md.contains("| 0.90 | 1.50 |"), "{md}");
+        assert!(md.contains("| 7000 / 8000 / 0 |"), "{md}");
+        assert!(
+            md.contains("`loadgen failover --lease-ttl-ms 2000`"),
+            "{md}"
+        );
     }
 
     #[test]

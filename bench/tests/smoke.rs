@@ -3,8 +3,10 @@
 //! when its binary was built next to this test (`cargo test --workspace` builds it;
 //! `cargo test -p iotsphere-bench` alone may not, and then that part is skipped), and
 //! `mongochange` and `fanin --mongo` against the gateway with a mongo-double as its
-//! MongoDB when both binaries are there, and `fleetwatch` on that double.
+//! MongoDB when both binaries are there, and `fleetwatch` on that double; and `failover`
+//! against an active/standby pair of gateways on a mongo-double.
 
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -185,27 +187,37 @@ fn roundtrip_against_the_gateway() {
     );
 }
 
-#[test]
-fn mongochange_and_ingest_against_the_gateway_and_a_mongo_double() {
-    let (Some(gateway), Some(double)) = (
-        workspace_binary("iotsphere-gateway"),
-        workspace_binary("mongo-double"),
-    ) else {
+/// The gateway and mongo-double binaries, if both were built next to this test.
+fn gateway_and_double() -> Option<(PathBuf, PathBuf)> {
+    let found = workspace_binary("iotsphere-gateway").zip(workspace_binary("mongo-double"));
+    if found.is_none() {
         eprintln!(
             "skipped: no iotsphere-gateway and mongo-double binaries next to this test (run cargo test --workspace)"
         );
-        return;
-    };
-    let mongo_port = free_port();
+    }
+    found
+}
+
+/// Starts a mongo-double on a free port; returns it and its URI (replica set rs0).
+fn start_double(double: &Path) -> (Broker, String) {
+    let port = free_port();
     let mut mongo = Broker(
         Command::new(double)
-            .args(["--port", &mongo_port.to_string()])
+            .args(["--port", &port.to_string()])
             .stdout(Stdio::null())
             .spawn()
             .expect("start mongo-double"),
     );
-    wait_for_port(mongo_port, &mut mongo);
-    let uri = format!("mongodb://127.0.0.1:{mongo_port}/?replicaSet=rs0");
+    wait_for_port(port, &mut mongo);
+    (mongo, format!("mongodb://127.0.0.1:{port}/?replicaSet=rs0"))
+}
+
+#[test]
+fn mongochange_and_ingest_against_the_gateway_and_a_mongo_double() {
+    let Some((gateway, double)) = gateway_and_double() else {
+        return;
+    };
+    let (_mongo, uri) = start_double(&double);
     let dir = tempfile::tempdir().expect("temp dir");
     let (_gateway, port) = start_gateway(
         &gateway,
@@ -244,4 +256,70 @@ fn mongochange_and_ingest_against_the_gateway_and_a_mongo_double() {
         assert_eq!(results["events_per_gateway_min"], per_gateway, "{run}");
         assert_eq!(results["events_per_gateway_max"], per_gateway, "{run}");
     }
+}
+
+/// Waits until the gateway's `/health/uplink` on `http_port` contains `wanted`.
+fn wait_for_uplink(http_port: u16, wanted: &str) {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut body = String::new();
+        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", http_port)) {
+            let _ = stream.write_all(b"GET /health/uplink HTTP/1.0\r\nHost: localhost\r\n\r\n");
+            let _ = stream.read_to_string(&mut body);
+        }
+        if body.contains(wanted) {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "/health/uplink never showed {wanted} within 10 s (last: {body})"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn failover_from_a_killed_active_to_its_standby() {
+    let Some((gateway, double)) = gateway_and_double() else {
+        return;
+    };
+    let (_mongo, uri) = start_double(&double);
+    let mut pair = Vec::new();
+    for (id, role) in [("gw-a", "active"), ("gw-b", "standby")] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let http = free_port();
+        let listen = format!("127.0.0.1:{http}");
+        let (broker, port) = start_gateway(
+            &gateway,
+            dir.path(),
+            &[
+                ("IOTSPHERE__MONGODB__URI", uri.as_str()),
+                ("IOTSPHERE__MONGODB__LEASE", "site-1"),
+                ("IOTSPHERE__MONGODB__LEASE_TTL_MS", "1000"),
+                ("IOTSPHERE__GATEWAY__ID", id),
+                ("IOTSPHERE__HTTP__LISTEN", listen.as_str()),
+            ],
+        );
+        wait_for_uplink(http, &format!("\"lease\":\"{role}\""));
+        pair.push((broker, port, dir));
+    }
+    let active_pid = pair[0].0 .0.id().to_string();
+    let run = against(
+        &format!("127.0.0.1:{}", pair[0].1),
+        "15",
+        &format!(
+            "failover --mongo {uri} --standby 127.0.0.1:{} --active-pid {active_pid} \
+             --lease site-1 --lease-ttl-ms 1000 --devices 20 --settle-ms 300",
+            pair[1].1
+        ),
+    );
+    let results = &run["results"];
+    assert_eq!(results["holder"], "gw-b", "{run}");
+    assert_eq!(results["reconnected_standby"], 20, "{run}");
+    assert_eq!(results["delivered"], 20, "{run}");
+    assert_eq!(results["missing"], 0, "{run}");
+    assert_eq!(results["duplicated"], 0, "{run}");
+    assert_eq!(results["wrong"], 0, "{run}");
+    assert_eq!(run["deadline_hit"], false, "{run}");
+    assert_eq!(run["errors"]["count"], 0, "{run}");
 }

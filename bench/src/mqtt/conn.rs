@@ -41,6 +41,18 @@ impl ConnectOptions {
     }
 }
 
+/// The broker answered CONNECT with a non-zero return code (3: server unavailable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused(pub u8);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CONNACK refused with code {}", self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
 pub struct Connection {
     stream: TcpStream,
     rbuf: BytesMut,
@@ -68,7 +80,7 @@ impl Connection {
             conn.flush().await?;
             match conn.read().await? {
                 Some(Incoming::ConnAck { code: 0 }) => Ok(conn),
-                Some(Incoming::ConnAck { code }) => bail!("CONNACK refused with code {code}"),
+                Some(Incoming::ConnAck { code }) => Err(Refused(code).into()),
                 Some(other) => bail!("expected CONNACK, got {other:?}"),
                 None => bail!("the broker closed the connection before CONNACK"),
             }

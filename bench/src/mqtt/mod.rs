@@ -5,4 +5,4 @@ pub mod codec;
 pub mod conn;
 
 pub use codec::Incoming;
-pub use conn::{ConnectOptions, Connection};
+pub use conn::{ConnectOptions, Connection, Refused};

@@ -40,11 +40,7 @@ struct Results {
 }
 
 pub async fn run(ctx: &Ctx, args: &FleetwatchArgs) -> anyhow::Result<Outcome> {
-    let uri = args
-        .mongo
-        .mongo
-        .as_deref()
-        .ok_or_else(|| anyhow::anyhow!("fleetwatch needs --mongo URI"))?;
+    let uri = args.mongo.required_uri("fleetwatch")?;
     let db = mongo::connect(uri, &args.mongo.database).await?;
     let shadows = db.collection::<Document>("shadows");
     let gateways = args.gateways.max(1);

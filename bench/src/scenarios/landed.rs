@@ -12,11 +12,7 @@ use crate::mongo;
 use crate::report::{Errors, Outcome};
 
 pub async fn run(ctx: &Ctx, args: &LandedArgs) -> anyhow::Result<Outcome> {
-    let uri = args
-        .mongo
-        .mongo
-        .as_deref()
-        .ok_or_else(|| anyhow::anyhow!("landed needs --mongo URI"))?;
+    let uri = args.mongo.required_uri("landed")?;
     let db = mongo::connect(uri, &args.mongo.database).await?;
     let publishers = args.publishers.max(1);
     let devices: Vec<String> = (0..publishers).map(|i| ctx.device_id("pub", i)).collect();

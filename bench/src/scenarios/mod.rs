@@ -2,12 +2,14 @@
 //! topics, reading a delta's setpoint, devices listening to their deltas and the tally of
 //! what they got, and closing connections cleanly.
 
+pub mod failover;
 pub mod fanin;
 pub mod fleetwatch;
 pub mod idle;
 pub mod landed;
 pub mod mongochange;
 pub mod reading;
+mod reconnect;
 pub mod roundtrip;
 pub mod storm;
 
@@ -54,6 +56,12 @@ impl Ctx {
     }
 }
 
+/// The setpoint pending for device `i` (storm, failover): a distinct value per device
+/// modulo 40, so a delta meant for another device shows.
+pub fn setpoint(i: usize) -> u32 {
+    40 + (i % 40) as u32
+}
+
 /// The desired request every scenario sends: one setpoint.
 pub fn desired_payload(target_temp: u32) -> Vec<u8> {
     format!(r#"{{"state":{{"targetTemp":{target_temp}}}}}"#).into_bytes()
@@ -92,6 +100,8 @@ pub struct DeltaSeen {
     /// The setpoint in it; `None` for an empty ("nothing pending") or foreign payload.
     pub target_temp: Option<f64>,
     pub at_ns: u64,
+    /// Sent as a retained message (on SUBSCRIBE), not live.
+    pub retain: bool,
 }
 
 /// A device's life after it subscribed to its delta: acknowledge and report every delta
@@ -124,6 +134,7 @@ pub async fn listen_deltas(
                     device,
                     target_temp,
                     at_ns,
+                    retain: p.retain,
                 });
             }
             Ok(Some(_)) => {}
@@ -304,7 +315,7 @@ impl Updates {
         loop {
             tokio::select! {
                 delta = seen.recv() => {
-                    let Some(DeltaSeen { device, target_temp, at_ns }) = delta else { break };
+                    let Some(DeltaSeen { device, target_temp, at_ns, .. }) = delta else { break };
                     tally.received += 1;
                     last_ns = at_ns;
                     let round = target_temp

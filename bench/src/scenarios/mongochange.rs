@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mongodb::bson::{doc, DateTime, Document};
+use mongodb::bson::{doc, Document};
 use mongodb::{Collection, Database};
 use serde::Serialize;
 use serde_json::json;
@@ -58,11 +58,7 @@ struct Cloud {
 }
 
 pub async fn run(ctx: &Ctx, args: &MongochangeArgs) -> anyhow::Result<Outcome> {
-    let uri = args
-        .mongo
-        .mongo
-        .as_deref()
-        .ok_or_else(|| anyhow::anyhow!("mongochange needs --mongo URI"))?;
+    let uri = args.mongo.required_uri("mongochange")?;
     let db = mongo::connect(uri, &args.mongo.database).await?;
     if let Some(app) = &args.slow_app {
         let slow_ms = i64::try_from(args.slow_ms).unwrap_or(i64::MAX);
@@ -166,18 +162,12 @@ async fn wait_for_shadows(
     ids: &[String],
     deadline: Instant,
 ) -> anyhow::Result<Option<f64>> {
-    let started = Instant::now();
     let filter = doc! {
         "_id": {"$in": ids},
         "state.reported.targetTemp": REPORTED_TEMP,
     };
-    while Instant::now() < deadline {
-        if shadows.count_documents(filter.clone()).await? >= ids.len() as u64 {
-            return Ok(Some(started.elapsed().as_secs_f64()));
-        }
-        tokio::time::sleep(READY_CHECK).await;
-    }
-    Ok(None)
+    let took = mongo::wait_count(shadows, filter, ids.len() as u64, READY_CHECK, deadline).await?;
+    Ok(took.map(|t| t.as_secs_f64()))
 }
 
 /// The cloud service: one change per connected device per round, paced, one `updateOne`
@@ -208,18 +198,14 @@ async fn drive_cloud(
         sleep_until(at.into()).await;
         let round = (k / targets.len() as u64) as u32;
         let device = targets[(k % targets.len() as u64) as usize];
-        let change = doc! {"$set": {
-            "state.desired.targetTemp": updates.target_temp(round),
-            "updatedAt": DateTime::now(),
-        }};
         let issued = now_ns();
         updates.mark_sent(round, device, issued);
-        match shadows.update_one(doc! {"_id": &ids[device]}, change).await {
-            Ok(outcome) if outcome.matched_count == 1 => {
+        match mongo::set_desired_temp(&shadows, &ids[device], updates.target_temp(round)).await {
+            Ok(true) => {
                 cloud.call.record_ns(now_ns().saturating_sub(issued));
                 cloud.sent += 1;
             }
-            Ok(_) => {
+            Ok(false) => {
                 cloud.failed += 1;
                 cloud.errors.push(format!("no shadow {}", ids[device]));
             }

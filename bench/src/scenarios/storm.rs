@@ -9,26 +9,17 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::{mpsc, watch};
-use tokio::time::{interval, sleep, sleep_until};
+use tokio::time::sleep_until;
 
-use super::{
-    close_all, delta_target_temp, desired_payload, listen_deltas, Ctx, DeltaSeen, CLOSE_DRAIN,
-};
+use super::reconnect::{self, Returning};
+use super::{close_all, delta_target_temp, desired_payload, setpoint, Ctx, CLOSE_DRAIN};
 use crate::cli::StormArgs;
 use crate::mqtt::{Connection, Incoming};
 use crate::report::{Errors, Outcome};
-use crate::stats::{now_ns, Latency, LatencySummary, Pacer};
+use crate::stats::{now_ns, LatencySummary, Pacer};
 
 /// Devices start reconnecting together this long after their tasks were spawned.
 const START_DELAY: Duration = Duration::from_millis(200);
-/// A device whose connection attempt failed tries again after this long.
-const RETRY_AFTER: Duration = Duration::from_millis(100);
-
-/// The setpoint pending for device `i`.
-fn setpoint(i: usize) -> u32 {
-    40 + (i % 40) as u32
-}
 
 #[derive(Serialize)]
 struct Results {
@@ -82,100 +73,30 @@ pub async fn run(ctx: &Ctx, args: &StormArgs) -> anyhow::Result<Outcome> {
     // Phase 2: the storm.
     let go = Instant::now() + START_DELAY;
     let go_ns = now_ns() + u64::try_from(START_DELAY.as_nanos()).unwrap_or(0);
-    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
-    let (connected_tx, mut connected_rx) = mpsc::unbounded_channel();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, id) in ids.iter().enumerate() {
-        let device = Device {
-            index: i,
-            id: id.clone(),
-            topic: ctx.shadow_topic(id, "delta"),
-            options: ctx.connect.clone(),
-            deadline: ctx.deadline,
-        };
-        tasks.spawn(device.reconnect(go, seen_tx.clone(), connected_tx.clone(), stop_rx.clone()));
-    }
-    drop((seen_tx, connected_tx));
-
-    let mut deliveries = vec![0u32; devices];
-    let (mut delivered, mut wrong, mut retries) = (0usize, 0u64, 0u64);
-    let (mut delta, mut connect) = (Latency::default(), Latency::default());
-    let mut all_delivered_ns = None;
-    let mut check = interval(Duration::from_millis(20));
-    let mut deadline_hit = false;
-    let mut settle_until = None;
-    let mut retry_reasons = Errors::default();
-    loop {
-        tokio::select! {
-            seen = seen_rx.recv() => {
-                let Some(DeltaSeen { device, target_temp, at_ns }) = seen else { break };
-                if target_temp != Some(f64::from(setpoint(device))) {
-                    wrong += 1;
-                    continue;
-                }
-                deliveries[device] += 1;
-                if deliveries[device] == 1 {
-                    delivered += 1;
-                    delta.record_ns(at_ns.saturating_sub(go_ns));
-                    if delivered == devices {
-                        all_delivered_ns = Some(at_ns.saturating_sub(go_ns));
-                        settle_until = Some(Instant::now() + Duration::from_millis(args.settle_ms));
-                    }
-                }
-            }
-            Some(reconnected) = connected_rx.recv() => {
-                connect.record_ns(reconnected.at_ns.saturating_sub(go_ns));
-                retries += u64::from(reconnected.attempts - 1);
-                if let Some(reason) = reconnected.first_failure {
-                    retry_reasons.push(reason);
-                }
-            }
-            _ = check.tick() => {
-                if ctx.past_deadline() {
-                    deadline_hit = true;
-                    break;
-                }
-                if settle_until.is_some_and(|t| Instant::now() >= t) {
-                    break;
-                }
-            }
-        }
-    }
-    let _ = stop_tx.send(true);
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(device_errors) => errors.merge(device_errors),
-            Err(e) => errors.push(format!("device task: {e}")),
-        }
-    }
-    // Deltas read after the stop are still deliveries (possibly duplicates).
-    while let Ok(DeltaSeen {
-        device,
-        target_temp,
-        ..
-    }) = seen_rx.try_recv()
-    {
-        if target_temp == Some(f64::from(setpoint(device))) {
-            deliveries[device] += 1;
-        } else {
-            wrong += 1;
-        }
-    }
+    let (back, device_errors) = reconnect::tally(
+        ctx,
+        Returning::all(ctx, &ids, std::slice::from_ref(&ctx.connect)),
+        |_| sleep_until(go.into()),
+        setpoint,
+        go_ns,
+        Duration::from_millis(args.settle_ms),
+    )
+    .await;
+    errors.merge(device_errors);
 
     let results = Results {
         devices,
         prepare_s,
         pending_confirmed: confirmed,
-        delivered,
-        missing: devices - delivered,
-        duplicated: deliveries.iter().filter(|&&n| n > 1).count(),
-        wrong,
-        connect_retries: retries,
-        retry_reasons,
-        all_delivered_ms: all_delivered_ns.map(|ns| (ns as f64 / 1e3).round() / 1e3),
-        connect: connect.summary(),
-        delta: delta.summary(),
+        delivered: back.delivered,
+        missing: devices - back.delivered,
+        duplicated: back.duplicated,
+        wrong: back.wrong,
+        connect_retries: back.retries,
+        retry_reasons: back.retry_reasons,
+        all_delivered_ms: back.all_delivered_ms,
+        connect: back.connect,
+        delta: back.delta,
     };
     let summary = format!(
         "{} devices ({} pending deltas confirmed in {:.1} s){}: delivered {}, missing {}, duplicated {}, wrong {}\n\
@@ -193,7 +114,7 @@ pub async fn run(ctx: &Ctx, args: &StormArgs) -> anyhow::Result<Outcome> {
             .map_or_else(|| "never".to_string(), |ms| format!("{ms:.1} ms")),
         results.delta,
         results.connect,
-        retries,
+        results.connect_retries,
     );
     Ok(Outcome {
         params: json!({
@@ -204,7 +125,7 @@ pub async fn run(ctx: &Ctx, args: &StormArgs) -> anyhow::Result<Outcome> {
         }),
         results: serde_json::to_value(&results)?,
         summary,
-        deadline_hit,
+        deadline_hit: back.deadline_hit,
         errors,
     })
 }
@@ -281,66 +202,4 @@ async fn prepare(
         errors.push(format!("app close: {e:#}"));
     }
     Ok(confirmed_count)
-}
-
-struct Device {
-    index: usize,
-    id: String,
-    topic: String,
-    options: crate::mqtt::ConnectOptions,
-    deadline: Instant,
-}
-
-/// A device is back: when its CONNACK came, after how many attempts, and why the first
-/// one failed if it did.
-struct Reconnected {
-    at_ns: u64,
-    attempts: u32,
-    first_failure: Option<String>,
-}
-
-impl Device {
-    /// Waits for `go`, connects (retrying until the deadline), subscribes, and listens.
-    async fn reconnect(
-        self,
-        go: Instant,
-        seen: mpsc::UnboundedSender<DeltaSeen>,
-        connected: mpsc::UnboundedSender<Reconnected>,
-        stop: watch::Receiver<bool>,
-    ) -> Errors {
-        let mut errors = Errors::default();
-        sleep_until(go.into()).await;
-        let mut attempts = 0u32;
-        let mut first_failure = None;
-        let conn = loop {
-            attempts += 1;
-            let attempt = async {
-                let mut conn = Connection::open(&self.id, &self.options).await?;
-                let at_ns = now_ns();
-                conn.queue_subscribe(&self.topic, 1);
-                conn.flush().await?;
-                anyhow::Ok((conn, at_ns))
-            };
-            match attempt.await {
-                Ok((conn, at_ns)) => {
-                    let _ = connected.send(Reconnected {
-                        at_ns,
-                        attempts,
-                        first_failure,
-                    });
-                    break conn;
-                }
-                Err(e) if Instant::now() + RETRY_AFTER < self.deadline => {
-                    first_failure.get_or_insert_with(|| format!("device {}: {e:#}", self.index));
-                    sleep(RETRY_AFTER).await;
-                }
-                Err(e) => {
-                    errors.push(format!("device {}: gave up: {e:#}", self.index));
-                    return errors;
-                }
-            }
-        };
-        errors.merge(listen_deltas(self.index, conn, seen, stop).await);
-        errors
-    }
 }
