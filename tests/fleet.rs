@@ -310,6 +310,58 @@ async fn the_standby_takes_the_devices_when_the_active_gateway_dies() {
     device.expect_none("/shadow/delta", QUIET).await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_active_writes_before_its_first_lease_round_are_not_lost() {
+    let mongo = Mongo::start().await;
+    let config = mongo.config(&format!(
+        "lease = \"site-1\"\nlease_ttl_ms = {}",
+        TTL.as_millis()
+    ));
+    let mut active = Gateway::configure(&config);
+    active.spawn(&[("IOTSPHERE__GATEWAY__ID", "gw-a")]);
+    wait_for_lease_role(&active, "active").await;
+    let device = reported_device(&active, &mongo, "early", "gw-a").await;
+    device.disconnect().await;
+    assert!(active.terminate().success());
+
+    // Back, the gateway's first lease round is slow (2 s in MongoDB); meanwhile the
+    // heater reports and its shadow write is ready to go.
+    mongo
+        .client
+        .database("admin")
+        .run_command(doc! {
+            "configureFailPoint": "failCommand",
+            "mode": {"times": 1},
+            "data": {"failCommands": ["findAndModify"], "blockConnection": true,
+                     "blockTimeMS": 2000, "appName": "iotsphere-gateway/gw-a"},
+        })
+        .await
+        .expect("fail point");
+    active.spawn(&[("IOTSPHERE__GATEWAY__ID", "gw-a")]);
+    let mut device = Client::connect(active.port, "early").await;
+    device.subscribe(&shadow_topic("early", "+")).await;
+    device
+        .publish(
+            &shadow_topic("early", "reported"),
+            json(&json!({"state": {"targetTemp": 70}})),
+        )
+        .await;
+    assert_eq!(
+        device.expect("/shadow/document").await.payload_json()["version"],
+        2
+    );
+    // Written once the gateway knows its epoch (2), not refused as epoch 0 and dropped.
+    let written = mongo
+        .wait_for("shadows", doc! {"_id": "early"}, |d| {
+            d.get_i64("version") == Ok(2)
+        })
+        .await;
+    assert_eq!(
+        written.get_document("lease").ok(),
+        Some(&doc! {"name": "site-1", "epoch": 2_i64})
+    );
+}
+
 /// A device configured with both gateways' addresses: it takes the first that accepts it.
 async fn connect_to_either(gateways: [&Gateway; 2], client_id: &str) -> (Client, u16) {
     let started = std::time::Instant::now();

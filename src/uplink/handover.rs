@@ -67,8 +67,10 @@ pub async fn run(
         let (db, gateway_id, to_service) = (db.clone(), gateway_id.clone(), to_service.clone());
         let fence = fence.clone();
         tokio::spawn(async move {
-            let claimed =
-                tokio::time::timeout(CLAIM_TIMEOUT, claim(&db, &gateway_id, &fence, &device_id));
+            let claimed = tokio::time::timeout(CLAIM_TIMEOUT, async {
+                fence.decided().await;
+                claim(&db, &gateway_id, &fence, &device_id).await
+            });
             let shadow = match claimed.await {
                 Ok(Ok(shadow)) => shadow,
                 Ok(Err(ClaimError::ShutOut)) => {

@@ -78,6 +78,21 @@ impl Fence {
         Some((name.as_str(), state.borrow().epoch))
     }
 
+    /// Until this gateway knows its epoch (a pair member's first lease round): a restarted
+    /// active still at epoch 0 would find its own shadows, stamped with its previous
+    /// epoch, fenced, and drop its queued writes of them. At once without a pair.
+    pub async fn decided(&self) {
+        let Some((name, state)) = &self.0 else {
+            return;
+        };
+        let mut state = state.clone();
+        if !is_decided(&state.borrow()) {
+            tracing::info!(lease = %name, "waiting for the lease before writing shadows");
+        }
+        // Only a gone lease task ends the wait otherwise (shutdown).
+        let _ = state.wait_for(is_decided).await;
+    }
+
     /// Adds to a write's filter: the document carries no newer epoch of this lease.
     pub fn guard(&self, filter: &mut BsonDocument) {
         if let Some((name, epoch)) = self.current() {
@@ -106,6 +121,10 @@ impl Fence {
             lease.get_str("name") == Ok(name) && lease.get_i64("epoch").is_ok_and(|e| e > epoch)
         })
     }
+}
+
+fn is_decided(state: &LeaseState) -> bool {
+    state.role != LeaseRole::Undecided || state.epoch > 0
 }
 
 /// One gateway's side of the lease.

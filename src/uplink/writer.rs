@@ -97,6 +97,7 @@ impl Writer {
     /// it). Live traffic goes out as fast as it comes, so the replay rate does not cap the
     /// ingest rate.
     pub async fn run(self) {
+        self.fence.decided().await;
         let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         loop {
             let result = self.drain_paced(false).await;
