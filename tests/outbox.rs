@@ -447,3 +447,33 @@ async fn presence_queued_while_offline_ends_in_each_devices_last_state() {
     }
     drop(staying);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_device_is_not_kept_waiting_for_a_claim_while_mongodb_is_known_unreachable() {
+    let Some((_, _, config)) = unreachable_mongo() else {
+        return;
+    };
+    let gateway = Gateway::start_with(&config);
+    // The uplink's first attempt fails after its server selection timeout (5 s).
+    let started = Instant::now();
+    while !gateway.log().contains("MongoDB unreachable") {
+        assert!(started.elapsed() < common::WAIT, "{}", gateway.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut heater = Client::connect(gateway.port, "h-new-offline").await;
+    heater.subscribe(&shadow_topic("h-new-offline", "+")).await;
+    heater
+        .publish(
+            &shadow_topic("h-new-offline", "reported"),
+            json(&json!({"state": {"targetTemp": 50}})),
+        )
+        .await;
+    let document = heater.expect("/shadow/document").await.payload_json();
+    assert_eq!(document["version"], 1);
+    // Served from a fresh local shadow without a claim that could only time out (3 s).
+    assert!(
+        !gateway.log().contains("did not answer the claim"),
+        "{}",
+        gateway.log()
+    );
+}

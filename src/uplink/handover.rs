@@ -35,7 +35,8 @@
 //! (`lease::Fence`): a stalled former holder cannot claim a device back either.
 //!
 //! MongoDB unreachable: a claim gives up after [`CLAIM_TIMEOUT`] and the device is served
-//! from a fresh local shadow (the gateway works offline); if MongoDB holds the device for
+//! from a fresh local shadow (the gateway works offline); once the uplink found MongoDB
+//! unreachable, claims are not even tried until it is back; if MongoDB holds the device for
 //! another gateway, this gateway's writes are then refused until the device is claimed
 //! again (its next request after a restart, or after a release).
 
@@ -46,6 +47,7 @@ use mongodb::Database;
 use serde_json::Value;
 
 use super::lease::Fence;
+use super::status::UplinkStatus;
 use super::FromCloud;
 use crate::shadow::{Document, Sections};
 
@@ -54,43 +56,62 @@ pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(3);
 /// Reads + conditional updates before a claim gives up (each lost race costs one).
 pub const CLAIM_ATTEMPTS: usize = 5;
 
-/// Claims every device id received, each in a task of its own, and answers the shadow
-/// service with [`FromCloud::Claimed`] (always, even when the claim failed).
-pub async fn run(
-    db: Database,
-    gateway_id: String,
-    fence: Fence,
-    claims: flume::Receiver<String>,
-    to_service: flume::Sender<FromCloud>,
-) {
-    while let Ok(device_id) = claims.recv_async().await {
-        let (db, gateway_id, to_service) = (db.clone(), gateway_id.clone(), to_service.clone());
-        let fence = fence.clone();
-        tokio::spawn(async move {
-            let claimed = tokio::time::timeout(CLAIM_TIMEOUT, async {
-                fence.decided().await;
-                claim(&db, &gateway_id, &fence, &device_id).await
+/// The claim task: what it needs to claim devices and answer the shadow service.
+pub struct Claims {
+    pub db: Database,
+    pub gateway_id: String,
+    pub fence: Fence,
+    /// While MongoDB is known to be unreachable, a claim is not even tried.
+    pub status: UplinkStatus,
+    pub to_service: flume::Sender<FromCloud>,
+}
+
+impl Claims {
+    /// Claims every device id received, each in a task of its own, and answers the shadow
+    /// service with [`FromCloud::Claimed`] (always, even when the claim failed).
+    pub async fn run(self, claims: flume::Receiver<String>) {
+        while let Ok(device_id) = claims.recv_async().await {
+            if self.status.update(|r| r.unreachable) {
+                // It would only time out: serve the device now (see the module doc).
+                tracing::debug!(device_id, "MongoDB is unreachable: serving the device from a fresh local shadow without a claim");
+                let _ = self.to_service.send(FromCloud::Claimed {
+                    device_id,
+                    shadow: None,
+                });
+                continue;
+            }
+            let (db, gateway_id, to_service) = (
+                self.db.clone(),
+                self.gateway_id.clone(),
+                self.to_service.clone(),
+            );
+            let fence = self.fence.clone();
+            tokio::spawn(async move {
+                let claimed = tokio::time::timeout(CLAIM_TIMEOUT, async {
+                    fence.decided().await;
+                    claim(&db, &gateway_id, &fence, &device_id).await
+                });
+                let shadow = match claimed.await {
+                    Ok(Ok(shadow)) => shadow,
+                    Ok(Err(ClaimError::ShutOut)) => {
+                        tracing::warn!(device_id, "the device belongs to a newer holder of this gateway's lease: not serving it here");
+                        let _ = to_service.send(FromCloud::ShutOut { device_id });
+                        return;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(device_id, error = %e, "could not claim the device in MongoDB; serving it from a fresh local shadow");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::warn!(device_id, timeout = ?CLAIM_TIMEOUT, "MongoDB did not answer the claim in time; serving the device from a fresh local shadow");
+                        None
+                    }
+                };
+                // The service is gone only at shutdown.
+                let shadow = shadow.map(Box::new);
+                let _ = to_service.send(FromCloud::Claimed { device_id, shadow });
             });
-            let shadow = match claimed.await {
-                Ok(Ok(shadow)) => shadow,
-                Ok(Err(ClaimError::ShutOut)) => {
-                    tracing::warn!(device_id, "the device belongs to a newer holder of this gateway's lease: not serving it here");
-                    let _ = to_service.send(FromCloud::ShutOut { device_id });
-                    return;
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(device_id, error = %e, "could not claim the device in MongoDB; serving it from a fresh local shadow");
-                    None
-                }
-                Err(_) => {
-                    tracing::warn!(device_id, timeout = ?CLAIM_TIMEOUT, "MongoDB did not answer the claim in time; serving the device from a fresh local shadow");
-                    None
-                }
-            };
-            // The service is gone only at shutdown.
-            let shadow = shadow.map(Box::new);
-            let _ = to_service.send(FromCloud::Claimed { device_id, shadow });
-        });
+        }
     }
 }
 

@@ -112,13 +112,16 @@ pub async fn start(
     } else {
         Fence::new(&mongo.lease, lease.subscribe())
     };
-    tokio::spawn(handover::run(
-        db.clone(),
-        gateway_id.to_string(),
-        fence.clone(),
-        to_claim,
-        to_service.clone(),
-    ));
+    tokio::spawn(
+        handover::Claims {
+            db: db.clone(),
+            gateway_id: gateway_id.to_string(),
+            fence: fence.clone(),
+            status: status.clone(),
+            to_service: to_service.clone(),
+        }
+        .run(to_claim),
+    );
     if !mongo.lease.is_empty() {
         tokio::spawn(
             lease::Lease {
@@ -178,6 +181,7 @@ pub async fn start(
                     supervisor_status.update(|r| {
                         r.mode = UplinkMode::Offline;
                         r.connected = false;
+                        r.unreachable = true;
                     });
                     tokio::time::sleep(retry).await;
                     continue;
@@ -190,6 +194,7 @@ pub async fn start(
             supervisor_status.update(|r| {
                 r.mode = mode;
                 r.connected = true;
+                r.unreachable = false;
             });
             tracing::info!(?mode, "MongoDB uplink connected");
             backoff.reset();

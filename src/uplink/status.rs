@@ -44,6 +44,10 @@ pub struct UplinkReport {
     /// This gateway's role in its active/standby pair (`[mongodb] lease`), if in one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lease: Option<&'static str>,
+    /// The last attempt to reach MongoDB failed (not merely "not connected yet"): claims
+    /// do not wait for it then.
+    #[serde(skip)]
+    pub unreachable: bool,
 }
 
 /// Shared, cheap to clone.
@@ -58,6 +62,7 @@ impl Default for UplinkStatus {
             last_event_at: None,
             outbox: OutboxStats::default(),
             lease: None,
+            unreachable: false,
         })))
     }
 }

@@ -105,7 +105,10 @@ impl Writer {
                 Ok(written) => {
                     // An empty drain proves nothing about the connection.
                     if written > 0 {
-                        self.status.update(|r| r.connected = true);
+                        self.status.update(|r| {
+                            r.connected = true;
+                            r.unreachable = false;
+                        });
                     }
                     backoff.reset();
                     self.outbox.wait(IDLE_CHECK).await;
