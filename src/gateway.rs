@@ -205,7 +205,7 @@ pub async fn run(
         access: access.clone(),
         ingest,
         subscriptions: SubscriptionLimit::new(config.mqtt.max_subscriptions),
-        alerts: alert_feed,
+        alerts: alert_feed.clone(),
         bridge: capture,
         command_listeners: command_listeners.clone(),
         step_down: step_down.clone(),
@@ -272,7 +272,9 @@ pub async fn run(
         );
     }
     let service = match &uplink {
-        Some(uplink) => service.claim_through(uplink.claims.clone()),
+        Some(uplink) => service
+            .claim_through(uplink.claims.clone())
+            .tell_alerts(alert_feed),
         None => service,
     };
     let uplink_status = uplink.as_ref().map(|u| u.status.clone()).zip(outbox);

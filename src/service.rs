@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::alerts::AlertFeed;
 use crate::codec::{self, DecodeError, Encoding, Envelope, EnvelopeMetadata, ShadowRequest};
 use crate::config::GatewayConfig;
 use crate::metrics::Metrics;
@@ -153,6 +154,8 @@ pub struct ShadowService {
     /// What arrived for devices being claimed, in order, handled once the claim is
     /// answered.
     parked: HashMap<String, Vec<Parked>>,
+    /// Told about devices released to another gateway (their alerts end here).
+    alerts: Option<AlertFeed>,
 }
 
 /// A request or a cloud change that waits for its device's claim.
@@ -179,7 +182,14 @@ impl ShadowService {
             live: None,
             claims: None,
             parked: HashMap::new(),
+            alerts: None,
         }
+    }
+
+    /// Tells the alert task which devices leave for another gateway.
+    pub fn tell_alerts(mut self, alerts: Option<AlertFeed>) -> Self {
+        self.alerts = alerts;
+        self
     }
 
     /// Claims devices the store does not hold through the uplink before serving them.
@@ -311,6 +321,9 @@ impl ShadowService {
             return Ok(());
         }
         self.store.remove(device_id)?;
+        if let Some(alerts) = &self.alerts {
+            alerts.released(device_id);
+        }
         out.push(self.replies.clear_delta(device_id));
         tracing::info!(
             device_id,

@@ -175,34 +175,50 @@ async fn only_gw_b_serves_the_mover(device: &mut Client, observer_a: &mut Client
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_moved_device_is_claimed_and_served_by_its_new_gateway_only() {
-    a_device_moves_away_from_gw_a("").await;
+    a_device_moves_away_from_gw_a(&Mongo::start().await, "").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_polling_gateway_lets_a_moved_device_go_too() {
-    a_device_moves_away_from_gw_a("change_streams = \"off\"").await;
+    a_device_moves_away_from_gw_a(&Mongo::start().await, "change_streams = \"off\"").await;
 }
 
-/// "mover" moves from `gw-a` (with this `[mongodb]` extra) to `gw-b`: claimed there,
-/// released by gw-a (its retained delta cleared), served by gw-b only.
-async fn a_device_moves_away_from_gw_a(gw_a_mongodb: &str) {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_that_moved_leaves_no_offline_alert_behind() {
     let mongo = Mongo::start().await;
-    let mut gw_a = Gateway::configure(&mongo.config(gw_a_mongodb));
+    let offline_rule = "\n[[alerts]]\nname = \"offline\"\nsource = \"offline\"\nfor = \"1s\"\n";
+    a_device_moves_away_from_gw_a(&mongo, offline_rule).await;
+    // gw-a saw the mover disconnect and never come back; the move took 3 s and more
+    // (the quiet periods): without forgetting the mover on its release, gw-a would have
+    // fired an offline alert after 1 s and kept it open.
+    let open = mongo
+        .db()
+        .collection::<BsonDocument>("alerts")
+        .count_documents(doc! {"deviceId": "mover", "status": "open"})
+        .await
+        .expect("count");
+    assert_eq!(open, 0);
+}
+
+/// "mover" moves from `gw-a` (with this extra config after `[mongodb]`) to `gw-b`: claimed
+/// there, released by gw-a (its retained delta cleared), served by gw-b only.
+async fn a_device_moves_away_from_gw_a(mongo: &Mongo, gw_a_extra: &str) {
+    let mut gw_a = Gateway::configure(&mongo.config(gw_a_extra));
     gw_a.spawn(&[("IOTSPHERE__GATEWAY__ID", "gw-a")]);
-    let gw_b = gateway(&mongo, "gw-b");
-    wait_until_watching(&gw_a, &mongo, "probe-a", "gw-a").await;
-    wait_until_watching(&gw_b, &mongo, "probe-b", "gw-b").await;
-    mover_with_pending_delta(&gw_a, &mongo).await;
+    let gw_b = gateway(mongo, "gw-b");
+    wait_until_watching(&gw_a, mongo, "probe-a", "gw-a").await;
+    wait_until_watching(&gw_b, mongo, "probe-b", "gw-b").await;
+    mover_with_pending_delta(&gw_a, mongo).await;
     let mut observer_a = Client::connect(gw_a.port, "observer-a").await;
     observer_a.subscribe(&shadow_topic("mover", "delta")).await;
     let retained = observer_a.expect("/shadow/delta").await;
     assert!(!retained.payload.is_empty());
 
-    let mut device = mover_claimed_by(&gw_b, &mongo).await;
+    let mut device = mover_claimed_by(&gw_b, mongo).await;
     // gw-a let go: its retained delta is cleared.
     let cleared = observer_a.expect("/shadow/delta").await;
     assert!(cleared.payload.is_empty(), "gw-a did not clear the delta");
-    only_gw_b_serves_the_mover(&mut device, &mut observer_a, &mongo).await;
+    only_gw_b_serves_the_mover(&mut device, &mut observer_a, mongo).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -92,6 +92,9 @@ impl Default for Track {
     }
 }
 
+/// The value of an alert cleared because the device moved to another gateway.
+pub const MOVED: &str = "served by another gateway";
+
 /// All rules over all devices. Memory: one small entry per rule and device that ever
 /// matched.
 pub struct Engine {
@@ -171,6 +174,31 @@ impl Engine {
                 &mut events,
             );
         }
+        events
+    }
+
+    /// Stops judging a device another gateway serves now: its pending alerts are dropped
+    /// and its open ones cleared (the value says why), since nothing here would clear them.
+    pub fn forget(&mut self, device_id: &str, now_ms: i64) -> Vec<AlertEvent> {
+        let mut events = Vec::new();
+        let rules = &self.rules;
+        self.tracks.retain(|(index, tracked), track| {
+            if tracked != device_id {
+                return true;
+            }
+            if let Phase::Firing { alert_id } | Phase::Falling { alert_id, .. } = &track.phase {
+                let mut cleared = event(
+                    &rules[*index],
+                    device_id,
+                    AlertState::Cleared,
+                    Value::String(MOVED.into()),
+                    now_ms,
+                );
+                cleared.alert_id = alert_id.clone();
+                events.push(cleared);
+            }
+            false
+        });
         events
     }
 
@@ -420,6 +448,36 @@ mod tests {
                 Engine::new(vec![rule("telemetry.temperature", "> 85", hold, cooldown)]);
             assert_eq!(&run(&mut engine, samples, 6000), expected, "{name}");
         }
+    }
+
+    #[test]
+    fn a_device_that_moved_away_is_forgotten_and_its_open_alerts_cleared() {
+        let mut engine = Engine::new(vec![
+            rule("offline", "", "1s", "0s"),
+            rule("telemetry.temperature", "> 85", "0s", "0s"),
+        ]);
+        let gone = Observation::Connection {
+            device_id: "h1".into(),
+            connected: false,
+        };
+        assert!(engine.observe(0, &gone).is_empty());
+        let fired = engine.observe(0, &temperature(90.0));
+        assert_eq!(fired.len(), 1);
+
+        let cleared = engine.forget("h1", 500);
+        assert_eq!(
+            cleared.len(),
+            1,
+            "only the open alert is cleared: {cleared:?}"
+        );
+        assert_eq!(cleared[0].alert_id, fired[0].alert_id);
+        assert_eq!(cleared[0].state, Cleared);
+        assert_eq!(cleared[0].value, json!(MOVED));
+        assert!(
+            engine.tick(5000).is_empty(),
+            "the pending offline alert never fires"
+        );
+        assert_eq!(engine.open_alerts(), 0);
     }
 
     #[test]

@@ -55,6 +55,10 @@ enum Raw {
         user_id: String,
         payload: Bytes,
     },
+    /// Another gateway serves the device now.
+    Released {
+        device_id: String,
+    },
 }
 
 /// The hook's handle: cheap, non-blocking.
@@ -130,6 +134,16 @@ impl AlertFeed {
         });
     }
 
+    /// Another gateway claimed the device (the shadow service released it): a heater
+    /// that moved would otherwise leave an `offline` alert here that nothing clears.
+    pub fn released(&self, device_id: &str) {
+        if self.judges {
+            self.send(Raw::Released {
+                device_id: device_id.to_string(),
+            });
+        }
+    }
+
     fn send(&self, raw: Raw) {
         if self.tx.try_send(raw).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -144,7 +158,7 @@ impl AlertFeed {
 /// by the shadow service and the ingest, so they are skipped quietly here.
 fn observation(raw: Raw) -> Option<Observation> {
     Some(match raw {
-        Raw::Preferences { .. } => return None,
+        Raw::Preferences { .. } | Raw::Released { .. } => return None,
         Raw::Telemetry {
             device_id,
             kind,
@@ -238,6 +252,7 @@ impl AlertTask {
                     Ok(Raw::Connection { device_id, .. }) if !self.store.contains(&device_id) => {
                         continue
                     }
+                    Ok(Raw::Released { device_id }) => self.engine.forget(&device_id, now_ms()),
                     Ok(raw) => match observation(raw) {
                         Some(observation) => self.engine.observe(now_ms(), &observation),
                         None => continue,
