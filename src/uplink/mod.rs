@@ -110,19 +110,7 @@ pub async fn start(
     let fence = if mongo.lease.is_empty() {
         Fence::default()
     } else {
-        Fence::new(&mongo.lease, lease.subscribe())
-    };
-    tokio::spawn(
-        handover::Claims {
-            db: db.clone(),
-            gateway_id: gateway_id.to_string(),
-            fence: fence.clone(),
-            status: status.clone(),
-            to_service: to_service.clone(),
-        }
-        .run(to_claim),
-    );
-    if !mongo.lease.is_empty() {
+        let fence = Fence::new(&mongo.lease, lease.subscribe());
         tokio::spawn(
             lease::Lease {
                 db: db.clone(),
@@ -135,7 +123,18 @@ pub async fn start(
             }
             .run(),
         );
-    }
+        fence
+    };
+    tokio::spawn(
+        handover::Claims {
+            db: db.clone(),
+            gateway_id: gateway_id.to_string(),
+            fence: fence.clone(),
+            status: status.clone(),
+            to_service: to_service.clone(),
+        }
+        .run(to_claim),
+    );
     tokio::spawn(
         writer::Writer {
             db: db.clone(),
