@@ -254,7 +254,7 @@ impl ShadowService {
             }
             FromCloud::Released { device_id } => self.release(&device_id, out),
             FromCloud::ShutOut { device_id } => {
-                let dropped = self.parked.remove(&device_id).map_or(0, |p| p.len());
+                let dropped = self.drop_parked(&device_id);
                 tracing::warn!(
                     device_id,
                     dropped,
@@ -473,9 +473,12 @@ impl ShadowService {
         true
     }
 
-    /// Forgets a device's parked requests (its claim's answer could not be applied).
-    pub fn drop_parked(&mut self, device_id: &str) {
-        self.parked.remove(device_id);
+    /// Forgets a device's parked requests (its claim's answer could not be applied, or
+    /// the claim was shut out); returns how many there were.
+    pub fn drop_parked(&mut self, device_id: &str) -> usize {
+        self.parked
+            .remove(device_id)
+            .map_or(0, |parked| parked.len())
     }
 
     /// Serves a request that passed the rate limit.
