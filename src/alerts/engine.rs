@@ -187,15 +187,13 @@ impl Engine {
                 return true;
             }
             if let Phase::Firing { alert_id } | Phase::Falling { alert_id, .. } = &track.phase {
-                let mut cleared = event(
+                events.push(clearing(
                     &rules[*index],
                     device_id,
-                    AlertState::Cleared,
+                    alert_id,
                     Value::String(MOVED.into()),
                     now_ms,
-                );
-                cleared.alert_id = alert_id.clone();
-                events.push(cleared);
+                ));
             }
             false
         });
@@ -307,9 +305,7 @@ fn step(
             since_ms,
             value,
         } if now_ms - since_ms >= clear_hold => {
-            let mut cleared = event(rule, device_id, AlertState::Cleared, value.clone(), now_ms);
-            cleared.alert_id = alert_id.clone();
-            events.push(cleared);
+            events.push(clearing(rule, device_id, alert_id, value.clone(), now_ms));
             track.phase = Phase::Normal;
             track.quiet_until_ms = now_ms + millis(rule.cooldown);
         }
@@ -332,6 +328,20 @@ fn event(
         state,
         value,
         at_ms: now_ms,
+    }
+}
+
+/// The clearing of the open alert `alert_id` (same id as its firing).
+fn clearing(
+    rule: &AlertRule,
+    device_id: &str,
+    alert_id: &str,
+    value: Value,
+    now_ms: i64,
+) -> AlertEvent {
+    AlertEvent {
+        alert_id: alert_id.to_string(),
+        ..event(rule, device_id, AlertState::Cleared, value, now_ms)
     }
 }
 
