@@ -136,18 +136,14 @@ impl Writer {
     async fn drain_paced(&self, always: bool) -> Result<usize, DrainError> {
         let mut written = 0;
         let shadows = self.outbox.pending_shadows()?;
-        let mut queued = shadows.iter();
-        let mut in_flight = FuturesUnordered::new();
-        loop {
-            while in_flight.len() < WRITES_IN_FLIGHT {
-                let Some(pending) = queued.next() else { break };
-                in_flight.push(self.write_pending_shadow(pending));
-            }
-            let Some(done) = in_flight.next().await else {
-                break;
-            };
+        let writes = shadows
+            .iter()
+            .map(|pending| self.write_pending_shadow(pending));
+        for_each_in_flight(writes, |done| {
             written += usize::from(done?);
-        }
+            Ok(())
+        })
+        .await?;
         loop {
             let items = self.outbox.next_items(self.batch)?;
             if items.is_empty() {
@@ -445,24 +441,20 @@ impl Writer {
                 last.insert(device_id, (*connected, *at_ms));
             }
         }
-        let mut queued = last.into_iter();
-        let mut in_flight = FuturesUnordered::new();
+        let writes = last
+            .into_iter()
+            .map(|(device_id, (connected, at_ms))| async move {
+                (
+                    device_id,
+                    self.write_presence(device_id, connected, at_ms).await,
+                )
+            });
         let mut outcomes = HashMap::new();
-        loop {
-            while in_flight.len() < WRITES_IN_FLIGHT {
-                let Some((device_id, (connected, at_ms))) = queued.next() else {
-                    break;
-                };
-                in_flight.push(async move {
-                    let written = self.write_presence(device_id, connected, at_ms).await;
-                    (device_id, written)
-                });
-            }
-            let Some((device_id, written)) = in_flight.next().await else {
-                break;
-            };
+        for_each_in_flight(writes, |(device_id, written)| {
             outcomes.insert(device_id, written);
-        }
+            Ok(())
+        })
+        .await?;
         for pending in run {
             let ToCloud::Presence { device_id, .. } = &pending.entry.write else {
                 continue;
@@ -530,6 +522,25 @@ impl Writer {
             }
         }
         Ok(())
+    }
+}
+
+/// Runs `writes` (of different devices) [`WRITES_IN_FLIGHT`] at a time, handing each
+/// outcome to `each` as it ends; the first error of `each` stops them.
+async fn for_each_in_flight<W: std::future::Future>(
+    mut writes: impl Iterator<Item = W>,
+    mut each: impl FnMut(W::Output) -> Result<(), DrainError>,
+) -> Result<(), DrainError> {
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        while in_flight.len() < WRITES_IN_FLIGHT {
+            let Some(write) = writes.next() else { break };
+            in_flight.push(write);
+        }
+        let Some(done) = in_flight.next().await else {
+            return Ok(());
+        };
+        each(done)?;
     }
 }
 
