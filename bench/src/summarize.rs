@@ -69,6 +69,11 @@ fn mb(kb: Option<f64>) -> String {
     kb.map_or_else(|| "–".into(), |kb| format!("{:.1}", kb / 1024.0))
 }
 
+/// Seconds (or any value) with two decimals.
+fn two_decimals(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".into(), |v| format!("{v:.2}"))
+}
+
 fn int(v: Option<f64>) -> String {
     v.map_or_else(|| "–".into(), |v| format!("{v:.0}"))
 }
@@ -330,7 +335,7 @@ fn roundtrip(out: &mut String, runs: &[Value]) -> std::fmt::Result {
             int(num(run, "/results/duplicates")),
             ms(num(run, "/results/desired_puback/p50_us")),
             ms(num(run, "/results/desired_puback/p99_us")),
-            num(run, "/cpu_broker_s").map_or_else(|| "–".into(), |v| format!("{v:.2}")),
+            two_decimals(num(run, "/cpu_broker_s")),
         )?;
     }
     if of(runs, "roundtrip").any(|r| text(r, "/broker") == "gateway-outbox") {
@@ -407,8 +412,8 @@ fn mongochange(out: &mut String, runs: &[Value]) -> std::fmt::Result {
             int(num(run, "/results/duplicates")),
             ms(num(run, "/results/update_call/p50_us")),
             ms(num(run, "/results/update_call/p99_us")),
-            num(run, "/cpu_broker_s").map_or_else(|| "–".into(), |v| format!("{v:.2}")),
-            num(run, "/results/shadows_ready_s").map_or_else(|| "–".into(), |v| format!("{v:.2}")),
+            two_decimals(num(run, "/cpu_broker_s")),
+            two_decimals(num(run, "/results/shadows_ready_s")),
         )?;
     }
     writeln!(out)
@@ -449,8 +454,8 @@ fn fleet(out: &mut String, runs: &[Value]) -> std::fmt::Result {
             int(num(run, "/results/events_per_gateway_mean").map(f64::round)),
             int(num(run, "/results/events_per_gateway_max")),
             int(num(run, "/results/events_total")),
-            num(run, "/results/seconds").map_or_else(|| "–".into(), |s| format!("{s:.2}")),
-            num(run, "/cpu_broker_s").map_or_else(|| "–".into(), |v| format!("{v:.2}")),
+            two_decimals(num(run, "/results/seconds")),
+            two_decimals(num(run, "/cpu_broker_s")),
         )?;
     }
     writeln!(out)
@@ -512,7 +517,7 @@ fn failover(out: &mut String, runs: &[Value]) -> std::fmt::Result {
                 int(num(run, "/results/refusals/connack/3").or(Some(0.0))),
                 int(num(run, "/results/refusals/tcp_refused")),
                 int(num(run, "/results/refusals/other/count")),
-                num(run, "/cpu_broker_s").map_or_else(|| "–".into(), |v| format!("{v:.2}")),
+                two_decimals(num(run, "/cpu_broker_s")),
             )?;
         }
         writeln!(out)?;
