@@ -324,9 +324,27 @@ class ChangeStreams(Base):
                 c.watch(resume_after=token)
             self.assertEqual(cm.exception.code, 286)
             self.assertFalse(cm.exception.has_error_label("ResumableChangeStreamError"))
+            self.assertTrue(cm.exception.has_error_label("NonResumableChangeStreamError"))
             cl.close()
         finally:
             srv.stop()
+
+    def test_fatal_errors_carry_the_non_resumable_label(self):
+        c = self.db.fatal
+        with c.watch([{"$project": {"_id": 0}}], max_await_time_ms=200) as s:
+            c.insert_one({"_id": 1})
+            with self.assertRaises(OperationFailure) as cm:
+                next_event(s)
+        self.assertEqual(cm.exception.code, 280)
+        self.assertTrue(cm.exception.has_error_label("NonResumableChangeStreamError"))
+        self.assertFalse(cm.exception.has_error_label("ResumableChangeStreamError"))
+        self.client.admin.command(
+            "configureFailPoint", "failCommand", mode={"times": 1}, data={"failCommands": ["aggregate"], "errorCode": 280}
+        )
+        with self.assertRaises(OperationFailure) as cm:
+            c.watch()
+        self.assertEqual(cm.exception.code, 280)
+        self.assertTrue(cm.exception.has_error_label("NonResumableChangeStreamError"))
 
     def test_drop_invalidates(self):
         c = self.db.gone
@@ -340,6 +358,10 @@ class ChangeStreams(Base):
 class FailPoints(Base):
     def tearDown(self):
         self.fail_point("off", {})
+        self.client.admin.command("configureFailPoint", "failGetMoreAfterCursorCheckout", mode="off")
+
+    def after_checkout(self, data):
+        self.client.admin.command("configureFailPoint", "failGetMoreAfterCursorCheckout", mode={"times": 1}, data=data)
 
     def test_error_code_close_connection_and_block(self):
         c = self.db.w
@@ -365,6 +387,58 @@ class FailPoints(Base):
             self.fail_point({"times": 1}, {"failCommands": ["getMore"], "closeConnection": True})
             c.insert_one({"_id": 1})
             self.assertEqual(next_event(s)["documentKey"], {"_id": 1})
+
+
+    def test_fail_command_on_get_more_is_not_resumable_without_a_label(self):
+        c = self.db.nolabel
+        with c.watch(max_await_time_ms=200) as s:
+            self.fail_point({"times": 1}, {"failCommands": ["getMore"], "errorCode": 6})
+            c.insert_one({"_id": 1})
+            with self.assertRaises(OperationFailure) as cm:
+                next_event(s)
+            self.assertEqual(cm.exception.code, 6)
+            self.assertFalse(cm.exception.has_error_label("ResumableChangeStreamError"))
+        with c.watch(max_await_time_ms=200) as s:
+            self.fail_point(
+                {"times": 1},
+                {"failCommands": ["getMore"], "errorCode": 280, "errorLabels": ["ResumableChangeStreamError"]},
+            )
+            c.insert_one({"_id": 2})
+            self.assertEqual(next_event(s)["documentKey"], {"_id": 2})
+
+    def test_change_stream_resumes_after_get_more_after_cursor_checkout(self):
+        c = self.db.checkout
+        with c.watch(max_await_time_ms=200) as s:
+            self.after_checkout({"errorCode": 6})
+            c.insert_one({"_id": 1})
+            self.assertEqual(next_event(s)["documentKey"], {"_id": 1})
+
+    def test_get_more_after_cursor_checkout_is_a_separate_fail_point(self):
+        c = self.db.plain
+        c.insert_many([{"_id": i} for i in range(5)])
+        self.fail_point({"times": 1}, {"failCommands": ["insert"], "errorCode": 2})
+        self.after_checkout({"errorCode": 6})
+        with self.assertRaises(OperationFailure) as cm:
+            self.db.command("getMore", 4242, collection="plain")
+        self.assertEqual(cm.exception.code, 43)
+        with self.assertRaises(OperationFailure) as cm:
+            c.insert_one({"_id": 9})
+        self.assertEqual(cm.exception.code, 2)
+        cursor_id = self.db.command("find", "plain", batchSize=1)["cursor"]["id"]
+        with self.assertRaises(OperationFailure) as cm:
+            self.db.command("getMore", cursor_id, collection="plain")
+        self.assertEqual(cm.exception.code, 6)
+        self.assertIn("Hit the 'failGetMoreAfterCursorCheckout' failpoint", str(cm.exception))
+        self.assertFalse(cm.exception.has_error_label("ResumableChangeStreamError"))
+        with self.assertRaises(OperationFailure) as cm:
+            self.db.command("getMore", cursor_id, collection="plain")
+        self.assertEqual(cm.exception.code, 43)
+        stream_id = self.db.command("aggregate", "plain", pipeline=[{"$changeStream": {}}], cursor={})["cursor"]["id"]
+        self.after_checkout({"errorCode": 6})
+        with self.assertRaises(OperationFailure) as cm:
+            self.db.command("getMore", stream_id, collection="plain", maxTimeMS=100)
+        self.assertEqual(cm.exception.code, 6)
+        self.assertTrue(cm.exception.has_error_label("ResumableChangeStreamError"))
 
 
 class Topology(unittest.TestCase):

@@ -44,11 +44,42 @@ pub const RETRYABLE_WRITE_CODES: [i32; 12] = [
     6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436,
 ];
 
-/// Codes the server tags with `ResumableChangeStreamError` on a change-stream getMore
-/// (change-streams spec, "Resumable Error").
+/// Codes the server tags with `ResumableChangeStreamError` on a change-stream aggregate or
+/// getMore (change-streams spec, "Resumable Error").
 pub const RESUMABLE_CHANGE_STREAM_CODES: [i32; 17] = [
     6, 7, 63, 89, 91, 133, 150, 189, 234, 262, 9001, 10107, 11600, 11602, 13388, 13435, 13436,
 ];
+
+/// Codes of error_codes.yml's `NonResumableChangeStreamError` category (ChangeStreamFatalError,
+/// ChangeStreamHistoryLost): any command failing with them carries that label.
+pub const NON_RESUMABLE_CHANGE_STREAM_CODES: [i32; 2] = [280, 286];
+
+/// `RetryableWriteError` for a retryable write failing (or with a write concern error) with a
+/// retryable code.
+pub fn retryable_write_labels(code: i32, retryable_write: bool) -> Vec<String> {
+    if retryable_write && RETRYABLE_WRITE_CODES.contains(&code) {
+        vec!["RetryableWriteError".into()]
+    } else {
+        Vec::new()
+    }
+}
+
+/// The labels mongod's `ErrorLabelBuilder` gives a command failing with `code`, when no fail
+/// point set them. `change_stream`: the command is an aggregate opening a change stream, or
+/// a getMore whose checked-out cursor is one — a getMore failed by `failCommand` never is,
+/// since that fail point fires before the cursor is checked out.
+pub fn error_labels(code: i32, retryable_write: bool, change_stream: bool) -> Vec<String> {
+    let labels = retryable_write_labels(code, retryable_write);
+    if !labels.is_empty() {
+        labels
+    } else if change_stream && RESUMABLE_CHANGE_STREAM_CODES.contains(&code) {
+        vec!["ResumableChangeStreamError".into()]
+    } else if NON_RESUMABLE_CHANGE_STREAM_CODES.contains(&code) {
+        vec!["NonResumableChangeStreamError".into()]
+    } else {
+        Vec::new()
+    }
+}
 
 /// The `codeName` MongoDB reports for `code`.
 pub fn code_name(code: i32) -> String {

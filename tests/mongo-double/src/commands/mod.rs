@@ -12,9 +12,7 @@ use std::time::Duration;
 
 use bson::{doc, spec::BinarySubtype, Binary, Bson, Document};
 
-use crate::error::{
-    code, CmdError, CmdResult, RESUMABLE_CHANGE_STREAM_CODES, RETRYABLE_WRITE_CODES,
-};
+use crate::error::{code, error_labels, retryable_write_labels, CmdError, CmdResult};
 use crate::query::compare::{as_i64, key_bytes, truthy};
 use crate::state::{ConnInfo, Shared, State};
 
@@ -73,22 +71,9 @@ pub async fn dispatch(shared: &Shared, conn: &mut ConnInfo, db: &str, cmd: Docum
         }
         if let Some(c) = act.error_code {
             let mut e = CmdError::new(c, "Failing command via 'failCommand' failpoint");
-            e.labels = match act.error_labels {
-                Some(l) => l,
-                None if retryable_write && RETRYABLE_WRITE_CODES.contains(&c) => {
-                    vec!["RetryableWriteError".into()]
-                }
-                None if name == "getMore"
-                    && RESUMABLE_CHANGE_STREAM_CODES.contains(&c)
-                    && cmd
-                        .get("getMore")
-                        .and_then(as_i64)
-                        .is_some_and(|id| shared.state().cursors.is_stream(id)) =>
-                {
-                    vec!["ResumableChangeStreamError".into()]
-                }
-                None => Vec::new(),
-            };
+            e.labels = act.error_labels.unwrap_or_else(|| {
+                error_labels(c, retryable_write, opens_change_stream(&name, &cmd))
+            });
             return Outcome::Reply(finish(shared, e.to_doc()));
         }
         write_concern_error = act.write_concern_error.map(|w| (w, act.error_labels));
@@ -101,18 +86,18 @@ pub async fn dispatch(shared: &Shared, conn: &mut ConnInfo, db: &str, cmd: Docum
     };
     let mut reply = match run(&ctx, &name, retryable_write).await {
         Ok(d) => d,
-        Err(e) => e.to_doc(),
+        Err(mut e) => {
+            // A handler sets labels only where it knows more (a getMore's cursor).
+            if e.labels.is_empty() {
+                e.labels = error_labels(e.code, retryable_write, opens_change_stream(&name, &cmd));
+            }
+            e.to_doc()
+        }
     };
     if let Some((wce, labels)) = write_concern_error {
         if reply.get("ok").is_some_and(truthy) {
             let c = wce.get("code").and_then(as_i64).unwrap_or(0) as i32;
-            let labels = match labels {
-                Some(l) => l,
-                None if retryable_write && RETRYABLE_WRITE_CODES.contains(&c) => {
-                    vec!["RetryableWriteError".into()]
-                }
-                None => Vec::new(),
-            };
+            let labels = labels.unwrap_or_else(|| retryable_write_labels(c, retryable_write));
             reply.insert("writeConcernError", wce);
             if !labels.is_empty() {
                 reply.insert("errorLabels", labels);
@@ -120,6 +105,17 @@ pub async fn dispatch(shared: &Shared, conn: &mut ConnInfo, db: &str, cmd: Docum
         }
     }
     Outcome::Reply(finish(shared, reply))
+}
+
+/// Is command `name` an aggregate whose pipeline starts with `$changeStream`?
+fn opens_change_stream(name: &str, cmd: &Document) -> bool {
+    name == "aggregate"
+        && cmd
+            .get_array("pipeline")
+            .ok()
+            .and_then(|p| p.first())
+            .and_then(Bson::as_document)
+            .is_some_and(|stage| stage.contains_key("$changeStream"))
 }
 
 /// Adds the cluster-time gossip a replica-set member attaches to every reply.

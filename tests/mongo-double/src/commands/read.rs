@@ -9,7 +9,7 @@ use bson::{doc, Bson, Document};
 use super::{array_arg, bool_arg, coll_arg, cursor_reply, doc_arg, int_arg, Ctx};
 use crate::changestream::{self, Scope};
 use crate::cursor::{take_batch, CursorKind};
-use crate::error::{code, CmdError, CmdResult};
+use crate::error::{code, error_labels, CmdError, CmdResult};
 use crate::query::compare::{as_i64, key_bytes};
 use crate::query::matcher::Filter;
 use crate::query::path::{lookup, Found};
@@ -295,6 +295,21 @@ pub async fn get_more(ctx: &Ctx<'_>) -> CmdResult<Document> {
         .map(|ms| Duration::from_millis(ms.max(0) as u64).min(MAX_AWAIT))
         .unwrap_or(DEFAULT_AWAIT);
     let deadline = Instant::now() + wait;
+    {
+        let mut st = ctx.shared.state();
+        if st.cursors.get_mut(id).is_none() {
+            return Err(cursor_not_found(id));
+        }
+        let app = ctx.conn.app_name.as_deref();
+        if let Some(code) = ctx.shared.failpoints().check_after_checkout(app) {
+            // As mongod, an error after the checkout deletes the cursor.
+            let stream = st.cursors.is_stream(id);
+            st.cursors.remove(id);
+            let mut e = CmdError::new(code, "Hit the 'failGetMoreAfterCursorCheckout' failpoint");
+            e.labels = error_labels(code, false, stream);
+            return Err(e);
+        }
+    }
     loop {
         let mut changed = {
             let mut guard = ctx.shared.state();

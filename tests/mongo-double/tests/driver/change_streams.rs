@@ -272,6 +272,8 @@ async fn history_lost_with_a_small_oplog() {
     assert_eq!(code_of(&e), Some(286));
     assert!(e.to_string().contains("ChangeStreamHistoryLost"), "{e}");
     assert!(!e.contains_label("ResumableChangeStreamError"));
+    // error_codes.yml puts 286 in the NonResumableChangeStreamError category.
+    assert!(e.contains_label("NonResumableChangeStreamError"), "{e}");
     let e = coll
         .watch()
         .start_at_operation_time(mongodb::bson::Timestamp {
@@ -483,4 +485,41 @@ async fn drop_database_invalidates_database_streams() {
         assert_eq!(next(&mut cluster).await.operation_type, expected);
     }
     assert!(cluster.is_alive());
+}
+
+/// 280 ChangeStreamFatalError is in the NonResumableChangeStreamError category: the server
+/// labels it (jstests/change_streams/error_label.js), on a getMore as on an aggregate.
+#[tokio::test]
+async fn fatal_errors_carry_the_non_resumable_label() {
+    let srv = start().await;
+    let c = client(&srv).await;
+    let coll = c.database("cs").collection::<Document>("fatal");
+    let mut s = coll
+        .watch()
+        .pipeline(vec![doc! {"$project": {"_id": 0}}])
+        .await
+        .unwrap();
+    coll.insert_one(doc! {"_id": 1}).await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(10), s.next())
+        .await
+        .expect("error within 10s")
+        .expect("stream open")
+        .unwrap_err();
+    assert_eq!(code_of(&e), Some(280), "{e}");
+    assert!(e.contains_label("NonResumableChangeStreamError"), "{e}");
+    assert!(!e.contains_label("ResumableChangeStreamError"), "{e}");
+
+    // Also when a fail point throws it (the server computes the labels when the fail
+    // point gives none).
+    c.database("admin")
+        .run_command(doc! {
+            "configureFailPoint": "failCommand",
+            "mode": {"times": 1},
+            "data": {"failCommands": ["aggregate"], "errorCode": 280},
+        })
+        .await
+        .unwrap();
+    let e = coll.watch().await.unwrap_err();
+    assert_eq!(code_of(&e), Some(280), "{e}");
+    assert!(e.contains_label("NonResumableChangeStreamError"), "{e}");
 }

@@ -5,9 +5,28 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use mongo_double::Options;
 use mongodb::bson::{doc, Bson, Document};
-use mongodb::Client;
+use mongodb::change_stream::event::ChangeStreamEvent;
+use mongodb::change_stream::ChangeStream;
+use mongodb::{Client, Collection};
 
-use crate::common::{client, client_for, code_of, start, start_with};
+use crate::common::{client, client_for, code_of, message_of, start, start_with};
+
+type Stream = ChangeStream<ChangeStreamEvent<Document>>;
+
+async fn watch(coll: &Collection<Document>) -> Stream {
+    coll.watch()
+        .max_await_time(Duration::from_millis(200))
+        .await
+        .unwrap()
+}
+
+/// The stream's next event, or the error it ends with, within 10 s.
+async fn next_outcome(s: &mut Stream) -> mongodb::error::Result<ChangeStreamEvent<Document>> {
+    tokio::time::timeout(Duration::from_secs(10), s.next())
+        .await
+        .expect("an outcome within 10 s")
+        .expect("stream open")
+}
 
 async fn fail(c: &Client, mode: Bson, data: Document) {
     c.database("admin")
@@ -131,11 +150,7 @@ async fn change_stream_resumes_after_get_more_failures() {
     let srv = start().await;
     let c = client(&srv).await;
     let coll = c.database("fp").collection::<Document>("cs");
-    let mut s = coll
-        .watch()
-        .max_await_time(Duration::from_millis(200))
-        .await
-        .unwrap();
+    let mut s = watch(&coll).await;
 
     fail(
         &c,
@@ -144,26 +159,21 @@ async fn change_stream_resumes_after_get_more_failures() {
     )
     .await;
     coll.insert_one(doc! {"_id": 1}).await.unwrap();
-    let ev = tokio::time::timeout(Duration::from_secs(10), s.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let ev = next_outcome(&mut s).await.unwrap();
     assert_eq!(ev.document_key, Some(doc! {"_id": 1}));
 
-    // A resumable server error (labelled ResumableChangeStreamError by the server).
-    fail(
-        &c,
-        doc! {"times": 1}.into(),
-        doc! {"failCommands": ["getMore"], "errorCode": 91},
-    )
-    .await;
-    coll.insert_one(doc! {"_id": 2}).await.unwrap();
-    let ev = tokio::time::timeout(Duration::from_secs(10), s.next())
+    // A resumable code thrown once the cursor is checked out: the server labels it
+    // ResumableChangeStreamError, so the driver resumes.
+    c.database("admin")
+        .run_command(doc! {
+            "configureFailPoint": "failGetMoreAfterCursorCheckout",
+            "mode": {"times": 1},
+            "data": {"errorCode": 6},
+        })
         .await
-        .unwrap()
-        .unwrap()
         .unwrap();
+    coll.insert_one(doc! {"_id": 2}).await.unwrap();
+    let ev = next_outcome(&mut s).await.unwrap();
     assert_eq!(ev.document_key, Some(doc! {"_id": 2}));
 
     // A non-resumable one is surfaced.
@@ -173,12 +183,120 @@ async fn change_stream_resumes_after_get_more_failures() {
         doc! {"failCommands": ["getMore"], "errorCode": 2},
     )
     .await;
-    let e = tokio::time::timeout(Duration::from_secs(10), s.next())
+    let e = next_outcome(&mut s).await.unwrap_err();
+    assert_eq!(code_of(&e), Some(2));
+}
+
+/// The spec's "change stream does not resume if error does not contain
+/// ResumableChangeStreamError": `failCommand` fails a getMore before its cursor is checked
+/// out, so the server cannot tell it belongs to a change stream and adds no label.
+#[tokio::test]
+async fn fail_command_on_get_more_is_not_resumable_without_a_label() {
+    let srv = start().await;
+    let c = client(&srv).await;
+    let coll = c.database("fp").collection::<Document>("nolabel");
+    let mut s = watch(&coll).await;
+    fail(
+        &c,
+        doc! {"times": 1}.into(),
+        doc! {"failCommands": ["getMore"], "errorCode": 6},
+    )
+    .await;
+    coll.insert_one(doc! {"_id": 1}).await.unwrap();
+    let e = next_outcome(&mut s).await.unwrap_err();
+    assert_eq!(code_of(&e), Some(6));
+    assert!(!e.contains_label("ResumableChangeStreamError"), "{e}");
+
+    // The spec's "change stream resumes if error contains ResumableChangeStreamError": a
+    // label given in the fail point is what the server returns.
+    let mut s = watch(&coll).await;
+    fail(
+        &c,
+        doc! {"times": 1}.into(),
+        doc! {"failCommands": ["getMore"], "errorCode": 280, "errorLabels": ["ResumableChangeStreamError"]},
+    )
+    .await;
+    coll.insert_one(doc! {"_id": 2}).await.unwrap();
+    let ev = next_outcome(&mut s).await.unwrap();
+    assert_eq!(ev.document_key, Some(doc! {"_id": 2}));
+}
+
+/// `failGetMoreAfterCursorCheckout` is a fail point of its own: it fires on a getMore whose
+/// cursor exists, with "Hit the 'failGetMoreAfterCursorCheckout' failpoint", kills that
+/// cursor, and its error gets `ResumableChangeStreamError` only on a change stream.
+#[tokio::test]
+async fn get_more_after_cursor_checkout_is_a_separate_fail_point() {
+    let srv = start().await;
+    let c = client(&srv).await;
+    let db = c.database("fp");
+    let docs: Vec<Document> = (0..5).map(|i| doc! {"_id": i}).collect();
+    db.collection::<Document>("plain")
+        .insert_many(docs)
         .await
-        .unwrap()
-        .unwrap()
+        .unwrap();
+    let after_checkout = |data: Document| {
+        let admin = c.database("admin");
+        async move {
+            admin
+                .run_command(doc! {
+                    "configureFailPoint": "failGetMoreAfterCursorCheckout",
+                    "mode": {"times": 1},
+                    "data": data,
+                })
+                .await
+                .unwrap();
+        }
+    };
+    let get_more = |id: i64, coll: &'static str| {
+        let db = db.clone();
+        async move {
+            db.run_command(doc! {"getMore": id, "collection": coll, "maxTimeMS": 100})
+                .await
+        }
+    };
+
+    // Both fail points at once: failCommand on insert does not touch getMore, and the
+    // unknown cursor is found missing before any checkout.
+    fail(
+        &c,
+        doc! {"times": 1}.into(),
+        doc! {"failCommands": ["insert"], "errorCode": 2},
+    )
+    .await;
+    after_checkout(doc! {"errorCode": 6}).await;
+    let e = get_more(4242, "plain").await.unwrap_err();
+    assert_eq!(code_of(&e), Some(43));
+    let e = db
+        .collection::<Document>("plain")
+        .insert_one(doc! {"_id": 9})
+        .await
         .unwrap_err();
     assert_eq!(code_of(&e), Some(2));
+
+    let find = db
+        .run_command(doc! {"find": "plain", "batchSize": 1})
+        .await
+        .unwrap();
+    let id = find.get_document("cursor").unwrap().get_i64("id").unwrap();
+    let e = get_more(id, "plain").await.unwrap_err();
+    assert_eq!(code_of(&e), Some(6));
+    assert!(
+        message_of(&e).contains("Hit the 'failGetMoreAfterCursorCheckout' failpoint"),
+        "{e}"
+    );
+    assert!(!e.contains_label("ResumableChangeStreamError"), "{e}");
+    assert_eq!(code_of(&get_more(id, "plain").await.unwrap_err()), Some(43));
+
+    let agg = db
+        .run_command(doc! {"aggregate": "plain", "pipeline": [{"$changeStream": {}}], "cursor": {}})
+        .await
+        .unwrap();
+    let id = agg.get_document("cursor").unwrap().get_i64("id").unwrap();
+    after_checkout(doc! {"errorCode": 6}).await;
+    let e = get_more(id, "plain").await.unwrap_err();
+    assert_eq!(code_of(&e), Some(6));
+    assert!(e.contains_label("ResumableChangeStreamError"), "{e}");
+    assert_eq!(code_of(&get_more(id, "plain").await.unwrap_err()), Some(43));
 }
 
 #[tokio::test]
@@ -230,11 +348,7 @@ async fn replica_set_discovery() {
     coll.insert_one(doc! {"_id": 1}).await.unwrap();
     let mut s = coll.watch().await.unwrap();
     coll.insert_one(doc! {"_id": 2}).await.unwrap();
-    let ev = tokio::time::timeout(Duration::from_secs(10), s.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let ev = next_outcome(&mut s).await.unwrap();
     assert_eq!(ev.document_key, Some(doc! {"_id": 2}));
     let build = c
         .database("admin")
