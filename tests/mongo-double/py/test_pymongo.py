@@ -329,6 +329,37 @@ class ChangeStreams(Base):
         finally:
             srv.stop()
 
+    def test_token_from_another_deployment_is_not_found(self):
+        for _ in range(5):
+            a, b = OwnServer(), OwnServer()
+            try:
+                ca, cb = connect(a.uri), connect(b.uri)
+                streams = [cl.cs.twin.watch(max_await_time_ms=200) for cl in (ca, cb)]
+                # Both first writes early in one second get the same cluster time.
+                time.sleep(1.02 - time.time() % 1)
+                for cl in (ca, cb):
+                    cl.cs.twin.insert_one({"_id": 1})
+                ea, eb = [next_event(s) for s in streams]
+                for s in streams:
+                    s.close()
+                if ea["clusterTime"] != eb["clusterTime"]:
+                    continue
+                with self.assertRaises(OperationFailure) as cm:
+                    cb.cs.twin.watch(resume_after=ea["_id"])
+                self.assertEqual(cm.exception.code, 280)
+                self.assertIn("cannot resume stream; the resume token was not found", str(cm.exception))
+                self.assertTrue(cm.exception.has_error_label("NonResumableChangeStreamError"))
+                with cb.cs.twin.watch(resume_after=eb["_id"], max_await_time_ms=200) as s:
+                    cb.cs.twin.insert_one({"_id": 2})
+                    self.assertEqual(next_event(s)["documentKey"], {"_id": 2})
+                ca.close()
+                cb.close()
+                return
+            finally:
+                a.stop()
+                b.stop()
+        self.fail("no two first writes in the same second in 5 tries")
+
     def test_fatal_errors_carry_the_non_resumable_label(self):
         c = self.db.fatal
         with c.watch([{"$project": {"_id": 0}}], max_await_time_ms=200) as s:
@@ -345,6 +376,35 @@ class ChangeStreams(Base):
             c.watch()
         self.assertEqual(cm.exception.code, 280)
         self.assertTrue(cm.exception.has_error_label("NonResumableChangeStreamError"))
+
+    def test_post_batch_resume_tokens_never_sort_before_returned_events(self):
+        c = self.db.pbrt
+
+        def get_more(cursor_id):
+            cur = self.db.command("getMore", cursor_id, collection="pbrt", maxTimeMS=100)["cursor"]
+            return [e["_id"]["_data"] for e in cur["nextBatch"]], cur["postBatchResumeToken"]["_data"]
+
+        opened = self.db.command("aggregate", "pbrt", pipeline=[{"$changeStream": {}}], cursor={})["cursor"]
+        seen = [opened["postBatchResumeToken"]["_data"]]
+        c.insert_one({"_id": 1})
+        events, after_one = get_more(opened["id"])
+        self.assertEqual(len(events), 1)
+        self.assertEqual(after_one, events[0])
+        seen += events + [after_one]
+        self.db.elsewhere.insert_one({"_id": 1})
+        events, idle = get_more(opened["id"])
+        self.assertEqual(events, [])
+        self.assertGreater(idle, after_one)
+        self.assertEqual(get_more(opened["id"])[1], idle)
+        seen.append(idle)
+        c.insert_one({"_id": 2})
+        events, after_two = get_more(opened["id"])
+        seen += events + [after_two]
+        self.assertEqual(seen, sorted(seen))
+        c.insert_one({"_id": 3})
+        for token, expected in [(after_one, [2, 3]), (idle, [2, 3]), (after_two, [3])]:
+            with c.watch(resume_after={"_data": token}, max_await_time_ms=200) as s:
+                self.assertEqual([next_event(s)["documentKey"]["_id"] for _ in expected], expected)
 
     def test_drop_invalidates(self):
         c = self.db.gone

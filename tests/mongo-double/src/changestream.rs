@@ -11,31 +11,63 @@ use crate::storage::oplog::{ts_key, Event, OpType, Oplog};
 use crate::storage::Store;
 use crate::wire::Crc32c;
 
-/// What a resume token points at.
+/// What a resume token points at. At one cluster time a high-water mark sorts before the
+/// event, and the event before the invalidate it causes (as in MongoDB's tokens).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TokenKind {
-    /// "Everything up to this cluster time was scanned" (`postBatchResumeToken` of an idle stream).
+    /// "Every event before this cluster time was scanned": resuming returns the events at or
+    /// after it (a `postBatchResumeToken` past the last returned event).
     HighWaterMark = 0,
     Event = 1,
     Invalidate = 2,
 }
 
-/// A decoded resume token.
+/// A decoded resume token: `_data` is `82`, the cluster time, the kind and the deployment id
+/// in fixed-width hex, and a checksum. Cluster time first, so the tokens of one deployment
+/// sort as strings in stream order, like MongoDB's KeyString tokens. The deployment id tells
+/// a token of this double's history from one of another deployment with the same cluster
+/// time, which MongoDB tells apart by the collection UUID and document key in its tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Token {
     ts: Timestamp,
     kind: TokenKind,
+    deployment: u64,
+}
+
+/// Hex digits before the checksum.
+const TOKEN_BODY_LEN: usize = 36;
+
+/// The cluster time right after `ts`: no event of this double's history falls in between.
+fn tick(ts: Timestamp) -> Timestamp {
+    match ts.increment.checked_add(1) {
+        Some(increment) => Timestamp {
+            time: ts.time,
+            increment,
+        },
+        None => Timestamp {
+            time: ts.time.saturating_add(1),
+            increment: 0,
+        },
+    }
 }
 
 impl Token {
     fn to_doc(self) -> Document {
         let body = format!(
-            "82{:08X}{:08X}{:02X}",
-            self.ts.time, self.ts.increment, self.kind as u8
+            "82{:08X}{:08X}{:02X}{:016X}",
+            self.ts.time, self.ts.increment, self.kind as u8, self.deployment
         );
         let mut crc = Crc32c::new();
         crc.update(body.as_bytes());
         doc! {"_data": format!("{body}{:04X}", crc.finish() & 0xFFFF)}
+    }
+
+    /// The earliest cluster time a stream resumed from this token returns.
+    fn resumes_at(self) -> Timestamp {
+        match self.kind {
+            TokenKind::HighWaterMark => self.ts,
+            TokenKind::Event | TokenKind::Invalidate => tick(self.ts),
+        }
     }
 
     fn parse(v: &Bson) -> CmdResult<Token> {
@@ -52,15 +84,15 @@ impl Token {
             },
             _ => return Err(bad("a resume token must be a document")),
         };
-        if data.len() != 24 || !data.is_ascii() || !data.starts_with("82") {
+        if data.len() != TOKEN_BODY_LEN + 4 || !data.is_ascii() || !data.starts_with("82") {
             return Err(bad("unrecognised _data"));
         }
         let hex = |r: std::ops::Range<usize>| {
-            u32::from_str_radix(&data[r], 16).map_err(|_| bad("_data is not hex"))
+            u64::from_str_radix(&data[r], 16).map_err(|_| bad("_data is not hex"))
         };
         let mut crc = Crc32c::new();
-        crc.update(&data.as_bytes()[..20]);
-        if hex(20..24)? != crc.finish() & 0xFFFF {
+        crc.update(&data.as_bytes()[..TOKEN_BODY_LEN]);
+        if hex(TOKEN_BODY_LEN..TOKEN_BODY_LEN + 4)? != u64::from(crc.finish() & 0xFFFF) {
             return Err(bad("checksum mismatch"));
         }
         let kind = match hex(18..20)? {
@@ -69,12 +101,14 @@ impl Token {
             2 => TokenKind::Invalidate,
             _ => return Err(bad("unknown token type")),
         };
+        let half = |r| hex(r).map(|n| n as u32);
         Ok(Token {
             ts: Timestamp {
-                time: hex(2..10)?,
-                increment: hex(10..18)?,
+                time: half(2..10)?,
+                increment: half(10..18)?,
             },
             kind,
+            deployment: hex(20..TOKEN_BODY_LEN)?,
         })
     }
 }
@@ -138,6 +172,8 @@ pub struct StreamCursor {
     /// Next events are those after (or at, when `inclusive`) this cluster time.
     pos: Timestamp,
     inclusive: bool,
+    /// The `postBatchResumeToken` so far.
+    pbrt: Token,
     pending_invalidate: Option<Event>,
     /// Set once the invalidate event was returned.
     pub closed: bool,
@@ -234,22 +270,33 @@ pub fn open(
             "Only one type of resume option is allowed, but multiple were found.",
         ));
     }
-    let (pos, inclusive) = match starts.first().copied() {
-        None => (oplog.now(), false),
+    let deployment = oplog.deployment();
+    let high_water_mark = |ts| Token {
+        ts,
+        kind: TokenKind::HighWaterMark,
+        deployment,
+    };
+    let (pos, inclusive, pbrt) = match starts.first().copied() {
+        None => (oplog.now(), false, high_water_mark(tick(oplog.now()))),
         Some("startAtOperationTime") => {
             let ts = opts.get_timestamp("startAtOperationTime").map_err(|_| {
                 CmdError::wrong_type("$changeStream.startAtOperationTime", "timestamp")
             })?;
-            let hs = oplog.history_start();
-            if ts_key(ts) < ts_key(hs) || (ts_key(ts) == ts_key(hs) && oplog.trimmed()) {
-                return Err(history_lost());
-            }
-            (ts, true)
+            check_in_history(oplog, ts)?;
+            (ts, true, high_water_mark(ts))
         }
         Some(which) => {
             let raw = opts.get(which).unwrap_or(&Bson::Null);
             let token = Token::parse(raw)?;
-            resume_point(oplog, token, which == "startAfter", raw)?
+            let (pos, inclusive) = resume_point(oplog, token, which == "startAfter", raw)?;
+            (
+                pos,
+                inclusive,
+                Token {
+                    deployment,
+                    ..token
+                },
+            )
         }
     };
     Ok(StreamCursor {
@@ -262,9 +309,19 @@ pub fn open(
         stages,
         pos,
         inclusive,
+        pbrt,
         pending_invalidate: None,
         closed: false,
     })
+}
+
+/// Refuses a start at or after `ts` when events from then on were trimmed from the history.
+fn check_in_history(oplog: &Oplog, ts: Timestamp) -> CmdResult<()> {
+    let hs = oplog.history_start();
+    if ts_key(ts) < ts_key(hs) || (ts_key(ts) == ts_key(hs) && oplog.trimmed()) {
+        return Err(history_lost());
+    }
+    Ok(())
 }
 
 fn stage_name(s: &Stage) -> &'static str {
@@ -278,14 +335,14 @@ fn stage_name(s: &Stage) -> &'static str {
     }
 }
 
+/// Where a stream given `resumeAfter` / `startAfter` `token` starts: `(cluster time,
+/// inclusive)`.
 fn resume_point(
     oplog: &Oplog,
     token: Token,
     start_after: bool,
     raw: &Bson,
 ) -> CmdResult<(Timestamp, bool)> {
-    let hs = ts_key(oplog.history_start());
-    let t = ts_key(token.ts);
     let not_found = || {
         CmdError::new(
             code::CHANGE_STREAM_FATAL_ERROR,
@@ -298,55 +355,47 @@ fn resume_point(
             "Attempting to resume a change stream using 'resumeAfter' is not allowed from an invalidate notification.",
         )),
         TokenKind::Event | TokenKind::Invalidate => {
-            if oplog.get(token.ts).is_some() {
+            if token.deployment == oplog.deployment() && oplog.get(token.ts).is_some() {
                 Ok((token.ts, false))
-            } else if t <= hs {
+            } else if ts_key(token.ts) <= ts_key(oplog.history_start()) {
                 Err(history_lost())
             } else {
                 Err(not_found())
             }
         }
+        // Like MongoDB's, a high-water mark names only a cluster time, whichever deployment
+        // made it.
         TokenKind::HighWaterMark => {
-            if t < hs {
-                Err(history_lost())
-            } else if t > ts_key(oplog.now()) {
-                Err(not_found())
-            } else {
-                Ok((token.ts, false))
+            check_in_history(oplog, token.ts)?;
+            if ts_key(token.ts) > ts_key(tick(oplog.now())) {
+                return Err(not_found());
             }
+            Ok((token.ts, true))
         }
     }
 }
 
 impl StreamCursor {
-    /// The resume token for the current position (a high-water mark).
-    fn high_water_mark(&self) -> Document {
-        Token {
-            ts: self.pos,
-            kind: TokenKind::HighWaterMark,
-        }
-        .to_doc()
-    }
-
     /// Collects up to `max` events after the current position and advances it.
     pub fn next_batch(&mut self, store: &Store, max: usize) -> CmdResult<Batch> {
         let mut events = Vec::new();
         if self.closed {
             return Ok(Batch {
                 events,
-                post_batch_resume_token: self.high_water_mark(),
+                post_batch_resume_token: self.pbrt.to_doc(),
             });
         }
-        if let Some(ev) = self.pending_invalidate.take() {
-            return self.emit_invalidate(&ev, events);
-        }
         let oplog = &store.oplog;
+        let deployment = oplog.deployment();
+        if let Some(ev) = self.pending_invalidate.take() {
+            return self.emit_invalidate(&ev, events, deployment);
+        }
         let hs = ts_key(oplog.history_start());
         let p = ts_key(self.pos);
         if oplog.trimmed() && (p < hs || (p == hs && self.inclusive)) {
             return Err(history_lost());
         }
-        let mut last_token = None;
+        let mut full = false;
         for ev in oplog.since(self.pos, self.inclusive) {
             self.pos = ev.ts;
             self.inclusive = false;
@@ -356,47 +405,61 @@ impl StreamCursor {
             let token = Token {
                 ts: ev.ts,
                 kind: TokenKind::Event,
-            }
-            .to_doc();
-            let rendered = self.render(ev, store, &token)?;
-            if let Some(out) = self.transform(rendered, &token)? {
+                deployment,
+            };
+            let token_doc = token.to_doc();
+            let rendered = self.render(ev, store, &token_doc)?;
+            if let Some(out) = self.transform(rendered, &token_doc)? {
                 events.push(out);
-                last_token = Some(token);
+                self.pbrt = token;
             }
             if self.scope.invalidated_by(ev) {
                 if events.len() < max {
-                    return self.emit_invalidate(ev, events);
+                    return self.emit_invalidate(ev, events, deployment);
                 }
                 self.pending_invalidate = Some(ev.clone());
                 break;
             }
             if events.len() >= max {
+                full = true;
                 break;
             }
         }
-        let post_batch_resume_token = match last_token {
-            Some(t) if events.len() >= max || self.pending_invalidate.is_some() => t,
-            _ => {
-                // Everything up to the current cluster time has been scanned.
-                if ts_key(oplog.now()) >= ts_key(self.pos) {
-                    self.pos = oplog.now();
-                    self.inclusive = false;
-                }
-                self.high_water_mark()
+        if !full && self.pending_invalidate.is_none() {
+            // Everything up to the current cluster time has been scanned. As mongod, the
+            // PBRT becomes a high-water mark only once the scan went past the last returned
+            // event; otherwise it stays that event's token.
+            let now = oplog.now();
+            if ts_key(now) >= ts_key(self.pos) {
+                self.pos = now;
+                self.inclusive = false;
             }
-        };
+            if ts_key(tick(now)) > ts_key(self.pbrt.resumes_at()) {
+                self.pbrt = Token {
+                    ts: tick(now),
+                    kind: TokenKind::HighWaterMark,
+                    deployment,
+                };
+            }
+        }
         Ok(Batch {
             events,
-            post_batch_resume_token,
+            post_batch_resume_token: self.pbrt.to_doc(),
         })
     }
 
-    fn emit_invalidate(&mut self, ev: &Event, mut events: Vec<Document>) -> CmdResult<Batch> {
-        let token = Token {
+    fn emit_invalidate(
+        &mut self,
+        ev: &Event,
+        mut events: Vec<Document>,
+        deployment: u64,
+    ) -> CmdResult<Batch> {
+        self.pbrt = Token {
             ts: ev.ts,
             kind: TokenKind::Invalidate,
-        }
-        .to_doc();
+            deployment,
+        };
+        let token = self.pbrt.to_doc();
         let inv = doc! {
             "_id": token.clone(),
             "operationType": "invalidate",
@@ -526,6 +589,7 @@ mod tests {
                 increment: 7,
             },
             kind: TokenKind::Event,
+            deployment: 0x0123_4567_89AB_CDEF,
         };
         let d = t.to_doc();
         assert_eq!(Token::parse(&Bson::Document(d.clone())).expect("parse"), t);
@@ -534,5 +598,32 @@ mod tests {
         let err = Token::parse(&Bson::Document(doc! {"_data": bad})).expect_err("garbage");
         assert_eq!(err.code, 260);
         assert_eq!(Token::parse(&Bson::Int32(1)).expect_err("type").code, 260);
+    }
+
+    #[test]
+    fn tokens_sort_as_strings_in_stream_order() {
+        let at = |ts, kind| {
+            Token {
+                ts,
+                kind,
+                deployment: u64::MAX,
+            }
+            .to_doc()
+            .get_str("_data")
+            .expect("data")
+            .to_string()
+        };
+        let t = Timestamp {
+            time: 1_700_000_000,
+            increment: u32::MAX,
+        };
+        let order = [
+            at(t, TokenKind::HighWaterMark),
+            at(t, TokenKind::Event),
+            at(t, TokenKind::Invalidate),
+            at(tick(t), TokenKind::HighWaterMark),
+            at(tick(tick(t)), TokenKind::Event),
+        ];
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
     }
 }

@@ -374,8 +374,14 @@ impl Store {
             "meta" => {
                 if let (Ok(h), Ok(l)) = (r.get_timestamp("historyStart"), r.get_timestamp("lastTs"))
                 {
-                    self.oplog
-                        .restore(h, r.get_bool("trimmed").unwrap_or(false), l);
+                    self.oplog.restore(
+                        r.get_i64("deployment")
+                            .ok()
+                            .map(|d| u64::from_ne_bytes(d.to_ne_bytes())),
+                        h,
+                        r.get_bool("trimmed").unwrap_or(false),
+                        l,
+                    );
                 }
             }
             "create" => {
@@ -456,6 +462,7 @@ impl Store {
     fn snapshot(&self) -> Vec<Document> {
         let mut out = vec![doc! {
             "op": "meta",
+            "deployment": i64::from_ne_bytes(self.oplog.deployment().to_ne_bytes()),
             "historyStart": self.oplog.history_start(),
             "trimmed": self.oplog.trimmed(),
             "lastTs": self.oplog.now(),

@@ -112,6 +112,9 @@ pub fn ts_key(t: Timestamp) -> (u32, u32) {
 /// The capped change history plus the cluster clock.
 #[derive(Debug)]
 pub struct Oplog {
+    /// Random at the first start of a data directory (or of an in-memory double): tells this
+    /// history's resume tokens from another deployment's.
+    deployment: u64,
     events: VecDeque<Event>,
     cap: usize,
     /// Every event with a cluster time after this one is retained, none at or before it.
@@ -124,7 +127,11 @@ pub struct Oplog {
 
 impl Oplog {
     pub fn new(cap: usize, start: Timestamp) -> Oplog {
+        let id = bson::Uuid::new().bytes();
         Oplog {
+            deployment: u64::from_le_bytes([
+                id[0], id[1], id[2], id[3], id[4], id[5], id[6], id[7],
+            ]),
             events: VecDeque::new(),
             cap: cap.max(1),
             history_start: start,
@@ -134,13 +141,27 @@ impl Oplog {
         }
     }
 
-    /// Restores clock and history bounds from a persisted snapshot.
-    pub fn restore(&mut self, history_start: Timestamp, trimmed: bool, last: Timestamp) {
+    /// Restores identity (kept random if the snapshot predates it), clock and history bounds
+    /// from a persisted snapshot.
+    pub fn restore(
+        &mut self,
+        deployment: Option<u64>,
+        history_start: Timestamp,
+        trimmed: bool,
+        last: Timestamp,
+    ) {
+        if let Some(d) = deployment {
+            self.deployment = d;
+        }
         self.history_start = history_start;
         self.trimmed = trimmed;
         if ts_key(last) > ts_key(self.last) {
             self.last = last;
         }
+    }
+
+    pub fn deployment(&self) -> u64 {
+        self.deployment
     }
 
     pub fn history_start(&self) -> Timestamp {

@@ -487,6 +487,50 @@ async fn drop_database_invalidates_database_streams() {
     assert!(cluster.is_alive());
 }
 
+/// The event and its resume token of a first insert on a fresh double.
+async fn first_event(c: &mongodb::Client) -> ChangeStreamEvent<Document> {
+    let coll = c.database("cs").collection::<Document>("twin");
+    let mut s = coll.watch().await.unwrap();
+    coll.insert_one(doc! {"_id": 1}).await.unwrap();
+    next(&mut s).await
+}
+
+/// Two doubles started together stamp their first writes in the same second with the same
+/// cluster time; the token of one must still be unknown to the other (MongoDB compares the
+/// whole token — collection UUID, document key — not only its cluster time).
+#[tokio::test]
+async fn a_token_from_another_deployment_is_not_found() {
+    for _ in 0..5 {
+        let (a, b) = (start().await, start().await);
+        let (ca, cb) = (client(&a).await, client(&b).await);
+        // Both inserts early in one second.
+        let into_second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_millis();
+        tokio::time::sleep(Duration::from_millis(u64::from(1020 - into_second))).await;
+        let (ea, eb) = tokio::join!(first_event(&ca), first_event(&cb));
+        if ea.cluster_time != eb.cluster_time {
+            continue;
+        }
+        let coll = cb.database("cs").collection::<Document>("twin");
+        let e = coll.watch().resume_after(ea.id).await.unwrap_err();
+        assert_eq!(code_of(&e), Some(280), "{e}");
+        assert!(
+            e.to_string()
+                .contains("cannot resume stream; the resume token was not found"),
+            "{e}"
+        );
+        assert!(e.contains_label("NonResumableChangeStreamError"), "{e}");
+        // B's own token for the same cluster time resumes.
+        let mut s = coll.watch().resume_after(eb.id).await.unwrap();
+        coll.insert_one(doc! {"_id": 2}).await.unwrap();
+        assert_eq!(id_of(&next(&mut s).await), Bson::Int32(2));
+        return;
+    }
+    panic!("no two first writes in the same second in 5 tries");
+}
+
 /// 280 ChangeStreamFatalError is in the NonResumableChangeStreamError category: the server
 /// labels it (jstests/change_streams/error_label.js), on a getMore as on an aggregate.
 #[tokio::test]
@@ -522,4 +566,87 @@ async fn fatal_errors_carry_the_non_resumable_label() {
     let e = coll.watch().await.unwrap_err();
     assert_eq!(code_of(&e), Some(280), "{e}");
     assert!(e.contains_label("NonResumableChangeStreamError"), "{e}");
+}
+
+fn data_of(token: &Document) -> String {
+    token.get_str("_data").expect("_data").to_string()
+}
+
+/// One raw getMore on a change stream: its events' tokens and its postBatchResumeToken.
+async fn raw_get_more(db: &mongodb::Database, id: i64) -> (Vec<String>, String) {
+    let reply = db
+        .run_command(doc! {"getMore": id, "collection": "pbrt", "maxTimeMS": 100})
+        .await
+        .unwrap();
+    let cursor = reply.get_document("cursor").unwrap();
+    let events = cursor
+        .get_array("nextBatch")
+        .unwrap()
+        .iter()
+        .map(|e| data_of(e.as_document().unwrap().get_document("_id").unwrap()))
+        .collect();
+    (
+        events,
+        data_of(cursor.get_document("postBatchResumeToken").unwrap()),
+    )
+}
+
+/// Tokens and postBatchResumeTokens of one deployment never go backwards as strings (as
+/// MongoDB's KeyString tokens): the PBRT after a batch's last event is that event's token,
+/// or a high-water mark above it once later writes were scanned; and resuming from any
+/// PBRT neither repeats nor loses an event.
+#[tokio::test]
+async fn post_batch_resume_tokens_never_sort_before_returned_events() {
+    let srv = start().await;
+    let c = client(&srv).await;
+    let db = c.database("cs");
+    let coll = db.collection::<Document>("pbrt");
+    let other = db.collection::<Document>("elsewhere");
+    let opened = db
+        .run_command(doc! {"aggregate": "pbrt", "pipeline": [{"$changeStream": {}}], "cursor": {}})
+        .await
+        .unwrap();
+    let cursor = opened.get_document("cursor").unwrap();
+    let id = cursor.get_i64("id").unwrap();
+    let mut seen = vec![data_of(
+        cursor.get_document("postBatchResumeToken").unwrap(),
+    )];
+
+    coll.insert_one(doc! {"_id": 1}).await.unwrap();
+    let (events, after_one) = raw_get_more(&db, id).await;
+    assert_eq!(events.len(), 1);
+    seen.extend(events.iter().cloned());
+    assert!(after_one >= events[0], "{after_one} < {}", events[0]);
+    assert_eq!(after_one, events[0]);
+    seen.push(after_one.clone());
+
+    // A write the stream does not see moves the high-water mark past the event.
+    other.insert_one(doc! {"_id": 1}).await.unwrap();
+    let (events, idle) = raw_get_more(&db, id).await;
+    assert!(events.is_empty());
+    assert!(idle > after_one, "{idle} <= {after_one}");
+    seen.push(idle.clone());
+    let (_, still) = raw_get_more(&db, id).await;
+    assert_eq!(still, idle);
+
+    coll.insert_one(doc! {"_id": 2}).await.unwrap();
+    let (events, after_two) = raw_get_more(&db, id).await;
+    seen.extend(events.iter().cloned());
+    seen.push(after_two.clone());
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+
+    // Resuming from each position gives exactly what followed it.
+    coll.insert_one(doc! {"_id": 3}).await.unwrap();
+    for (token, expected) in [
+        (&after_one, vec![2, 3]),
+        (&idle, vec![2, 3]),
+        (&after_two, vec![3]),
+    ] {
+        let token: ResumeToken =
+            mongodb::bson::from_document(doc! {"_data": token.as_str()}).expect("token");
+        let mut s = coll.watch().resume_after(token).await.unwrap();
+        for i in expected {
+            assert_eq!(id_of(&next(&mut s).await), Bson::Int32(i));
+        }
+    }
 }
