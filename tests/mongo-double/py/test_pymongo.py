@@ -232,6 +232,32 @@ class Crud(Base):
         self.assertIn("unknown operator: $foo", str(cm.exception))
 
 
+    def test_invalid_ids_are_refused_and_lose_nothing(self):
+        c = self.db.ids
+        for bad, field in [({"$x": 1}, "$x"), ({"a": {"$b": 1}}, "$b"), ({"a": [{"$c": 1}]}, "$c")]:
+            with self.assertRaises(OperationFailure) as cm:
+                c.insert_one({"_id": bad})
+            self.assertEqual(cm.exception.code, 52, bad)
+            self.assertEqual(
+                cm.exception.details["errmsg"],
+                "_id fields may not contain '$'-prefixed fields: %s is not valid for storage." % field,
+            )
+        with self.assertRaises(OperationFailure) as cm:
+            c.insert_one({"_id": [1, 2]})
+        self.assertEqual(cm.exception.code, 53)
+        self.assertIn("The '_id' value cannot be of type array", str(cm.exception))
+        with self.assertRaises(pymongo.errors.BulkWriteError) as cm:
+            c.insert_many([{"_id": 1}, {"_id": {"$x": 1}}, {"_id": 2}], ordered=False)
+        self.assertEqual([e["code"] for e in cm.exception.details["writeErrors"]], [52])
+        self.assertEqual(c.count_documents({}), 2)
+        with self.assertRaises(OperationFailure) as cm:
+            c.update_one({"_id": {"k": {"$bad": 1}}}, {"$set": {"v": 1}}, upsert=True)
+        self.assertEqual(cm.exception.code, 52)
+        self.assertEqual(c.count_documents({}), 2)
+        c.insert_one({"_id": {"$ref": "c", "$id": 1}, "$note": "ok"})
+        self.assertEqual(c.count_documents({}), 3)
+
+
 class ChangeStreams(Base):
     def test_events_and_update_description(self):
         c = self.db.shadows

@@ -18,6 +18,8 @@ pub mod code {
     pub const CURSOR_NOT_FOUND: i32 = 43;
     pub const NO_MATCHING_DOCUMENT: i32 = 47;
     pub const NAMESPACE_EXISTS: i32 = 48;
+    pub const DOLLAR_PREFIXED_FIELD_NAME: i32 = 52;
+    pub const INVALID_ID_FIELD: i32 = 53;
     pub const COMMAND_NOT_FOUND: i32 = 59;
     pub const IMMUTABLE_FIELD: i32 = 66;
     pub const CANNOT_CREATE_INDEX_KEY: i32 = 67;
@@ -106,6 +108,8 @@ pub fn code_name(code: i32) -> String {
         47 => "NoMatchingDocument",
         48 => "NamespaceExists",
         50 => "MaxTimeMSExpired",
+        52 => "DollarPrefixedFieldName",
+        53 => "InvalidIdField",
         59 => "CommandNotFound",
         63 => "StaleShardVersion",
         64 => "WriteConcernFailed",

@@ -1,10 +1,12 @@
 //! Databases, collections, indexes and the change history, with optional persistence.
 //!
-//! Every mutation goes through [`Store`], which enforces unique indexes, records the change
-//! event and queues the persistence records; [`Store::flush`] writes them after each command.
+//! Every mutation goes through [`Store`], which refuses `_id`s MongoDB would not store,
+//! enforces unique indexes, records the change event and queues the persistence records;
+//! [`Store::flush`] writes them after each command.
 
 pub mod oplog;
 mod persist;
+mod validate;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -604,6 +606,7 @@ impl Store {
                 ),
             ));
         }
+        validate::id_field(&doc)?;
         self.ensure_collection(db, coll)?;
         let ns = format!("{db}.{coll}");
         let c = self

@@ -492,3 +492,57 @@ async fn aggregate_and_unknowns() {
         .unwrap_err();
     assert_eq!(code_of(&e), Some(40324));
 }
+
+/// MongoDB refuses a `$`-prefixed field anywhere inside an object `_id` (DBRefs excepted)
+/// with 52, and an array, regex or undefined `_id` with 53 — on insert and on upsert.
+#[tokio::test]
+async fn invalid_ids_are_refused_and_lose_nothing() {
+    let srv = start().await;
+    let c = client(&srv).await;
+    let coll = c.database("app").collection::<Document>("ids");
+    for (id, field) in [
+        (doc! {"$x": 1}, "$x"),
+        (doc! {"a": {"$b": 1}}, "$b"),
+        (doc! {"a": [{"$c": 1}]}, "$c"),
+    ] {
+        let e = coll.insert_one(doc! {"_id": id.clone()}).await.unwrap_err();
+        assert_eq!(code_of(&e), Some(52), "{id}: {e}");
+        assert_eq!(
+            message_of(&e),
+            format!(
+                "_id fields may not contain '$'-prefixed fields: {field} is not valid for storage."
+            ),
+        );
+    }
+    let e = coll.insert_one(doc! {"_id": [1, 2]}).await.unwrap_err();
+    assert_eq!(code_of(&e), Some(53));
+    assert_eq!(message_of(&e), "The '_id' value cannot be of type array");
+
+    // An unordered batch keeps the good documents.
+    let e = coll
+        .insert_many(vec![
+            doc! {"_id": 1},
+            doc! {"_id": {"$x": 1}},
+            doc! {"_id": 2},
+        ])
+        .ordered(false)
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&e), Some(52));
+    assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 2);
+
+    // An upsert seeding `_id` from its filter.
+    let e = coll
+        .update_one(doc! {"_id": {"k": {"$bad": 1}}}, doc! {"$set": {"v": 1}})
+        .upsert(true)
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&e), Some(52), "{e}");
+    assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 2);
+
+    // A DBRef is a valid `_id`, and top-level `$` fields elsewhere are allowed since 5.0.
+    coll.insert_one(doc! {"_id": {"$ref": "c", "$id": 1}, "$note": "ok"})
+        .await
+        .unwrap();
+    assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 3);
+}
