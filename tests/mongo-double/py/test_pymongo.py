@@ -257,6 +257,22 @@ class Crud(Base):
         c.insert_one({"_id": {"$ref": "c", "$id": 1}, "$note": "ok"})
         self.assertEqual(c.count_documents({}), 3)
 
+    def test_update_sort_is_refused_as_by_mongodb_7_0(self):
+        c = self.db.sorted
+        c.insert_many([{"_id": 1, "n": 1}, {"_id": 2, "n": 2}])
+        with self.assertRaises(OperationFailure) as cm:
+            self.db.command("update", "sorted", updates=[{"q": {}, "u": {"$set": {"top": True}}, "sort": {"n": -1}}])
+        self.assertEqual(cm.exception.code, 40415)
+        self.assertIn("BSON field 'update.updates.sort' is an unknown field.", str(cm.exception))
+        with self.assertRaises(OperationFailure) as cm:
+            self.db.command("update", "sorted", updates=[{"q": {}, "u": {"$set": {"top": True}}, "bogus": 1}])
+        self.assertEqual(cm.exception.code, 40415)
+        self.assertEqual(c.count_documents({"top": True}), 0)
+        top = c.find_one_and_update({}, {"$set": {"top": True}}, sort=[("n", -1)])
+        self.assertEqual(top, {"_id": 2, "n": 2})
+        self.assertEqual(self.client.admin.command("buildInfo")["version"][:4], "7.0.")
+        self.assertEqual(self.client.admin.command("hello")["maxWireVersion"], 21)
+
 
 class ChangeStreams(Base):
     def test_events_and_update_description(self):

@@ -3,7 +3,7 @@
 use bson::{doc, oid::ObjectId, Bson, Document};
 
 use super::{array_arg, bool_arg, coll_arg, doc_arg, Ctx};
-use crate::error::{CmdError, CmdResult};
+use crate::error::{code, CmdError, CmdResult};
 use crate::query::matcher::Filter;
 use crate::query::path;
 use crate::query::projection::Projection;
@@ -163,11 +163,7 @@ fn update_stmt(
             "multi update is not supported for replacement-style update",
         ));
     }
-    let sort = match stmt.get("sort") {
-        Some(Bson::Document(s)) => Some(SortSpec::parse(s)?),
-        _ => None,
-    };
-    let mut rids = matching(&st.store, ctx.db, coll, &filter, sort.as_ref());
+    let mut rids = matching(&st.store, ctx.db, coll, &filter, None);
     if !multi {
         rids.truncate(1);
     }
@@ -202,10 +198,42 @@ fn update_stmt(
     Ok(res)
 }
 
+/// The fields of an update statement MongoDB 7.0 knows. Its parser is strict, so any other
+/// field — `sort` too, which came with 8.0 — fails the whole command before anything runs.
+const UPDATE_STATEMENT_FIELDS: [&str; 11] = [
+    "q",
+    "u",
+    "c",
+    "arrayFilters",
+    "hint",
+    "multi",
+    "upsert",
+    "upsertSupplied",
+    "collation",
+    "sampleId",
+    "$_allowShardKeyUpdatesWithoutFullShardKeyInQuery",
+];
+
+fn check_update_statement_fields(stmts: &[Bson]) -> CmdResult<()> {
+    let unknown = stmts
+        .iter()
+        .filter_map(Bson::as_document)
+        .flat_map(Document::keys)
+        .find(|k| !UPDATE_STATEMENT_FIELDS.contains(&k.as_str()));
+    match unknown {
+        Some(k) => Err(CmdError::new(
+            code::UNKNOWN_IDL_FIELD,
+            format!("BSON field 'update.updates.{k}' is an unknown field."),
+        )),
+        None => Ok(()),
+    }
+}
+
 pub fn update(ctx: &Ctx<'_>, st: &mut State) -> CmdResult<Document> {
     let coll = coll_arg(ctx, "update")?;
     let stmts = array_arg(ctx, "update", "updates")?;
     check_batch("update", stmts.len())?;
+    check_update_statement_fields(stmts)?;
     let ordered = ctx
         .cmd
         .get("ordered")

@@ -546,3 +546,39 @@ async fn invalid_ids_are_refused_and_lose_nothing() {
         .unwrap();
     assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 3);
 }
+
+/// The double imitates MongoDB 7.0, whose update statements are strictly parsed: `sort`
+/// (an 8.0 option) and unknown fields are refused with 40415 and nothing is updated.
+#[tokio::test]
+async fn update_sort_is_refused_as_by_mongodb_7_0() {
+    let srv = start().await;
+    let c = client(&srv).await;
+    let coll = c.database("app").collection::<Document>("sorted");
+    coll.insert_many(vec![doc! {"_id": 1, "n": 1}, doc! {"_id": 2, "n": 2}])
+        .await
+        .unwrap();
+    let e = coll
+        .update_one(doc! {}, doc! {"$set": {"top": true}})
+        .sort(doc! {"n": -1})
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&e), Some(40415), "{e}");
+    assert_eq!(
+        message_of(&e),
+        "BSON field 'update.updates.sort' is an unknown field."
+    );
+    let e = c
+        .database("app")
+        .run_command(doc! {"update": "sorted", "updates": [{"q": {}, "u": {"$set": {"top": true}}, "bogus": 1}]})
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&e), Some(40415), "{e}");
+    assert_eq!(coll.count_documents(doc! {"top": true}).await.unwrap(), 0);
+    // findAndModify has always had `sort`.
+    let top = coll
+        .find_one_and_update(doc! {}, doc! {"$set": {"top": true}})
+        .sort(doc! {"n": -1})
+        .await
+        .unwrap();
+    assert_eq!(top, Some(doc! {"_id": 2, "n": 2}));
+}
