@@ -144,6 +144,59 @@ async fn a_desired_change_made_while_the_gateway_was_down_is_delivered_after_res
     assert_eq!(delta["state"]["mode"], "eco");
 }
 
+/// A getMore error the driver does not resume from ends the shadow stream: `failCommand`
+/// fails the getMore before its cursor is checked out, so MongoDB gives the error no
+/// `ResumableChangeStreamError` label. The uplink reconnects, resumes from its stored token,
+/// and cloud changes made before and after still reach the device.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_stream_error_the_driver_does_not_resume_loses_no_cloud_change() {
+    let mongo = Mongo::start().await;
+    // Its own gateway id: the fail point below catches this gateway's getMores only.
+    let gateway = Gateway::start_with_env(
+        &mongo.config(""),
+        &[("IOTSPHERE__GATEWAY__ID", "gw-getmore")],
+    );
+    let mut heater = reported_device(&gateway, &mongo, "h-getmore").await;
+    mongo
+        .wait_for("resume_tokens", doc! {"_id": "shadows:gw-getmore"}, |_| {
+            true
+        })
+        .await;
+    mongo
+        .client
+        .database("admin")
+        .run_command(doc! {
+            "configureFailPoint": "failCommand",
+            "mode": {"times": 1},
+            "data": {"failCommands": ["getMore"], "errorCode": 6, "appName": "iotsphere-gateway/gw-getmore"},
+        })
+        .await
+        .expect("fail point");
+    let shadows = shadows(&mongo);
+    let cloud_sets = |target: i64| {
+        shadows.update_one(
+            doc! {"_id": "h-getmore"},
+            doc! {"$set": {"state.desired.targetTemp": target}},
+        )
+    };
+    cloud_sets(61).await.expect("cloud update");
+    let started = std::time::Instant::now();
+    while !gateway
+        .log()
+        .contains("MongoDB uplink interrupted; reconnecting")
+    {
+        assert!(
+            started.elapsed() < common::WAIT,
+            "the getMore error never reached the gateway: {}",
+            gateway.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cloud_sets(62).await.expect("cloud update");
+    delta_with_target(&mut heater, 61).await;
+    delta_with_target(&mut heater, 62).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn history_lost_triggers_a_resync() {
     let Some(mongo) =
