@@ -87,19 +87,24 @@ fn rules() -> Vec<(String, String)> {
     rules
 }
 
-/// Keywords and aggregations of PromQL that are not followed by their `(`.
-const KEYWORDS: &[&str] = &[
-    "and",
-    "or",
-    "unless",
+/// PromQL keywords whose `( … )` is a list of label names.
+const LABEL_LISTS: &[&str] = &[
     "by",
     "without",
     "on",
     "ignoring",
     "group_left",
     "group_right",
+];
+/// The other keywords, and aggregations written before their `by (…)`.
+const KEYWORDS: &[&str] = &[
+    "and",
+    "or",
+    "unless",
     "offset",
     "bool",
+    "inf",
+    "nan",
     "sum",
     "min",
     "max",
@@ -112,17 +117,6 @@ const KEYWORDS: &[&str] = &[
     "bottomk",
     "quantile",
     "count_values",
-    "inf",
-    "nan",
-];
-/// Keywords whose `( … )` is a list of label names.
-const LABEL_LISTS: &[&str] = &[
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
 ];
 
 /// The metric names a PromQL expression (or Grafana's `label_values(metric, label)`) reads:
@@ -178,7 +172,8 @@ fn metric_names(query: &str) -> BTreeSet<String> {
             }
             let word: String = chars[start..i].iter().collect();
             let next = chars[i..].iter().find(|c| !c.is_whitespace());
-            if next != Some(&'(') && !KEYWORDS.contains(&word.as_str()) {
+            let keyword = KEYWORDS.contains(&word.as_str()) || LABEL_LISTS.contains(&word.as_str());
+            if next != Some(&'(') && !keyword {
                 names.insert(word.clone());
             }
             previous = word;
