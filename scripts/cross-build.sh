@@ -7,20 +7,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
+source scripts/lib.sh
 
 need=()
-command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
-command -v arm-linux-gnueabihf-gcc >/dev/null 2>&1 || need+=(gcc-arm-linux-gnueabihf libc6-dev-armhf-cross)
 command -v qemu-aarch64 >/dev/null 2>&1 || need+=(qemu-user)
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]}"
-  as_root apt-get install -y -q "${need[@]}" >/dev/null 2>&1 \
-    || { as_root apt-get update -q >/dev/null && as_root apt-get install -y -q "${need[@]}" >/dev/null; }
-fi
+[ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
 
 target_dir="${CARGO_TARGET_DIR:-target}"
 
@@ -57,7 +49,7 @@ profile="${PROFILE:-cross-check}"
 for spec in aarch64-unknown-linux-gnu:qemu-aarch64:/usr/aarch64-linux-gnu \
             armv7-unknown-linux-gnueabihf:qemu-arm:/usr/arm-linux-gnueabihf; do
   IFS=: read -r target qemu sysroot <<<"$spec"
-  rustup target list --installed | grep -qx "$target" || rustup target add "$target"
+  cross_toolchain "$target"
   cargo build --profile "$profile" --locked -p iotsphere-gateway --target "$target"
   binary="$target_dir/$target/$profile/iotsphere-gateway"
   version=$("$qemu" -L "$sysroot" "$binary" --version)

@@ -80,6 +80,15 @@ impl StoreProbe {
         *last = Some((Instant::now(), result.clone()));
         result
     }
+
+    /// Whether the last probe could write, without probing again; `None` before the first.
+    pub async fn last_writable(&self) -> Option<bool> {
+        self.last
+            .lock()
+            .await
+            .as_ref()
+            .map(|(_, result)| result.is_ok())
+    }
 }
 
 /// What the handlers read.
@@ -283,6 +292,10 @@ async fn health(State(app): State<AppState>) -> (StatusCode, Json<Health>) {
 
 async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     let state = app.health;
+    // The probe of /health, system/status and the watchdog: a scrape adds no SD card write.
+    if let Some(writable) = state.probe.last_writable().await {
+        state.metrics.store_probed(writable);
+    }
     let (report, outbox) = match &state.uplink {
         Some((status, outbox)) => (Some(status.report()), Some(outbox.stats())),
         None => (None, None),
@@ -344,6 +357,20 @@ mod tests {
         // Within the interval: the last answer, no new write.
         assert_eq!(probe.check().await, Ok(()));
         assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn the_last_answer_is_read_without_probing() {
+        let (probe, runs, broken) = counting_probe(Duration::ZERO);
+        assert_eq!(probe.last_writable().await, None, "nothing probed yet");
+        broken.store(true, Ordering::SeqCst);
+        assert!(probe.check().await.is_err());
+        assert_eq!(probe.last_writable().await, Some(false));
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            1,
+            "reading the answer wrote nothing"
+        );
     }
 
     #[tokio::test]

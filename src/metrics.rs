@@ -1,12 +1,14 @@
 //! Prometheus metrics (`/metrics`, text format): what an operator graphs and alerts on.
 //!
 //! Counters are updated where things happen (broker hook, shadow service); gauges that
-//! mirror state owned elsewhere (outbox, uplink, memory) are read at scrape time.
+//! mirror state owned elsewhere (outbox, uplink, store, memory) are read at scrape time.
+//! deploy/grafana-dashboard.json graphs these families and deploy/prometheus-rules.yml
+//! alerts on them; tests/monitoring_kit.rs checks both against a live gateway.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -17,7 +19,7 @@ use prometheus_client::registry::Registry;
 
 use crate::bridge::BridgeReport;
 use crate::outbox::OutboxStats;
-use crate::uplink::{UplinkMode, UplinkReport};
+use crate::uplink::{LeaseRole, UplinkMode, UplinkReport};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
@@ -38,6 +40,19 @@ pub struct ReasonLabel {
 pub struct ModeLabel {
     pub mode: &'static str,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleLabel {
+    pub role: &'static str,
+}
+
+/// A client id that connects this many times within [`FLAP_WINDOW`] is flapping (a heater
+/// whose power or Wi-Fi keeps dropping, or two clients fighting over one id).
+const FLAP_CONNECTS: usize = 5;
+const FLAP_WINDOW: Duration = Duration::from_secs(600);
+/// Client ids followed for flapping at most: a flood of new ids (a scanner) cannot grow
+/// the table without bound; ids quiet for a whole window are forgotten first.
+const FLAP_TRACKED: usize = 4096;
 
 /// Rejections the status page lists, newest last; older ones are forgotten.
 pub const RECENT_REJECTIONS: usize = 20;
@@ -70,10 +85,16 @@ struct Inner {
     /// session), for the status page's list of connected devices.
     connected: Mutex<BTreeMap<String, u32>>,
     recent_rejections: Mutex<VecDeque<RecentRejection>>,
+    /// Client id → its last [`FLAP_CONNECTS`] connect times, oldest first.
+    recent_connects: Mutex<HashMap<String, VecDeque<Instant>>>,
+    flapping_clients: Gauge,
+    store_writable: Gauge,
+    lease_role: Family<RoleLabel, Gauge>,
     uplink_connected: Gauge,
     uplink_mode: Family<ModeLabel, Gauge>,
     outbox_items: Gauge,
     outbox_bytes: Gauge,
+    outbox_oldest_age: Gauge,
     outbox_dropped: Family<ReasonLabel, Gauge>,
     resident_memory: Gauge,
     bridge_connected: Gauge,
@@ -101,10 +122,15 @@ impl Default for Metrics {
             connected_clients: Gauge::default(),
             connected: Mutex::default(),
             recent_rejections: Mutex::default(),
+            recent_connects: Mutex::default(),
+            flapping_clients: Gauge::default(),
+            store_writable: Gauge::default(),
+            lease_role: Family::default(),
             uplink_connected: Gauge::default(),
             uplink_mode: Family::default(),
             outbox_items: Gauge::default(),
             outbox_bytes: Gauge::default(),
+            outbox_oldest_age: Gauge::default(),
             outbox_dropped: Family::default(),
             resident_memory: Gauge::default(),
             bridge_connected: Gauge::default(),
@@ -147,6 +173,24 @@ impl Default for Metrics {
             inner.connected_clients.clone(),
         );
         registry.register(
+            "flapping_clients",
+            format!(
+                "Client ids that connected {FLAP_CONNECTS} times or more in the last {} minutes",
+                FLAP_WINDOW.as_secs() / 60
+            ),
+            inner.flapping_clients.clone(),
+        );
+        registry.register(
+            "store_writable",
+            "1 when the last store probe could write and fsync (see /health)",
+            inner.store_writable.clone(),
+        );
+        registry.register(
+            "lease_role",
+            "1 for this gateway's role in its active/standby pair",
+            inner.lease_role.clone(),
+        );
+        registry.register(
             "uplink_connected",
             "1 when MongoDB answers",
             inner.uplink_connected.clone(),
@@ -165,6 +209,11 @@ impl Default for Metrics {
             "outbox_bytes",
             "Bytes waiting in the outbox",
             inner.outbox_bytes.clone(),
+        );
+        registry.register(
+            "outbox_oldest_age_seconds",
+            "Age of the oldest item waiting for MongoDB (0 when none waits)",
+            inner.outbox_oldest_age.clone(),
         );
         registry.register(
             "outbox_dropped",
@@ -250,6 +299,9 @@ impl Metrics {
     }
 
     pub fn client_connected(&self, client_id: &str, connected: bool) {
+        if connected {
+            self.remember_connect(client_id, Instant::now());
+        }
         let mut clients = lock(&self.0.connected);
         if connected {
             *clients.entry(client_id.to_string()).or_default() += 1;
@@ -265,6 +317,43 @@ impl Metrics {
 
     pub fn connected_clients(&self) -> i64 {
         self.0.connected_clients.get()
+    }
+
+    fn remember_connect(&self, client_id: &str, now: Instant) {
+        let mut recent = lock(&self.0.recent_connects);
+        if !recent.contains_key(client_id) && recent.len() >= FLAP_TRACKED {
+            recent.retain(|_, connects| within_window(connects, now));
+            if recent.len() >= FLAP_TRACKED {
+                return;
+            }
+        }
+        let connects = recent.entry(client_id.to_string()).or_default();
+        if connects.len() == FLAP_CONNECTS {
+            connects.pop_front();
+        }
+        connects.push_back(now);
+    }
+
+    /// Client ids with [`FLAP_CONNECTS`] connects within the last [`FLAP_WINDOW`]; ids
+    /// quiet for a whole window are forgotten.
+    fn flapping_clients(&self, now: Instant) -> usize {
+        let mut recent = lock(&self.0.recent_connects);
+        recent.retain(|_, connects| within_window(connects, now));
+        recent
+            .values()
+            .filter(|connects| connects.len() == FLAP_CONNECTS)
+            .filter(|connects| {
+                connects
+                    .front()
+                    .is_some_and(|first| now.saturating_duration_since(*first) <= FLAP_WINDOW)
+            })
+            .count()
+    }
+
+    /// What the last store probe found (`/health`, `system/status` and the watchdog probe;
+    /// a scrape does not write to the SD card itself).
+    pub fn store_probed(&self, writable: bool) {
+        self.0.store_writable.set(i64::from(writable));
     }
 
     pub fn is_connected(&self, client_id: &str) -> bool {
@@ -311,6 +400,15 @@ impl Metrics {
         }
         if let Some(report) = uplink {
             inner.uplink_connected.set(i64::from(report.connected));
+            if let Some(current) = report.lease {
+                for role in [LeaseRole::Active, LeaseRole::Standby, LeaseRole::Undecided] {
+                    let role = role.as_str();
+                    inner
+                        .lease_role
+                        .get_or_create(&RoleLabel { role })
+                        .set(i64::from(role == current));
+                }
+            }
             for mode in UplinkMode::ALL {
                 inner
                     .uplink_mode
@@ -323,6 +421,9 @@ impl Metrics {
         if let Some(stats) = outbox {
             inner.outbox_items.set(to_i64(stats.items + stats.shadows));
             inner.outbox_bytes.set(to_i64(stats.bytes));
+            inner
+                .outbox_oldest_age
+                .set(to_i64(stats.oldest_age_secs.unwrap_or(0)));
             for (reason, count) in [
                 ("full", stats.dropped_full),
                 ("expired", stats.dropped_expired),
@@ -334,6 +435,9 @@ impl Metrics {
                     .set(to_i64(count));
             }
         }
+        inner
+            .flapping_clients
+            .set(to_i64(self.flapping_clients(Instant::now())));
         inner.resident_memory.set(to_i64(resident_memory_bytes()));
         let mut text = String::new();
         // Writing into a String cannot fail.
@@ -346,6 +450,13 @@ impl Metrics {
 /// the list is still usable.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether the last connect of `connects` is within [`FLAP_WINDOW`] of `now`.
+fn within_window(connects: &VecDeque<Instant>, now: Instant) -> bool {
+    connects
+        .back()
+        .is_some_and(|last| now.saturating_duration_since(*last) <= FLAP_WINDOW)
 }
 
 fn to_i64(value: impl TryInto<i64>) -> i64 {
@@ -409,6 +520,92 @@ mod tests {
         assert!(text.contains("iotsphere_resident_memory_bytes "));
         assert_eq!(metrics.connected_client_ids(), ["h2"]);
         assert_eq!(metrics.message_totals(), (1, 0));
+    }
+
+    #[test]
+    fn lease_role_store_and_oldest_item_are_rendered() {
+        let metrics = Metrics::default();
+        let text = metrics.render(None, None, None);
+        assert!(!text.contains("iotsphere_lease_role{"), "no pair, no role");
+        metrics.store_probed(false);
+        let report = UplinkReport {
+            lease: Some(LeaseRole::Standby.as_str()),
+            ..crate::uplink::UplinkStatus::default().report()
+        };
+        let stats = OutboxStats {
+            oldest_age_secs: Some(4000),
+            ..OutboxStats::default()
+        };
+        let text = metrics.render(Some(&report), Some(&stats), None);
+        for line in [
+            "iotsphere_lease_role{role=\"standby\"} 1",
+            "iotsphere_lease_role{role=\"active\"} 0",
+            "iotsphere_lease_role{role=\"undecided\"} 0",
+            "iotsphere_store_writable 0",
+            "iotsphere_outbox_oldest_age_seconds 4000",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+        let text = metrics.render(Some(&report), Some(&OutboxStats::default()), None);
+        assert!(
+            text.contains("iotsphere_outbox_oldest_age_seconds 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_client_connecting_again_and_again_is_flapping() {
+        let metrics = Metrics::default();
+        let start = Instant::now();
+        let at = |minutes: u64| start + Duration::from_secs(60 * minutes);
+        // flappy connects once a minute, steady once in all, slow once every 3 minutes.
+        let mut connects = vec![(0, "steady")];
+        connects.extend((0..5).map(|i| (i, "flappy")));
+        connects.extend((0..5).map(|i| (3 * i, "slow")));
+        connects.sort();
+        for (minute, client) in connects {
+            metrics.remember_connect(client, at(minute));
+            if minute == 4 {
+                assert_eq!(metrics.flapping_clients(at(4)), 1, "flappy: 5 in 4 minutes");
+            }
+        }
+        assert_eq!(
+            metrics.flapping_clients(at(12)),
+            0,
+            "slow's 5 took 12 minutes; flappy's first is 12 minutes old"
+        );
+        metrics.remember_connect("flappy", at(12));
+        assert_eq!(
+            metrics.flapping_clients(at(12)),
+            0,
+            "flappy's last 5 connects span 11 minutes"
+        );
+        assert_eq!(metrics.flapping_clients(at(23)), 0);
+        assert!(
+            lock(&metrics.0.recent_connects).is_empty(),
+            "ids quiet for a window are forgotten"
+        );
+    }
+
+    #[test]
+    fn at_most_flap_tracked_client_ids_are_followed() {
+        let metrics = Metrics::default();
+        let start = Instant::now();
+        for i in 0..FLAP_TRACKED {
+            metrics.remember_connect(&format!("scanner-{i}"), start);
+        }
+        for _ in 0..FLAP_CONNECTS {
+            metrics.remember_connect("late", start);
+        }
+        assert_eq!(lock(&metrics.0.recent_connects).len(), FLAP_TRACKED);
+        assert_eq!(metrics.flapping_clients(start), 0, "the table was full");
+        // Once the scanner's ids are a window old, new ids are followed again.
+        let later = start + FLAP_WINDOW + Duration::from_secs(1);
+        for _ in 0..FLAP_CONNECTS {
+            metrics.remember_connect("late", later);
+        }
+        assert_eq!(metrics.flapping_clients(later), 1);
+        assert_eq!(lock(&metrics.0.recent_connects).len(), 1);
     }
 
     #[test]

@@ -98,6 +98,11 @@ fn the_unit_is_notify_with_a_watchdog_and_hardened() {
         "ProtectSystem=strict",
         "Restart=on-failure",
         "RestartPreventExitStatus=2",
+        // The Debian package's paths (scripts/package-deb.sh).
+        "ExecStart=/usr/bin/iotsphere-gateway run --config /etc/iotsphere-gateway/gateway.toml",
+        // Not started while the configuration is the packaged default; scripts/test-deb.sh
+        // runs this condition in a chroot.
+        "ExecCondition=/bin/sh -c 'if cmp -s /usr/share/iotsphere-gateway/gateway.toml /etc/iotsphere-gateway/gateway.toml; then",
     ] {
         assert!(
             UNIT.lines().any(|l| l.starts_with(line)),
