@@ -185,7 +185,7 @@ fn mutual_tls_names_each_device_by_its_certificate() {
     let (app_crt, app_key) = (ours("cloud-app.crt"), ours("cloud-app.key"));
     let app = Some((app_crt.as_path(), app_key.as_path()));
     let documents = "iotsphere/devices/+/shadow/document";
-    let sub = tls_subscribe_once(gateway.port, &ca, "dashboard", app, documents);
+    let sub = tls_subscribe_once(gateway.port, &ca, "cloud-app:dashboard", app, documents);
 
     let (heater_crt, heater_key) = (ours("heater-1.crt"), ours("heater-1.key"));
     let heater_1 = Some((heater_crt.as_path(), heater_key.as_path()));
