@@ -164,10 +164,14 @@ impl Verifier {
     }
 }
 
-/// A worker: its argon2 memory is allocated here, once, and reused for every check.
+/// A worker: its argon2 memory is allocated at its first check, once, and reused for
+/// every check after.
 fn work(inbox: &flume::Receiver<Job>) {
-    let mut memory = vec![Block::new(); MAX_MEMORY_BLOCKS];
+    let mut memory = Vec::new();
     for job in inbox.iter() {
+        if memory.is_empty() {
+            memory = vec![Block::new(); MAX_MEMORY_BLOCKS];
+        }
         let hash = job.stored.as_deref().unwrap_or(DUMMY_HASH);
         let matches = check(&mut memory, hash, &job.password);
         let _ = job.reply.send(job.stored.is_some() && matches);
