@@ -130,6 +130,18 @@ impl Packet {
     pub fn retain(&self) -> bool {
         self.header & 1 == 1
     }
+
+    /// The packet id of a QoS 1/2 PUBLISH, or of an acknowledgement.
+    pub fn pkid(&self) -> Option<u16> {
+        let at = match self.kind() {
+            3 if self.header & 0x06 != 0 => {
+                2 + usize::from(u16::from_be_bytes([*self.body.first()?, *self.body.get(1)?]))
+            }
+            4..=7 | 9 | 11 => 0,
+            _ => return None,
+        };
+        Some(u16::from_be_bytes([*self.body.get(at)?, *self.body.get(at + 1)?]))
+    }
 }
 
 /// The raw client.
@@ -188,9 +200,14 @@ impl Raw {
 
     /// SUBSCRIBE one filter at QoS 1; the SUBACK's return code.
     pub fn subscribe(&mut self, pkid: u16, filter: &str) -> io::Result<u8> {
+        self.subscribe_qos(pkid, filter, 1)
+    }
+
+    /// SUBSCRIBE one filter at `qos`; the SUBACK's return code.
+    pub fn subscribe_qos(&mut self, pkid: u16, filter: &str, qos: u8) -> io::Result<u8> {
         let mut body = pkid.to_be_bytes().to_vec();
         string(&mut body, filter.as_bytes());
-        body.push(1);
+        body.push(qos);
         self.send(&frame(0x82, &body))?;
         loop {
             let packet = self.read()?;
