@@ -727,3 +727,48 @@ async fn wait_for_readings(mongo: &Mongo, device_id: &str, expected: u64, wait: 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn telemetry_ids_are_per_device() {
+    let mongo = Mongo::start().await;
+    let gateway = Gateway::start_with(&mongo.config(""));
+    let reading =
+        |value: i64| json(&json!({"metadata": {"messageId": "1"}, "payload": {"value": value}}));
+    let a = Client::connect(gateway.port, "h-id-a").await;
+    let b = Client::connect(gateway.port, "h-id-b").await;
+    a.publish(
+        "iotsphere/devices/h-id-a/telemetry/temperature",
+        reading(40),
+    )
+    .await;
+    b.publish(
+        "iotsphere/devices/h-id-b/telemetry/temperature",
+        reading(50),
+    )
+    .await;
+    // A retransmission of a's message 1 is still stored once.
+    a.publish(
+        "iotsphere/devices/h-id-a/telemetry/temperature",
+        reading(40),
+    )
+    .await;
+    for (id, value) in [("h-id-a:1", 40.0), ("h-id-b:1", 50.0)] {
+        let stored = mongo
+            .wait_for("telemetry", doc! {"_id": id}, |_| true)
+            .await;
+        assert_eq!(
+            stored
+                .get_f64("value")
+                .or_else(|_| stored.get_i64("value").map(|v| v as f64)),
+            Ok(value)
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let count = mongo
+        .db()
+        .collection::<BsonDocument>("telemetry")
+        .count_documents(doc! {"deviceId": "h-id-a"})
+        .await
+        .expect("count");
+    assert_eq!(count, 1);
+}
