@@ -155,6 +155,11 @@ impl Gateway {
             .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
+    /// The process id of the running gateway.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("gateway is running").id()
+    }
+
     /// VmRSS of the running gateway, in KiB.
     pub fn rss_kib(&self) -> u64 {
         let pid = self.child.as_ref().expect("gateway is running").id();
@@ -278,7 +283,8 @@ pub fn mosquitto_tls(
 /// A gateway in certificate mode, TLS only, with the lab certificates of `certs` (made by
 /// [`dev_certs`]) and `extra_config` (its `[auth]` section is this one's).
 pub fn certificate_gateway(certs: &std::path::Path, extra_config: &str) -> Gateway {
-    let mut gateway = Gateway::configure(&format!("[auth]\nmode = \"certificate\"\n\n{extra_config}"));
+    let mut gateway =
+        Gateway::configure(&format!("[auth]\nmode = \"certificate\"\n\n{extra_config}"));
     // No plain listener: the fixture waits on the TLS port instead.
     gateway.port = free_port();
     let tls = format!("127.0.0.1:{}", gateway.port);
