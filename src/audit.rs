@@ -108,7 +108,11 @@ mod tests {
         assert_eq!(episodes.starts("a"), None);
         assert_eq!(episodes.starts("b"), Some(0));
         std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(episodes.starts("a"), Some(2), "the last episode repeated twice");
+        assert_eq!(
+            episodes.starts("a"),
+            Some(2),
+            "the last episode repeated twice"
+        );
         // Full: keys whose episode ended make room.
         assert_eq!(episodes.starts("c"), Some(0));
     }

@@ -390,7 +390,11 @@ impl Access {
         }
         if self.inner.backoff.blocked(peer.ip()).is_some() {
             // No password check at all while the address is in backoff.
-            return Err(self.refused(attempt, "failed logins: address in backoff", Refusal::BadLogin));
+            return Err(self.refused(
+                attempt,
+                "failed logins: address in backoff",
+                Refusal::BadLogin,
+            ));
         }
         let name = match &self.inner.proof {
             Proof::Password {
@@ -423,7 +427,11 @@ impl Access {
                 };
                 match crate::certs::common_name(certificate) {
                     Some(cn) => cn,
-                    None => return Err(self.failed(attempt, "the client certificate has no readable CN")),
+                    None => {
+                        return Err(
+                            self.failed(attempt, "the client certificate has no readable CN")
+                        )
+                    }
                 }
             }
         };
@@ -446,7 +454,11 @@ impl Access {
             let allowed = std::str::from_utf8(topic)
                 .is_ok_and(|topic| self.may_publish(&role, &attempt.client_id, Some(peer), topic));
             if !allowed {
-                return Err(self.refused(attempt, "a will on a topic this identity may not publish", Refusal::NotAuthorized));
+                return Err(self.refused(
+                    attempt,
+                    "a will on a topic this identity may not publish",
+                    Refusal::NotAuthorized,
+                ));
             }
         }
         self.inner.backoff.succeeded(peer.ip());
@@ -789,15 +801,23 @@ mod tests {
             will_topic: None,
         };
         assert_eq!(
-            access.authenticate(&attempt("heater-1", Some(&heater))).await,
+            access
+                .authenticate(&attempt("heater-1", Some(&heater)))
+                .await,
             Ok(device("heater-1"))
         );
         assert!(
-            access.authenticate(&attempt("heater-2", Some(&heater))).await.is_err(),
+            access
+                .authenticate(&attempt("heater-2", Some(&heater)))
+                .await
+                .is_err(),
             "client id must equal the CN"
         );
         assert!(
-            access.authenticate(&attempt("heater-1", None)).await.is_err(),
+            access
+                .authenticate(&attempt("heater-1", None))
+                .await
+                .is_err(),
             "no certificate"
         );
         assert!(access
@@ -805,12 +825,25 @@ mod tests {
             .await
             .is_ok());
         assert!(
-            access.authenticate(&attempt("dashboard", Some(&app))).await.is_err(),
+            access
+                .authenticate(&attempt("dashboard", Some(&app)))
+                .await
+                .is_err(),
             "a service's client id is under its name"
         );
         let heater = device("heater-1");
-        assert!(access.may_publish(&heater, "heater-1", None, "iotsphere/devices/heater-1/shadow/reported"));
-        assert!(!access.may_publish(&heater, "heater-1", None, "iotsphere/devices/heater-2/shadow/reported"));
+        assert!(access.may_publish(
+            &heater,
+            "heater-1",
+            None,
+            "iotsphere/devices/heater-1/shadow/reported"
+        ));
+        assert!(!access.may_publish(
+            &heater,
+            "heater-1",
+            None,
+            "iotsphere/devices/heater-2/shadow/reported"
+        ));
         assert_eq!(access.reload().expect("nothing to reload"), 0);
     }
 
@@ -820,12 +853,24 @@ mod tests {
         let access = access(dir.path());
         let connect = |client_id: &'static str, username: &'static str, password: &'static str| {
             let access = access.clone();
-            async move { access.authenticate(&login(client_id, username, password)).await }
+            async move {
+                access
+                    .authenticate(&login(client_id, username, password))
+                    .await
+            }
         };
-        assert_eq!(connect("heater-1", "heater-1", "pw-heater-1").await, Ok(device("heater-1")));
-        assert_eq!(connect("heater-1", "heater-1", "wrong").await, Err(Refusal::BadLogin));
+        assert_eq!(
+            connect("heater-1", "heater-1", "pw-heater-1").await,
+            Ok(device("heater-1"))
+        );
+        assert_eq!(
+            connect("heater-1", "heater-1", "wrong").await,
+            Err(Refusal::BadLogin)
+        );
         assert!(
-            connect("heater-2", "heater-1", "pw-heater-1").await.is_err(),
+            connect("heater-2", "heater-1", "pw-heater-1")
+                .await
+                .is_err(),
             "a device's client id is its id"
         );
         for client_id in ["cloud-app", "cloud-app:replica-2"] {
@@ -835,13 +880,25 @@ mod tests {
                 "{client_id}"
             );
         }
-        for borrowed in ["heater-2", "any-client", "cloud-app:", "cloud-app:a/b", "cloud-appx", "iotsphere:gateway"] {
+        for borrowed in [
+            "heater-2",
+            "any-client",
+            "cloud-app:",
+            "cloud-app:a/b",
+            "cloud-appx",
+            "iotsphere:gateway",
+        ] {
             assert!(
-                connect(borrowed, "cloud-app", "pw-cloud-app").await.is_err(),
+                connect(borrowed, "cloud-app", "pw-cloud-app")
+                    .await
+                    .is_err(),
                 "{borrowed}"
             );
         }
-        assert!(connect("heater-2", "alice", "pw-alice").await.is_err(), "a user takes no device's id");
+        assert!(
+            connect("heater-2", "alice", "pw-alice").await.is_err(),
+            "a user takes no device's id"
+        );
     }
 
     #[tokio::test]
@@ -853,13 +910,29 @@ mod tests {
             ..login("heater-1", "heater-1", "pw-heater-1")
         };
         for (topic, verdict) in [
-            ("iotsphere/devices/heater-1/telemetry/status", Ok(device("heater-1"))),
-            ("iotsphere/devices/heater-2/shadow/desired", Err(Refusal::NotAuthorized)),
-            ("iotsphere/devices/heater-2/commands/request", Err(Refusal::NotAuthorized)),
-            ("iotsphere/devices/heater-1/shadow/delta", Err(Refusal::NotAuthorized)),
+            (
+                "iotsphere/devices/heater-1/telemetry/status",
+                Ok(device("heater-1")),
+            ),
+            (
+                "iotsphere/devices/heater-2/shadow/desired",
+                Err(Refusal::NotAuthorized),
+            ),
+            (
+                "iotsphere/devices/heater-2/commands/request",
+                Err(Refusal::NotAuthorized),
+            ),
+            (
+                "iotsphere/devices/heater-1/shadow/delta",
+                Err(Refusal::NotAuthorized),
+            ),
             ("iotsphere/system/status", Err(Refusal::NotAuthorized)),
         ] {
-            assert_eq!(access.authenticate(&with_will(topic)).await, verdict, "{topic}");
+            assert_eq!(
+                access.authenticate(&with_will(topic)).await,
+                verdict,
+                "{topic}"
+            );
         }
     }
 
@@ -868,12 +941,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let access = access(dir.path());
         for _ in 0..=crate::login_backoff::FREE_FAILURES {
-            assert!(access.authenticate(&login("heater-1", "heater-1", "guess")).await.is_err());
+            assert!(access
+                .authenticate(&login("heater-1", "heater-1", "guess"))
+                .await
+                .is_err());
         }
         // Now even the right password is refused from that address, without a check.
         let started = std::time::Instant::now();
         assert_eq!(
-            access.authenticate(&login("heater-1", "heater-1", "pw-heater-1")).await,
+            access
+                .authenticate(&login("heater-1", "heater-1", "pw-heater-1"))
+                .await,
             Err(Refusal::BadLogin)
         );
         assert!(started.elapsed() < Duration::from_millis(5));
@@ -896,7 +974,12 @@ mod tests {
             subscribe: vec![],
         }]);
         assert!(access.may_publish(&app, "cloud-app", None, telemetry));
-        assert!(!access.may_publish(&app, "cloud-app", None, "iotsphere/devices/h1/shadow/desired"));
+        assert!(!access.may_publish(
+            &app,
+            "cloud-app",
+            None,
+            "iotsphere/devices/h1/shadow/desired"
+        ));
         access.set_services(&[]);
         assert!(
             !access.may_publish(&app, "cloud-app", None, telemetry),
@@ -912,8 +995,16 @@ mod tests {
         let cases = [
             (&heater, "iotsphere/devices/heater-1/shadow/reported", true),
             (&heater, "iotsphere/devices/heater-1/shadow/get", true),
-            (&heater, "iotsphere/devices/heater-1/telemetry/temperature", true),
-            (&heater, "iotsphere/devices/heater-1/commands/response", true),
+            (
+                &heater,
+                "iotsphere/devices/heater-1/telemetry/temperature",
+                true,
+            ),
+            (
+                &heater,
+                "iotsphere/devices/heater-1/commands/response",
+                true,
+            ),
             (&heater, "iotsphere/devices/heater-1/shadow/desired", false),
             (&heater, "iotsphere/devices/heater-1/shadow/delta", false),
             (&heater, "iotsphere/devices/heater-2/shadow/reported", false),
@@ -943,7 +1034,11 @@ mod tests {
             (&heater, "iotsphere/devices/+/shadow/delta", false),
             (&heater, "#", false),
             (&app, "iotsphere/devices/+/shadow/document", true),
-            (&app, "iotsphere/devices/heater-1/telemetry/temperature", true),
+            (
+                &app,
+                "iotsphere/devices/heater-1/telemetry/temperature",
+                true,
+            ),
             (&app, "iotsphere/devices/#", false),
             (&app, "iotsphere/devices/+/shadow/+", false),
         ];
@@ -958,7 +1053,11 @@ mod tests {
 
     #[test]
     fn identity_labels_round_trip() {
-        for role in [device("heater-1"), Role::Service("app".into()), Role::User("alice".into())] {
+        for role in [
+            device("heater-1"),
+            Role::Service("app".into()),
+            Role::User("alice".into()),
+        ] {
             assert_eq!(Role::from_identity(&role.identity()), Some(role));
         }
         assert_eq!(Role::from_identity("heater-1"), None);

@@ -141,7 +141,7 @@ impl Default for MqttSection {
             max_connections: 10000,
             max_inflight: 100,
             max_awaiting_release: 16,
-            max_retained: 100,
+            max_retained: 1000,
             max_retained_bytes: 1024 * 1024,
             max_retained_total_bytes: 16 * 1024 * 1024,
             connect_timeout_ms: 5000,

@@ -241,7 +241,11 @@ mod tests {
                 Verified::Yes
             );
         }
-        assert!(started.elapsed() < Duration::from_millis(100), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            started.elapsed()
+        );
         assert_eq!(
             verifier.verify("heater-1", Some(&hash), "s3cret!").await,
             Verified::No,

@@ -93,10 +93,18 @@ fn qos2_publishes_never_released_disconnect_the_client() {
     // A QoS 2 publish the ACL drops is acknowledged all the way, without a disconnect.
     let mut heater = Raw::connected(gateway.port, &login("heater-a")).expect("heater-a");
     heater
-        .send(&publish("iotsphere/devices/heater-b/shadow/reported", b"{}", 2, false, 9))
+        .send(&publish(
+            "iotsphere/devices/heater-b/shadow/reported",
+            b"{}",
+            2,
+            false,
+            9,
+        ))
         .expect("publish");
     assert_eq!(heater.read().expect("PUBREC").kind(), 5);
-    heater.send(&frame(0x62, &9u16.to_be_bytes())).expect("PUBREL");
+    heater
+        .send(&frame(0x62, &9u16.to_be_bytes()))
+        .expect("PUBREL");
     assert_eq!(heater.read().expect("PUBCOMP").kind(), 7);
 }
 
@@ -144,8 +152,12 @@ fn devices_retain_nothing_and_services_within_their_limits() {
     println!("3000 × 60 KB retained publishes of a device: RSS +{growth} KiB");
     assert!(growth < 32 * MIB, "RSS grew by {growth} KiB");
     let mut late = Raw::connected(gateway.port, &login("heater-a")).expect("heater-a");
-    late.subscribe(1, "iotsphere/devices/heater-a/#").expect("SUBACK");
-    assert!(late.publishes_within(QUIET).is_empty(), "a device's message was retained");
+    late.subscribe(1, "iotsphere/devices/heater-a/#")
+        .expect("SUBACK");
+    assert!(
+        late.publishes_within(QUIET).is_empty(),
+        "a device's message was retained"
+    );
     assert!(dropped(&gateway, "retain_not_allowed") >= 1);
 
     // A service retains, up to 100 messages.
@@ -194,17 +206,27 @@ fn subscriptions_are_bounded_per_identity_across_persistent_sessions_and_freed()
     }
     let held = gateway.rss_kib();
     // A clean session discards the saved one and frees its filters.
-    Raw::connected(gateway.port, &login("heater-a")).expect("heater-a").disconnect();
+    Raw::connected(gateway.port, &login("heater-a"))
+        .expect("heater-a")
+        .disconnect();
     println!(
         "20 reconnects × 1000 new filters: {refused} refused; RSS +{} KiB",
         held.saturating_sub(baseline)
     );
-    assert_eq!(refused, 19_000, "the persistent session held more than 1000");
+    assert_eq!(
+        refused, 19_000,
+        "the persistent session held more than 1000"
+    );
     assert!(held.saturating_sub(baseline) < 64 * MIB);
     assert!(dropped(&gateway, "subscriptions") >= 19);
     // Its count starts again from 0.
     let mut heater = Raw::connected(gateway.port, &login("heater-a")).expect("heater-a");
-    assert_eq!(heater.subscribe(1, "iotsphere/devices/heater-a/again").expect("SUBACK"), 1);
+    assert_eq!(
+        heater
+            .subscribe(1, "iotsphere/devices/heater-a/again")
+            .expect("SUBACK"),
+        1
+    );
 }
 
 #[test]
@@ -221,7 +243,11 @@ fn broker_paths_around_the_bounds() {
         wire.extend(publish("lab/a", b"x", 0, false, 0));
     }
     publisher.send(&wire).expect("publish");
-    assert_eq!(a.publishes_within(QUIET).len(), 10, "a shared its filter with b's");
+    assert_eq!(
+        a.publishes_within(QUIET).len(),
+        10,
+        "a shared its filter with b's"
+    );
     assert!(b.publishes_within(Duration::from_millis(100)).is_empty());
 
     // UNSUBSCRIBE of something never subscribed is answered.
@@ -230,8 +256,12 @@ fn broker_paths_around_the_bounds() {
     assert_eq!(a.read().expect("UNSUBACK").kind(), 11);
 
     // An empty publish without RETAIN leaves the retained message alone.
-    publisher.send(&publish("lab/kept", b"value", 0, true, 0)).expect("retain");
-    publisher.send(&publish("lab/kept", b"", 0, false, 0)).expect("empty");
+    publisher
+        .send(&publish("lab/kept", b"value", 0, true, 0))
+        .expect("retain");
+    publisher
+        .send(&publish("lab/kept", b"", 0, false, 0))
+        .expect("empty");
     std::thread::sleep(Duration::from_millis(200));
     let mut late = Raw::connected(gateway.port, &Connect::new("late")).expect("late");
     late.subscribe(1, "lab/kept").expect("SUBACK");

@@ -77,7 +77,12 @@ fn heater_connects(port: u16, n: usize, within: Duration) -> Duration {
 
 /// Sends wrong-password CONNECTs at `per_sec` for `duration` from `sources` addresses
 /// (round robin), on its own threads; returns how many were sent.
-fn flood(port: u16, per_sec: usize, duration: Duration, sources: usize) -> std::thread::JoinHandle<usize> {
+fn flood(
+    port: u16,
+    per_sec: usize,
+    duration: Duration,
+    sources: usize,
+) -> std::thread::JoinHandle<usize> {
     std::thread::spawn(move || {
         let sent = Arc::new(AtomicUsize::new(0));
         let threads = 64;
@@ -150,8 +155,14 @@ fn concurrent_password_checks_use_bounded_memory() {
             std::thread::spawn(move || bad_login(port, attacker(n), "heater-0"))
         })
         .collect();
-    let answers: Vec<_> = threads.into_iter().map(|t| t.join().expect("join")).collect();
-    let busy = answers.iter().filter(|a| **a == Some(SERVER_UNAVAILABLE)).count();
+    let answers: Vec<_> = threads
+        .into_iter()
+        .map(|t| t.join().expect("join"))
+        .collect();
+    let busy = answers
+        .iter()
+        .filter(|a| **a == Some(SERVER_UNAVAILABLE))
+        .count();
     let after_wrong = gateway.rss_kib();
     // 200 right passwords at once (a building after a power cut), each retrying "server
     // unavailable" until in.
@@ -190,10 +201,16 @@ fn concurrent_password_checks_use_bounded_memory() {
         let growth = rss.saturating_sub(baseline);
         assert!(growth < MAX_GROWTH_KIB, "RSS grew by {growth} KiB");
     }
-    assert!(again < Duration::from_secs(5), "a remembered storm took {again:?}");
+    assert!(
+        again < Duration::from_secs(5),
+        "a remembered storm took {again:?}"
+    );
     assert!(busy > 0, "400 checks at once all queued");
     let log = gateway.log();
-    assert!(log.contains("every password check busy"), "the busy episode was not audited");
+    assert!(
+        log.contains("every password check busy"),
+        "the busy episode was not audited"
+    );
 }
 
 #[test]

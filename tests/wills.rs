@@ -43,9 +43,21 @@ async fn a_will_the_identity_may_not_publish_is_refused_at_connect() {
     victim.subscribe("iotsphere/devices/heater-b/#").await;
     let scald = br#"{"state":{"targetTemp":91}}"#;
     for (topic, payload, retain) in [
-        ("iotsphere/devices/heater-b/shadow/desired", &scald[..], false),
-        ("iotsphere/devices/heater-b/commands/request", br#"{"commandId":"x","name":"boost","args":{}}"#, false),
-        ("iotsphere/devices/heater-b/shadow/delta", br#"{"state":{"targetTemp":91}}"#, true),
+        (
+            "iotsphere/devices/heater-b/shadow/desired",
+            &scald[..],
+            false,
+        ),
+        (
+            "iotsphere/devices/heater-b/commands/request",
+            br#"{"commandId":"x","name":"boost","args":{}}"#,
+            false,
+        ),
+        (
+            "iotsphere/devices/heater-b/shadow/delta",
+            br#"{"state":{"targetTemp":91}}"#,
+            true,
+        ),
         ("iotsphere/devices/heater-b/shadow/delta", b"", true),
         ("iotsphere/system/status", br#"{"status":"down"}"#, true),
     ] {
@@ -62,7 +74,9 @@ async fn a_will_the_identity_may_not_publish_is_refused_at_connect() {
     let mut later = Client::connect_as(gateway.port, "heater-b", "heater-b", "pw-heater-b")
         .await
         .expect("heater-b again");
-    later.subscribe("iotsphere/devices/heater-b/shadow/delta").await;
+    later
+        .subscribe("iotsphere/devices/heater-b/shadow/delta")
+        .await;
     later.expect_none("", QUIET).await;
     let log = gateway.log();
     assert!(
@@ -92,14 +106,17 @@ async fn an_allowed_will_arrives_and_is_stored_and_a_device_retains_nothing() {
     let arrived = app.expect("/telemetry/status").await;
     assert_eq!(arrived.payload, will);
     mongo
-        .wait_for("telemetry", doc! {"deviceId": "heater-a", "kind": "status"}, |d| {
-            d.get_str("value") == Ok("power lost")
-        })
+        .wait_for(
+            "telemetry",
+            doc! {"deviceId": "heater-a", "kind": "status"},
+            |d| d.get_str("value") == Ok("power lost"),
+        )
         .await;
     // A device's retained will is delivered, not retained.
-    let mut later = Client::connect_as(gateway.port, "cloud-app:later", "cloud-app", "pw-cloud-app")
-        .await
-        .expect("cloud-app:later");
+    let mut later =
+        Client::connect_as(gateway.port, "cloud-app:later", "cloud-app", "pw-cloud-app")
+            .await
+            .expect("cloud-app:later");
     later.subscribe("iotsphere/devices/+/telemetry/#").await;
     later.expect_none("", QUIET).await;
 }
@@ -110,7 +127,9 @@ async fn a_will_that_fires_passes_the_acl_of_that_moment() {
     let mut victim = Client::connect_as(gateway.port, "heater-b", "heater-b", "pw-heater-b")
         .await
         .expect("heater-b");
-    victim.subscribe("iotsphere/devices/heater-b/shadow/delta").await;
+    victim
+        .subscribe("iotsphere/devices/heater-b/shadow/delta")
+        .await;
     // Allowed at CONNECT: cloud-app may set desired.
     let mut app = Raw::open(gateway.port).expect("tcp");
     let (_, code) = app
@@ -198,24 +217,45 @@ fn certificate_mode_refuses_a_foreign_will_and_delivers_an_own_one() {
 
     // A will on heater-b's desired state: mosquitto_sub reports "not authorised".
     let refused = mosquitto_tls("mosquitto_sub", gateway.port, &ca, "heater-a", heater_a)
-        .args(["-t", "iotsphere/devices/heater-a/shadow/delta", "-C", "1", "-W", "3"])
+        .args([
+            "-t",
+            "iotsphere/devices/heater-a/shadow/delta",
+            "-C",
+            "1",
+            "-W",
+            "3",
+        ])
         .args(["--will-topic", "iotsphere/devices/heater-b/shadow/desired"])
         .args(["--will-payload", r#"{"state":{"targetTemp":91}}"#])
         .output()
         .expect("mosquitto_sub");
     let said = String::from_utf8_lossy(&refused.stderr).to_lowercase();
-    assert!(!refused.status.success() && said.contains("not author"), "{said}");
+    assert!(
+        !refused.status.success() && said.contains("not author"),
+        "{said}"
+    );
 
     // Its own telemetry as a will: kill -9 the heater's client, the service gets it.
     let watcher = mosquitto_tls("mosquitto_sub", gateway.port, &ca, "cloud-app:watch", app)
-        .args(["-t", "iotsphere/devices/+/telemetry/#", "-C", "1", "-W", "10", "-v"])
+        .args([
+            "-t",
+            "iotsphere/devices/+/telemetry/#",
+            "-C",
+            "1",
+            "-W",
+            "10",
+            "-v",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .expect("watcher");
     std::thread::sleep(Duration::from_millis(500));
     let mut device = mosquitto_tls("mosquitto_sub", gateway.port, &ca, "heater-a", heater_a)
         .args(["-t", "iotsphere/devices/heater-a/shadow/delta"])
-        .args(["--will-topic", "iotsphere/devices/heater-a/telemetry/status"])
+        .args([
+            "--will-topic",
+            "iotsphere/devices/heater-a/telemetry/status",
+        ])
         .args(["--will-payload", r#"{"value":"power lost"}"#])
         .stdout(Stdio::null())
         .spawn()
@@ -231,5 +271,7 @@ fn certificate_mode_refuses_a_foreign_will_and_delivers_an_own_one() {
         seen.contains("iotsphere/devices/heater-a/telemetry/status {\"value\":\"power lost\"}"),
         "{seen}"
     );
-    assert!(gateway.log().contains("a will on a topic this identity may not publish"));
+    assert!(gateway
+        .log()
+        .contains("a will on a topic this identity may not publish"));
 }

@@ -91,7 +91,9 @@ impl GatewayHook {
     fn limited(&self, client: &Client<'_>, reason: &'static str, what: &str) {
         self.metrics.broker_dropped(reason);
         if let Some(before) = self.limits.0.starts((client.client_id.to_string(), reason)) {
-            let peer = client.peer.map_or_else(|| "internal".into(), |p| p.to_string());
+            let peer = client
+                .peer
+                .map_or_else(|| "internal".into(), |p| p.to_string());
             tracing::warn!(target: "audit", client_id = %Cut(client.client_id), identity = client.identity, %peer, reason, times_before = before, "{what} (logged once per episode)");
         }
     }
@@ -132,7 +134,11 @@ impl PublishHook for GatewayHook {
             // Devices retain nothing (the contract retains only what the gateway
             // publishes): the message is delivered, not kept.
             if message.retain && matches!(role, Role::Device(_)) {
-                self.limited(client, "retain_not_allowed", "retained publish of a device delivered without retaining it");
+                self.limited(
+                    client,
+                    "retain_not_allowed",
+                    "retained publish of a device delivered without retaining it",
+                );
                 verdict = PublishVerdict::RouteUnretained;
             }
         }
@@ -193,8 +199,9 @@ impl PublishHook for GatewayHook {
         }
         let admitted = match &self.access {
             None => true,
-            Some(access) => Role::from_identity(client.identity)
-                .is_some_and(|role| access.may_subscribe(&role, client.client_id, client.peer, filter)),
+            Some(access) => Role::from_identity(client.identity).is_some_and(|role| {
+                access.may_subscribe(&role, client.client_id, client.peer, filter)
+            }),
         };
         if admitted && filter_matches(filter, &self.topics.command_request(client.client_id)) {
             self.command_listeners.notify_one();
@@ -222,4 +229,3 @@ impl PublishHook for GatewayHook {
         self.limited(client, limit.as_str(), what);
     }
 }
-

@@ -135,12 +135,18 @@ impl Packet {
     pub fn pkid(&self) -> Option<u16> {
         let at = match self.kind() {
             3 if self.header & 0x06 != 0 => {
-                2 + usize::from(u16::from_be_bytes([*self.body.first()?, *self.body.get(1)?]))
+                2 + usize::from(u16::from_be_bytes([
+                    *self.body.first()?,
+                    *self.body.get(1)?,
+                ]))
             }
             4..=7 | 9 | 11 => 0,
             _ => return None,
         };
-        Some(u16::from_be_bytes([*self.body.get(at)?, *self.body.get(at + 1)?]))
+        Some(u16::from_be_bytes([
+            *self.body.get(at)?,
+            *self.body.get(at + 1)?,
+        ]))
     }
 }
 
@@ -160,11 +166,8 @@ impl Raw {
         let stream = match source {
             None => TcpStream::connect_timeout(&target, Duration::from_secs(5))?,
             Some(source) => {
-                let socket = socket2::Socket::new(
-                    socket2::Domain::IPV4,
-                    socket2::Type::STREAM,
-                    None,
-                )?;
+                let socket =
+                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
                 socket.bind(&SocketAddr::new(source, 0).into())?;
                 socket.connect_timeout(&target.into(), Duration::from_secs(5))?;
                 socket.into()
@@ -244,7 +247,9 @@ impl Raw {
         let deadline = Instant::now() + wait;
         let mut got = Vec::new();
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            let _ = self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+            let _ = self
+                .stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))));
             match self.read() {
                 Ok(packet) if packet.kind() == 3 => got.push(packet),
                 Ok(_) => {}
@@ -258,13 +263,19 @@ impl Raw {
     /// Whether the broker closes the connection within `wait` (reading what comes).
     pub fn closed_within(&mut self, wait: Duration) -> bool {
         let deadline = Instant::now() + wait;
-        let _ = self.stream.set_read_timeout(Some(Duration::from_millis(100)));
+        let _ = self
+            .stream
+            .set_read_timeout(Some(Duration::from_millis(100)));
         let mut buffer = [0u8; 4096];
         while Instant::now() < deadline {
             match self.stream.read(&mut buffer) {
                 Ok(0) => return true,
                 Ok(_) => {}
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
                 Err(_) => return true,
             }
         }
