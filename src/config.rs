@@ -127,6 +127,9 @@ pub struct MqttSection {
     /// together; each filter costs the router a commit log (freed when no session uses
     /// it), so this bounds what one client can make the gateway allocate.
     pub max_subscriptions: usize,
+    /// The same for a device (password and certificate mode): it needs a few, and each
+    /// filter's commit log holds up to `segments × segment_bytes` of what it publishes.
+    pub max_device_subscriptions: usize,
 }
 
 impl Default for MqttSection {
@@ -148,6 +151,7 @@ impl Default for MqttSection {
             segment_bytes: 256 * 1024,
             segments: 4,
             max_subscriptions: 1000,
+            max_device_subscriptions: 32,
         }
     }
 }
@@ -702,6 +706,12 @@ impl GatewayConfig {
         }
         if !(1..=65535).contains(&self.mqtt.max_inflight) {
             problem("mqtt.max_inflight", "must be between 1 and 65535".into());
+        }
+        if !(1..=10_000).contains(&self.mqtt.max_device_subscriptions) {
+            problem(
+                "mqtt.max_device_subscriptions",
+                "must be between 1 and 10000".into(),
+            );
         }
         if !(1..=65535).contains(&self.mqtt.max_awaiting_release) {
             problem(

@@ -211,6 +211,7 @@ pub async fn run(
         command_listeners: command_listeners.clone(),
         step_down: step_down.clone(),
         limits: LimitLog::default(),
+        device_subscriptions: config.mqtt.max_device_subscriptions,
     });
     let (broker, mut link) = EmbeddedBroker::new(
         &config.mqtt,

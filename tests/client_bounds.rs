@@ -177,7 +177,9 @@ fn devices_retain_nothing_and_services_within_their_limits() {
 
 #[test]
 fn subscriptions_are_bounded_per_identity_across_persistent_sessions_and_freed() {
-    let (gateway, _dir) = password_gateway(&[]);
+    // The numbers: 1,000 filters per device allowed here (32 by default).
+    let (gateway, _dir) =
+        password_gateway(&[("IOTSPHERE__MQTT__MAX_DEVICE_SUBSCRIPTIONS", "1000")]);
     let baseline = gateway.rss_kib();
     let mut refused = 0;
     for round in 0..20 {
@@ -282,4 +284,41 @@ fn broker_paths_around_the_bounds() {
     // The router is alive: a new client connects and is served.
     let mut after = Raw::connected(gateway.port, &Connect::new("after")).expect("the broker died");
     assert_eq!(after.subscribe(1, "lab/kept").expect("SUBACK"), 1);
+}
+
+#[test]
+fn a_device_filling_the_logs_of_its_own_filters_stays_bounded() {
+    let (gateway, _dir) = password_gateway(&[]);
+    let baseline = gateway.rss_kib();
+    let mut heater = Raw::connected(gateway.port, &login("heater-a")).expect("heater-a");
+    // 32 filters (the default for a device), each matching a telemetry kind it publishes.
+    for n in 0..32u16 {
+        let filter = format!("iotsphere/devices/heater-a/telemetry/k{n}");
+        assert_eq!(heater.subscribe_qos(n + 1, &filter, 0).expect("SUBACK"), 0);
+    }
+    assert_eq!(
+        heater
+            .subscribe(99, "iotsphere/devices/heater-a/telemetry/k99")
+            .expect("SUBACK"),
+        0x80,
+        "the 33rd filter of a device"
+    );
+    // It publishes into them (and reads its own copies, so the link keeps going).
+    let payload = vec![b'5'; 60_000];
+    for _round in 0..30 {
+        let mut wire = Vec::new();
+        for n in 0..32 {
+            let topic = format!("iotsphere/devices/heater-a/telemetry/k{n}");
+            wire.extend(publish(&topic, &payload, 0, false, 0));
+        }
+        heater.send(&wire).expect("publish");
+        heater.publishes_within(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let growth = gateway.rss_kib().saturating_sub(baseline);
+    heater.disconnect();
+    // Each filter's log is capped (4 × 256 KiB by default; 1.8 MB went into each), so
+    // this is the most a device's own filters can hold; the bound is 128 MB.
+    println!("32 filters × 30 × 60 KB published into them: RSS +{growth} KiB");
+    assert!(growth < 128 * MIB, "RSS grew by {growth} KiB");
 }

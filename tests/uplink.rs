@@ -484,17 +484,9 @@ async fn scheduled_commands_wait_for_their_time_also_across_a_restart() {
 async fn presence_is_kept_in_the_shadow() {
     let mongo = Mongo::start().await;
     let gateway = Gateway::start_with(&mongo.config(""));
-    let heater = Client::connect(gateway.port, "h-presence").await;
-    let online = mongo
-        .wait_for("shadows", doc! {"_id": "h-presence"}, |d| {
-            d.get_bool("connected") == Ok(true)
-        })
-        .await;
-    let first_seen = online
-        .get_datetime("lastSeen")
-        .expect("lastSeen")
-        .timestamp_millis();
-    heater
+    // Anonymous mode: a client id is a device once it holds a shadow here.
+    let first = Client::connect(gateway.port, "h-presence").await;
+    first
         .publish(
             &shadow_topic("h-presence", "reported"),
             json(&json!({"state": {"t": 1}})),
@@ -505,6 +497,17 @@ async fn presence_is_kept_in_the_shadow() {
             d.get_i64("version") == Ok(1)
         })
         .await;
+    first.disconnect().await;
+    let heater = Client::connect(gateway.port, "h-presence").await;
+    let online = mongo
+        .wait_for("shadows", doc! {"_id": "h-presence"}, |d| {
+            d.get_bool("connected") == Ok(true)
+        })
+        .await;
+    let first_seen = online
+        .get_datetime("lastSeen")
+        .expect("lastSeen")
+        .timestamp_millis();
     heater.disconnect().await;
     let offline = mongo
         .wait_for("shadows", doc! {"_id": "h-presence"}, |d| {
@@ -756,12 +759,12 @@ async fn telemetry_ids_are_per_device() {
         let stored = mongo
             .wait_for("telemetry", doc! {"_id": id}, |_| true)
             .await;
-        assert_eq!(
-            stored
-                .get_f64("value")
-                .or_else(|_| stored.get_i64("value").map(|v| v as f64)),
-            Ok(value)
-        );
+        let stored_value = stored.get("value").and_then(|v| {
+            v.as_f64()
+                .or(v.as_i64().map(|i| i as f64))
+                .or(v.as_i32().map(f64::from))
+        });
+        assert_eq!(stored_value, Some(value), "{stored}");
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let count = mongo

@@ -45,6 +45,9 @@ pub struct GatewayHook {
     pub command_listeners: Arc<Notify>,
     pub step_down: StepDown,
     pub limits: LimitLog,
+    /// `mqtt.max_device_subscriptions`: a device needs a few, and each filter's commit
+    /// log can hold `segments × segment_bytes` of what the device itself publishes.
+    pub device_subscriptions: usize,
 }
 
 /// Asked for when this gateway became the standby of its pair: at its next iteration the
@@ -207,6 +210,10 @@ impl PublishHook for GatewayHook {
             self.command_listeners.notify_one();
         }
         admitted
+    }
+
+    fn max_subscriptions(&self, client: &Client<'_>) -> Option<usize> {
+        matches!(self.role(client), Some(Role::Device(_))).then_some(self.device_subscriptions)
     }
 
     fn may_resume(&self, client: &Client<'_>, made_by: &str) -> bool {

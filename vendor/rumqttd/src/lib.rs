@@ -348,6 +348,11 @@ pub trait PublishHook: Send + Sync {
     fn may_resume(&self, client: &Client<'_>, made_by: &str) -> bool {
         client.identity == made_by
     }
+    /// A lower bound on `client`'s subscriptions than `ClientLimits::max_subscriptions`
+    /// (e.g. for clients that need only a few), if any.
+    fn max_subscriptions(&self, _client: &Client<'_>) -> Option<usize> {
+        None
+    }
     /// `client` ran into `limit` (the router has already answered it).
     fn on_limit(&self, _client: &Client<'_>, _limit: Limit) {}
     /// Called once per router iteration, after `before_acks`: client ids the router

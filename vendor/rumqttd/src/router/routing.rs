@@ -902,7 +902,13 @@ impl Router {
                         let is_new = !connection.subscriptions.contains(&f.path);
                         if is_new && owner.is_some() {
                             let held = self.identity_subscriptions.get(&identity).copied();
-                            if held.unwrap_or(0) >= limits.max_subscriptions {
+                            let limit = hook
+                                .as_ref()
+                                .and_then(|hook| hook.0.max_subscriptions(&client))
+                                .map_or(limits.max_subscriptions, |own| {
+                                    own.min(limits.max_subscriptions)
+                                });
+                            if held.unwrap_or(0) >= limit {
                                 warn!("Too many subscriptions for this identity");
                                 if let Some(hook) = &hook {
                                     hook.0.on_limit(&client, Limit::Subscriptions);
