@@ -103,8 +103,19 @@ pub struct MqttSection {
     pub client_ca: String,
     pub max_payload_bytes: usize,
     pub max_connections: usize,
-    /// QoS 1 messages in flight per connection.
+    /// QoS 1/2 messages sent to a connection and not yet acknowledged (QoS 2: completed).
     pub max_inflight: usize,
+    /// Incoming QoS 2 publishes one connection may leave awaiting PUBREL; one more
+    /// disconnects it.
+    pub max_awaiting_release: usize,
+    /// Retained messages one identity may hold; beyond, a retained publish is delivered
+    /// but not kept. Devices retain nothing at all.
+    pub max_retained: usize,
+    /// Bytes (topic + payload) of one identity's retained messages.
+    pub max_retained_bytes: usize,
+    /// Bytes of every client's retained messages together (the gateway's own are not
+    /// counted).
+    pub max_retained_total_bytes: usize,
     /// Time a new TCP connection gets to send CONNECT.
     pub connect_timeout_ms: u16,
     /// Router commit-log segment size per subscription filter (rumqttd `max_segment_size`).
@@ -112,9 +123,13 @@ pub struct MqttSection {
     /// Segments kept per filter (rumqttd `max_segment_count`); memory per busy filter is
     /// at most `segment_bytes * segments`.
     pub segments: usize,
-    /// Distinct topic filters one connection may subscribe to; each new filter costs the
-    /// router a commit log, so this bounds what one client can make the gateway allocate.
+    /// Subscriptions one identity may hold, its connections and saved persistent sessions
+    /// together; each filter costs the router a commit log (freed when no session uses
+    /// it), so this bounds what one client can make the gateway allocate.
     pub max_subscriptions: usize,
+    /// The same for a device (password and certificate mode): it needs a few, and each
+    /// filter's commit log holds up to `segments × segment_bytes` of what it publishes.
+    pub max_device_subscriptions: usize,
 }
 
 impl Default for MqttSection {
@@ -128,10 +143,15 @@ impl Default for MqttSection {
             max_payload_bytes: 65536,
             max_connections: 10000,
             max_inflight: 100,
+            max_awaiting_release: 16,
+            max_retained: 1000,
+            max_retained_bytes: 1024 * 1024,
+            max_retained_total_bytes: 16 * 1024 * 1024,
             connect_timeout_ms: 5000,
             segment_bytes: 256 * 1024,
             segments: 4,
             max_subscriptions: 1000,
+            max_device_subscriptions: 32,
         }
     }
 }
@@ -686,6 +706,24 @@ impl GatewayConfig {
         }
         if !(1..=65535).contains(&self.mqtt.max_inflight) {
             problem("mqtt.max_inflight", "must be between 1 and 65535".into());
+        }
+        if !(1..=10_000).contains(&self.mqtt.max_device_subscriptions) {
+            problem(
+                "mqtt.max_device_subscriptions",
+                "must be between 1 and 10000".into(),
+            );
+        }
+        if !(1..=65535).contains(&self.mqtt.max_awaiting_release) {
+            problem(
+                "mqtt.max_awaiting_release",
+                "must be between 1 and 65535".into(),
+            );
+        }
+        if self.mqtt.max_retained_bytes > self.mqtt.max_retained_total_bytes {
+            problem(
+                "mqtt.max_retained_bytes",
+                "must not exceed max_retained_total_bytes".into(),
+            );
         }
         if self.mqtt.connect_timeout_ms < 100 {
             problem(

@@ -22,7 +22,7 @@ use tokio::sync::{watch, Notify};
 use crate::alerts::{self, AlertRule, AlertTask, Engine, OpenAlerts};
 use crate::auth::{Access, AuthError};
 use crate::bridge::{Bridge, BridgeError, BRIDGE_CLIENT_ID};
-use crate::broker::hook::{GatewayHook, StepDown, SubscriptionLimit};
+use crate::broker::hook::{GatewayHook, LimitLog, StepDown};
 use crate::broker::{self, BrokerError, EmbeddedBroker, GatewayLink};
 use crate::config::{AuthMode, GatewayConfig};
 use crate::http::{self, HealthState, StoreProbe};
@@ -162,6 +162,7 @@ pub async fn run(
             Path::new(&config.auth.credentials_file),
             &config.auth.services,
             users.clone(),
+            config.mqtt.max_connections,
         )?),
         AuthMode::Certificate => Some(Access::certificates(
             topics.clone(),
@@ -204,14 +205,21 @@ pub async fn run(
         metrics: metrics.clone(),
         access: access.clone(),
         ingest,
-        subscriptions: SubscriptionLimit::new(config.mqtt.max_subscriptions),
+        store: store.clone(),
         alerts: alert_feed.clone(),
         bridge: capture,
         command_listeners: command_listeners.clone(),
         step_down: step_down.clone(),
+        limits: LimitLog::default(),
+        device_subscriptions: config.mqtt.max_device_subscriptions,
     });
-    let (broker, mut link) =
-        EmbeddedBroker::new(&config.mqtt, Some(hook), access.clone(), lease_role.clone())?;
+    let (broker, mut link) = EmbeddedBroker::new(
+        &config.mqtt,
+        Some(hook),
+        access.clone(),
+        lease_role.clone(),
+        metrics.clone(),
+    )?;
     for filter in service.request_filters() {
         link.subscribe(&filter)?;
     }

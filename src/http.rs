@@ -4,10 +4,18 @@
 //! `/health` answers 503 when the store cannot be written: a [`StoreProbe`] writes and
 //! fsyncs one small key, at most once per [`PROBE_INTERVAL`] however often it is asked.
 //!
+//! Bounded against clients that open connections and never finish (slowloris): at most
+//! [`MAX_CONNECTIONS`] at once and [`MAX_PER_PEER`] from one address (more are closed at
+//! once, so a slow client holds no place in a queue before a monitoring scrape), a
+//! request's headers within [`HEADER_TIMEOUT`] (which also closes an idle keep-alive
+//! connection), and [`CONNECTION_LIFETIME`] at most per connection; accept errors (out of
+//! file descriptors) back off instead of spinning.
+//!
 //! [`status_page`]: crate::status_page
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
@@ -27,6 +35,14 @@ use crate::uplink::{UplinkMode, UplinkReport, UplinkStatus};
 /// Least time between two write probes of the store: one small fsync per interval at most,
 /// however often `/health` is polled (an SD card wears with every write).
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// HTTP connections served at once.
+pub const MAX_CONNECTIONS: usize = 128;
+/// HTTP connections from one address at once.
+pub const MAX_PER_PEER: usize = 8;
+/// Time a client has to send a request's headers, and to start the next one.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest life of one HTTP connection.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 
 type ProbeFn = dyn Fn() -> Result<(), String> + Send + Sync;
 /// When the store was last probed, and what the probe said.
@@ -234,12 +250,89 @@ pub async fn serve(
             health: state,
             token: token.map(Arc::from),
         });
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the HTTP server stopped");
-        }
-    });
+    tokio::spawn(serve_connections(listener, app));
     Ok(addr)
+}
+
+/// Open connections, in all and per address.
+#[derive(Default)]
+struct Open {
+    total: usize,
+    by_peer: HashMap<IpAddr, usize>,
+}
+
+/// A place among the open connections, given back when dropped.
+struct Slot {
+    open: Arc<Mutex<Open>>,
+    peer: IpAddr,
+}
+
+impl Slot {
+    fn take(open: &Arc<Mutex<Open>>, peer: IpAddr) -> Option<Slot> {
+        let mut counts = open.lock().unwrap_or_else(|p| p.into_inner());
+        let from_peer = counts.by_peer.get(&peer).copied().unwrap_or(0);
+        if counts.total >= MAX_CONNECTIONS || from_peer >= MAX_PER_PEER {
+            return None;
+        }
+        counts.total += 1;
+        counts.by_peer.insert(peer, from_peer + 1);
+        Some(Slot {
+            open: open.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        counts.total -= 1;
+        if let Some(n) = counts.by_peer.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                counts.by_peer.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// The accept loop, with the bounds of the module doc.
+async fn serve_connections(listener: tokio::net::TcpListener, app: Router) {
+    let open = Arc::new(Mutex::new(Open::default()));
+    let mut accept_errors: u32 = 0;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                accept_errors = 0;
+                accepted
+            }
+            Err(e) => {
+                if accept_errors == 0 {
+                    tracing::warn!(error = %e, "HTTP: cannot accept connections (backing off)");
+                }
+                accept_errors = accept_errors.saturating_add(1);
+                let backoff = Duration::from_millis(10 << accept_errors.min(7));
+                tokio::time::sleep(backoff.min(Duration::from_secs(1))).await;
+                continue;
+            }
+        };
+        // Over a bound: closed at once (dropped).
+        let Some(slot) = Slot::take(&open, peer.ip()) else {
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let connection =
+                builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            // Errors are the client's (reset, timeout, garbage): nothing to log.
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+            drop(slot);
+        });
+    }
 }
 
 #[derive(Deserialize)]

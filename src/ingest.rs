@@ -12,8 +12,9 @@
 //! in bench/RESULTS.md). It also means nothing is lost between the broker and the gateway
 //! when the link lags (the link only carries shadow requests, which are all answered).
 //!
-//! Presence: the same hook hears connects and disconnects, in router order, and queues
-//! `connected`/`lastSeen` for the device's shadow in MongoDB.
+//! Presence: the same hook hears connects and disconnects of devices (the hook decides
+//! who is one), in router order, and queues `connected`/`lastSeen` for the device's shadow
+//! in MongoDB.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -48,10 +49,15 @@ impl Ingest {
         match self.topics.parse(topic) {
             Ok(Route::Telemetry { device_id, kind }) => match crate::telemetry::decode(payload) {
                 Ok(reading) => Some(ToCloud::Telemetry(TelemetryRecord {
-                    id: reading
-                        .message_id
-                        .clone()
-                        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+                    // Namespaced by device (DESIGN.md §11): devices number their messages
+                    // independently, so the same messageId from two heaters is two readings.
+                    id: format!(
+                        "{device_id}:{}",
+                        reading
+                            .message_id
+                            .clone()
+                            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+                    ),
                     device_id: device_id.to_string(),
                     kind: kind.to_string(),
                     reading,
@@ -89,9 +95,8 @@ impl Ingest {
         }
     }
 
+    /// A device connected or disconnected (the hook calls this for devices only).
     pub fn on_connection(&self, client_id: &str, connected: bool) {
-        // Devices connect with their id as client id; internal links and other clients
-        // (apps with other ids) have no shadow to mark.
         if !crate::topics::is_valid_id(client_id) {
             return;
         }

@@ -9,7 +9,9 @@
 //! The path of a message, in the order it travels:
 //!
 //! - [`config`] — the TOML file and `IOTSPHERE__…` overrides, checked with line numbers.
-//! - [`auth`] — credentials (argon2), identities and the per-device topic ACL.
+//! - [`auth`] — credentials (argon2), identities and the per-device topic ACL; passwords
+//!   are checked by the bounded [`verifier`], after the [`login_backoff`] of the address;
+//!   [`audit`] keeps the audit log small whatever clients send.
 //! - [`certs`] — TLS certificate checks and the lab's `certs dev`.
 //! - [`broker`] — the embedded rumqttd broker with bounded memory, and the gateway's
 //!   internal link into it ([`broker::link`] drains that link in batches).
@@ -41,6 +43,7 @@
 
 pub mod admin;
 pub mod alerts;
+pub mod audit;
 pub mod auth;
 pub mod backoff;
 pub mod batch;
@@ -53,6 +56,7 @@ pub mod gateway;
 pub mod http;
 pub mod ingest;
 pub mod logging;
+pub mod login_backoff;
 pub mod metrics;
 pub mod outbox;
 pub mod reload;
@@ -66,3 +70,4 @@ pub mod telemetry;
 pub mod topics;
 pub mod uplink;
 pub mod users;
+pub mod verifier;

@@ -80,6 +80,10 @@ struct Inner {
     shadow_updates: Counter,
     rejections: Family<CodeLabel, Counter>,
     deltas_published: Counter,
+    /// What the broker's per-client limits refused or did not keep, by limit.
+    broker_dropped: Family<ReasonLabel, Counter>,
+    /// CONNECTs refused, by reason.
+    connects_refused: Family<ReasonLabel, Counter>,
     connected_clients: Gauge,
     /// Client id → connections with that id (briefly 2 while a client replaces its
     /// session), for the status page's list of connected devices.
@@ -119,6 +123,8 @@ impl Default for Metrics {
             shadow_updates: Counter::default(),
             rejections: Family::default(),
             deltas_published: Counter::default(),
+            broker_dropped: Family::default(),
+            connects_refused: Family::default(),
             connected_clients: Gauge::default(),
             connected: Mutex::default(),
             recent_rejections: Mutex::default(),
@@ -166,6 +172,16 @@ impl Default for Metrics {
             "deltas_published",
             "Deltas published to devices",
             inner.deltas_published.clone(),
+        );
+        registry.register(
+            "broker_dropped",
+            "What the broker's per-client limits refused or did not keep (subscriptions, retained messages, QoS 2 publishes awaiting release, take-overs), by limit",
+            inner.broker_dropped.clone(),
+        );
+        registry.register(
+            "connects_refused",
+            "CONNECTs refused, by reason (bad_login, not_authorized, busy, standby)",
+            inner.connects_refused.clone(),
         );
         registry.register(
             "connected_clients",
@@ -296,6 +312,20 @@ impl Metrics {
 
     pub fn delta_published(&self) {
         self.0.deltas_published.inc();
+    }
+
+    pub fn broker_dropped(&self, reason: &'static str) {
+        self.0
+            .broker_dropped
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn connect_refused(&self, reason: &'static str) {
+        self.0
+            .connects_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     pub fn client_connected(&self, client_id: &str, connected: bool) {
@@ -490,6 +520,8 @@ mod tests {
         metrics.client_connected("h1", true);
         metrics.client_connected("h2", true);
         metrics.client_connected("h1", false);
+        metrics.broker_dropped("retained_count");
+        metrics.connect_refused("busy");
         let text = metrics.render(
             None,
             Some(&OutboxStats {
@@ -514,6 +546,8 @@ mod tests {
             "iotsphere_bridge_connected 1",
             "iotsphere_bridge_forwarded_total 7",
             "iotsphere_bridge_queued 2",
+            "iotsphere_broker_dropped_total{reason=\"retained_count\"} 1",
+            "iotsphere_connects_refused_total{reason=\"busy\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }

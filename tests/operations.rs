@@ -362,7 +362,7 @@ async fn sighup_applies_new_service_roles_to_a_connected_service() {
         "[auth]\nmode = \"password\"\ncredentials_file = \"{}\"\n\n{role}",
         file.display()
     ));
-    let mut app = Client::connect_as(gateway.port, "app-1", "cloud-app", "pw-app")
+    let mut app = Client::connect_as(gateway.port, "cloud-app:1", "cloud-app", "pw-app")
         .await
         .expect("the service connects");
     let telemetry = "iotsphere/devices/+/telemetry/#";

@@ -168,7 +168,7 @@ async fn a_service_sets_desired_within_its_filters_only() {
     heater
         .subscribe("iotsphere/devices/heater-1/shadow/delta")
         .await;
-    let mut app = Client::connect_as(gateway.port, "app-7", "cloud-app", "pw-cloud-app")
+    let mut app = Client::connect_as(gateway.port, "cloud-app:7", "cloud-app", "pw-cloud-app")
         .await
         .expect("service connects");
     app.subscribe("iotsphere/devices/+/shadow/document").await;

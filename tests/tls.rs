@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{dev_certs, free_port, Gateway, BIN};
+use common::{dev_certs, free_port, mosquitto_tls, ClientCert, Gateway, BIN};
 
 #[test]
 fn tls_works_and_plain_mqtt_on_the_tls_port_does_not() {
@@ -96,36 +96,6 @@ fn a_missing_or_mismatched_certificate_stops_the_start_with_a_clear_error() {
     assert!(String::from_utf8_lossy(&mismatched.stderr).contains("do not belong together"));
 }
 
-/// A client certificate and its key.
-type ClientCert<'a> = Option<(&'a std::path::Path, &'a std::path::Path)>;
-
-/// `mosquitto_pub` or `mosquitto_sub` (OpenSSL) to the TLS listener as `client_id`,
-/// trusting `ca`, with `cert` when given.
-fn mosquitto_tls(
-    program: &str,
-    port: u16,
-    ca: &std::path::Path,
-    client_id: &str,
-    cert: ClientCert,
-) -> Command {
-    let mut command = Command::new(program);
-    command
-        .args([
-            "-h",
-            "localhost",
-            "-p",
-            &port.to_string(),
-            "-i",
-            client_id,
-            "--cafile",
-        ])
-        .arg(ca);
-    if let Some((crt, key)) = cert {
-        command.arg("--cert").arg(crt).arg("--key").arg(key);
-    }
-    command
-}
-
 /// mosquitto_pub of one reported state over TLS.
 fn tls_publish(
     port: u16,
@@ -166,26 +136,16 @@ fn mutual_tls_names_each_device_by_its_certificate() {
     dev_certs(foreign.path(), &["heater-1"]);
     let ours = |name: &str| certs.path().join(name);
 
-    let mut gateway = Gateway::configure(
-        "[auth]\nmode = \"certificate\"\n\n[[auth.services]]\nname = \"cloud-app\"\nsubscribe = [\"iotsphere/devices/+/shadow/document\"]\n",
+    let gateway = common::certificate_gateway(
+        certs.path(),
+        "[[auth.services]]\nname = \"cloud-app\"\nsubscribe = [\"iotsphere/devices/+/shadow/document\"]\n",
     );
-    // Certificate mode has no plain listener: the fixture waits on the TLS port instead.
-    gateway.port = free_port();
-    let tls = format!("127.0.0.1:{}", gateway.port);
-    let path = |name: &str| ours(name).display().to_string();
-    gateway.spawn(&[
-        ("IOTSPHERE__MQTT__LISTEN", ""),
-        ("IOTSPHERE__MQTT__TLS_LISTEN", tls.as_str()),
-        ("IOTSPHERE__MQTT__CERT", path("server.crt").as_str()),
-        ("IOTSPHERE__MQTT__KEY", path("server.key").as_str()),
-        ("IOTSPHERE__MQTT__CLIENT_CA", path("ca.crt").as_str()),
-    ]);
 
     let ca = ours("ca.crt");
     let (app_crt, app_key) = (ours("cloud-app.crt"), ours("cloud-app.key"));
     let app = Some((app_crt.as_path(), app_key.as_path()));
     let documents = "iotsphere/devices/+/shadow/document";
-    let sub = tls_subscribe_once(gateway.port, &ca, "dashboard", app, documents);
+    let sub = tls_subscribe_once(gateway.port, &ca, "cloud-app:dashboard", app, documents);
 
     let (heater_crt, heater_key) = (ours("heater-1.crt"), ours("heater-1.key"));
     let heater_1 = Some((heater_crt.as_path(), heater_key.as_path()));

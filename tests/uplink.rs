@@ -537,17 +537,9 @@ async fn scheduled_commands_wait_for_their_time_also_across_a_restart() {
 async fn presence_is_kept_in_the_shadow() {
     let mongo = Mongo::start().await;
     let gateway = Gateway::start_with(&mongo.config(""));
-    let heater = Client::connect(gateway.port, "h-presence").await;
-    let online = mongo
-        .wait_for("shadows", doc! {"_id": "h-presence"}, |d| {
-            d.get_bool("connected") == Ok(true)
-        })
-        .await;
-    let first_seen = online
-        .get_datetime("lastSeen")
-        .expect("lastSeen")
-        .timestamp_millis();
-    heater
+    // Anonymous mode: a client id is a device once it holds a shadow here.
+    let first = Client::connect(gateway.port, "h-presence").await;
+    first
         .publish(
             &shadow_topic("h-presence", "reported"),
             json(&json!({"state": {"t": 1}})),
@@ -558,6 +550,17 @@ async fn presence_is_kept_in_the_shadow() {
             d.get_i64("version") == Ok(1)
         })
         .await;
+    first.disconnect().await;
+    let heater = Client::connect(gateway.port, "h-presence").await;
+    let online = mongo
+        .wait_for("shadows", doc! {"_id": "h-presence"}, |d| {
+            d.get_bool("connected") == Ok(true)
+        })
+        .await;
+    let first_seen = online
+        .get_datetime("lastSeen")
+        .expect("lastSeen")
+        .timestamp_millis();
     heater.disconnect().await;
     let offline = mongo
         .wait_for("shadows", doc! {"_id": "h-presence"}, |d| {
@@ -779,4 +782,49 @@ async fn wait_for_readings(mongo: &Mongo, device_id: &str, expected: u64, wait: 
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn telemetry_ids_are_per_device() {
+    let mongo = Mongo::start().await;
+    let gateway = Gateway::start_with(&mongo.config(""));
+    let reading =
+        |value: i64| json(&json!({"metadata": {"messageId": "1"}, "payload": {"value": value}}));
+    let a = Client::connect(gateway.port, "h-id-a").await;
+    let b = Client::connect(gateway.port, "h-id-b").await;
+    a.publish(
+        "iotsphere/devices/h-id-a/telemetry/temperature",
+        reading(40),
+    )
+    .await;
+    b.publish(
+        "iotsphere/devices/h-id-b/telemetry/temperature",
+        reading(50),
+    )
+    .await;
+    // A retransmission of a's message 1 is still stored once.
+    a.publish(
+        "iotsphere/devices/h-id-a/telemetry/temperature",
+        reading(40),
+    )
+    .await;
+    for (id, value) in [("h-id-a:1", 40.0), ("h-id-b:1", 50.0)] {
+        let stored = mongo
+            .wait_for("telemetry", doc! {"_id": id}, |_| true)
+            .await;
+        let stored_value = stored.get("value").and_then(|v| {
+            v.as_f64()
+                .or(v.as_i64().map(|i| i as f64))
+                .or(v.as_i32().map(f64::from))
+        });
+        assert_eq!(stored_value, Some(value), "{stored}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let count = mongo
+        .db()
+        .collection::<BsonDocument>("telemetry")
+        .count_documents(doc! {"deviceId": "h-id-a"})
+        .await
+        .expect("count");
+    assert_eq!(count, 1);
 }

@@ -18,7 +18,7 @@ async fn user_app(gateway: &Gateway, user: &str) -> Client {
     loop {
         let mut app = Client::connect_as(
             gateway.port,
-            &format!("{user}-phone"),
+            &format!("{user}:phone"),
             user,
             &format!("pw-{user}"),
         )

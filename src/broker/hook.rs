@@ -1,32 +1,42 @@
 //! The gateway's hook inside rumqttd's router (vendor/rumqttd `PublishHook`): for every
-//! PUBLISH, first the ACL (`auth::Access`, when a secure auth mode is on), then ingest of
-//! what the cloud needs (`ingest::Ingest`, when an uplink is on), then what the alert
-//! rules and the upstream broker get (`alerts::AlertFeed`, `bridge::Capture`) — all before
-//! the router routes or acknowledges the message. Subscriptions pass the ACL and a
-//! per-client limit.
+//! PUBLISH and every will that fires, first the ACL (`auth::Access`, when a secure auth
+//! mode is on, with the identity the broker keeps for the client), then ingest of what the
+//! cloud needs (`ingest::Ingest`, when an uplink is on), then what the alert rules and the
+//! upstream broker get (`alerts::AlertFeed`, `bridge::Capture`) — all before the router
+//! routes or acknowledges the message. Subscriptions, and those of a persistent session
+//! being resumed, pass the ACL; a session is resumed only by the identity that made it.
+//! Presence is for devices only. The router's per-client limits are counted here
+//! (`iotsphere_broker_dropped_total{reason}`) and logged once per episode per client.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use bytes::Bytes;
-use rumqttd::PublishHook;
+use rumqttd::{Client, Limit, Message, PublishHook, PublishVerdict};
 
 use crate::alerts::AlertFeed;
-use crate::auth::{filter_matches, Access, INTERNAL_CLIENT_PREFIX};
+use crate::audit::{Cut, Episodes};
+use crate::auth::{filter_matches, Access, Role, INTERNAL_CLIENT_PREFIX};
 use crate::bridge::Capture;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
+use crate::store::ShadowStore;
 use crate::topics::{Route, Topics};
+
+/// Quiet time after which a client running into a limit again is logged again.
+const LIMIT_EPISODE: Duration = Duration::from_secs(60);
+/// Clients (with a reason) whose limit episodes are remembered at most.
+const LIMIT_EPISODES: usize = 10_000;
 
 pub struct GatewayHook {
     pub topics: Topics,
     pub metrics: Metrics,
     pub access: Option<Access>,
     pub ingest: Option<Ingest>,
-    pub subscriptions: SubscriptionLimit,
+    /// Anonymous mode: a client is a device when its id holds a shadow here.
+    pub store: ShadowStore,
     /// Set when alert rules are configured.
     pub alerts: Option<AlertFeed>,
     /// Set when the upstream bridge is on.
@@ -34,6 +44,10 @@ pub struct GatewayHook {
     /// Told when a device subscribes to its own command topic (commands waiting for it).
     pub command_listeners: Arc<Notify>,
     pub step_down: StepDown,
+    pub limits: LimitLog,
+    /// `mqtt.max_device_subscriptions`: a device needs a few, and each filter's commit
+    /// log can hold `segments × segment_bytes` of what the device itself publishes.
+    pub device_subscriptions: usize,
 }
 
 /// Asked for when this gateway became the standby of its pair: at its next iteration the
@@ -51,54 +65,55 @@ impl StepDown {
     }
 }
 
-/// `mqtt.max_subscriptions`: distinct filters per connection. rumqttd keeps a commit log
-/// per filter, so without it one client could make the router allocate without bound.
-pub struct SubscriptionLimit {
-    max_per_client: usize,
-    filters_by_client: Mutex<HashMap<String, HashSet<String>>>,
+/// Clients that ran into a limit: one warning per client and reason per episode.
+pub struct LimitLog(Episodes<(String, &'static str)>);
+
+impl Default for LimitLog {
+    fn default() -> Self {
+        Self(Episodes::new(LIMIT_EPISODE, LIMIT_EPISODES))
+    }
 }
 
-impl SubscriptionLimit {
-    pub fn new(max_per_client: usize) -> Self {
-        Self {
-            max_per_client,
-            filters_by_client: Mutex::default(),
+impl GatewayHook {
+    /// The client's role, in a secure auth mode.
+    fn role(&self, client: &Client<'_>) -> Option<Role> {
+        self.access
+            .as_ref()
+            .and_then(|_| Role::from_identity(client.identity))
+    }
+
+    /// Devices get presence and offline alerts; apps and services do not.
+    fn is_device(&self, client: &Client<'_>) -> bool {
+        match &self.access {
+            Some(_) => matches!(self.role(client), Some(Role::Device(_))),
+            None => self.store.contains(client.client_id),
         }
     }
 
-    /// Counts `filter` for `client_id`; false when it would be one too many.
-    fn admit(&self, client_id: &str, filter: &str) -> bool {
-        let mut by_client = self
-            .filters_by_client
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let filters = by_client.entry(client_id.to_string()).or_default();
-        if filters.contains(filter) {
-            return true;
+    /// Counts a limit and logs it once per episode.
+    fn limited(&self, client: &Client<'_>, reason: &'static str, what: &str) {
+        self.metrics.broker_dropped(reason);
+        if let Some(before) = self.limits.0.starts((client.client_id.to_string(), reason)) {
+            let peer = client
+                .peer
+                .map_or_else(|| "internal".into(), |p| p.to_string());
+            tracing::warn!(target: "audit", client_id = %Cut(client.client_id), identity = client.identity, %peer, reason, times_before = before, "{what} (logged once per episode)");
         }
-        if filters.len() >= self.max_per_client {
-            tracing::warn!(target: "audit", client_id, filter, limit = self.max_per_client, "subscribe refused: too many subscriptions");
-            return false;
-        }
-        filters.insert(filter.to_string());
-        true
-    }
-
-    fn forget(&self, client_id: &str) {
-        self.filters_by_client
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(client_id);
     }
 }
 
 impl PublishHook for GatewayHook {
-    fn on_publish(&self, client_id: &str, topic: &[u8], payload: &Bytes, qos: u8) -> bool {
-        let Ok(topic) = std::str::from_utf8(topic) else {
+    fn on_publish(&self, client: &Client<'_>, message: &Message<'_>) -> PublishVerdict {
+        let internal = client.client_id.starts_with(INTERNAL_CLIENT_PREFIX);
+        let Ok(topic) = std::str::from_utf8(message.topic) else {
             // rumqttd refuses non-UTF-8 topics itself when routing.
-            return self.access.is_none();
+            return if self.access.is_none() {
+                PublishVerdict::Route
+            } else {
+                PublishVerdict::Drop
+            };
         };
-        if !client_id.starts_with(INTERNAL_CLIENT_PREFIX) {
+        if !internal {
             self.metrics.message_in(match self.topics.parse(topic) {
                 Ok(Route::Shadow { .. }) => "shadow",
                 Ok(Route::Telemetry { .. }) => "telemetry",
@@ -108,23 +123,40 @@ impl PublishHook for GatewayHook {
                 Err(_) => "other",
             });
         }
-        if let Some(access) = &self.access {
-            if !access.may_publish(client_id, topic) {
-                return false;
+        let mut verdict = PublishVerdict::Route;
+        if let (Some(access), false) = (&self.access, internal) {
+            let Some(role) = Role::from_identity(client.identity) else {
+                return PublishVerdict::Drop;
+            };
+            if !access.may_publish(&role, client.client_id, client.peer, topic) {
+                if message.will {
+                    tracing::warn!(target: "audit", client_id = %Cut(client.client_id), topic = %Cut(topic), "will dropped");
+                }
+                return PublishVerdict::Drop;
+            }
+            // Devices retain nothing (the contract retains only what the gateway
+            // publishes): the message is delivered, not kept.
+            if message.retain && matches!(role, Role::Device(_)) {
+                self.limited(
+                    client,
+                    "retain_not_allowed",
+                    "retained publish of a device delivered without retaining it",
+                );
+                verdict = PublishVerdict::RouteUnretained;
             }
         }
         if let Some(ingest) = &self.ingest {
-            ingest.on_publish(topic, payload, qos);
+            ingest.on_publish(topic, message.payload, message.qos);
         }
         if let Some(alerts) = &self.alerts {
-            if !client_id.starts_with(INTERNAL_CLIENT_PREFIX) {
-                alerts.publish(&self.topics, topic, payload);
+            if !internal {
+                alerts.publish(&self.topics, topic, message.payload);
             }
         }
         if let Some(bridge) = &self.bridge {
-            bridge.on_publish(client_id, topic, payload, qos);
+            bridge.on_publish(client.client_id, topic, message.payload, message.qos);
         }
-        true
+        verdict
     }
 
     fn before_acks(&self) {
@@ -136,18 +168,19 @@ impl PublishHook for GatewayHook {
         }
     }
 
-    fn on_connection(&self, client_id: &str, connected: bool) {
-        if !client_id.starts_with(INTERNAL_CLIENT_PREFIX) {
-            self.metrics.client_connected(client_id, connected);
-            if !connected {
-                self.subscriptions.forget(client_id);
-            }
-            if let Some(alerts) = &self.alerts {
-                alerts.connection(client_id, connected);
-            }
+    fn on_connection(&self, client: &Client<'_>, connected: bool) {
+        if client.client_id.starts_with(INTERNAL_CLIENT_PREFIX) {
+            return;
+        }
+        self.metrics.client_connected(client.client_id, connected);
+        if !self.is_device(client) {
+            return;
+        }
+        if let Some(alerts) = &self.alerts {
+            alerts.connection(client.client_id, connected);
         }
         if let Some(ingest) = &self.ingest {
-            ingest.on_connection(client_id, connected);
+            ingest.on_connection(client.client_id, connected);
         }
     }
 
@@ -163,44 +196,43 @@ impl PublishHook for GatewayHook {
         clients
     }
 
-    fn on_subscribe(&self, client_id: &str, filter: &str) -> bool {
-        if client_id.starts_with(INTERNAL_CLIENT_PREFIX) {
+    fn on_subscribe(&self, client: &Client<'_>, filter: &str) -> bool {
+        if client.client_id.starts_with(INTERNAL_CLIENT_PREFIX) {
             return true;
         }
-        let admitted = self
-            .access
-            .as_ref()
-            .is_none_or(|access| access.may_subscribe(client_id, filter))
-            && self.subscriptions.admit(client_id, filter);
-        if admitted && filter_matches(filter, &self.topics.command_request(client_id)) {
+        let admitted = match &self.access {
+            None => true,
+            Some(access) => Role::from_identity(client.identity).is_some_and(|role| {
+                access.may_subscribe(&role, client.client_id, client.peer, filter)
+            }),
+        };
+        if admitted && filter_matches(filter, &self.topics.command_request(client.client_id)) {
             self.command_listeners.notify_one();
         }
         admitted
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+    fn max_subscriptions(&self, client: &Client<'_>) -> Option<usize> {
+        matches!(self.role(client), Some(Role::Device(_))).then_some(self.device_subscriptions)
+    }
 
-    #[test]
-    fn the_limit_counts_distinct_filters_per_connection() {
-        let limit = SubscriptionLimit::new(2);
-        assert!(limit.admit("heater-1", "a/delta"));
-        assert!(
-            limit.admit("heater-1", "a/delta"),
-            "a repeated filter is not new"
-        );
-        assert!(limit.admit("heater-1", "a/document"));
-        assert!(!limit.admit("heater-1", "a/rejected"));
-        assert!(
-            limit.admit("heater-2", "b/delta"),
-            "other clients have their own count"
-        );
-        limit.forget("heater-1");
-        assert!(
-            limit.admit("heater-1", "a/rejected"),
-            "a new connection starts at 0"
-        );
+    fn may_resume(&self, client: &Client<'_>, made_by: &str) -> bool {
+        let same = client.identity == made_by;
+        if !same {
+            tracing::warn!(target: "audit", client_id = %Cut(client.client_id), identity = client.identity, made_by, "persistent session discarded: another identity made it");
+        }
+        same
+    }
+
+    fn on_limit(&self, client: &Client<'_>, limit: Limit) {
+        let what = match limit {
+            Limit::AwaitingRelease => "too many QoS 2 publishes awaiting PUBREL: disconnected",
+            Limit::RetainedCount | Limit::RetainedBytes | Limit::RetainedTotal => {
+                "retained publish over the retained limit delivered without retaining it"
+            }
+            Limit::Subscriptions => "subscription refused: too many subscriptions",
+            Limit::TakeOver => "connection refused: its client id is connected as another identity",
+        };
+        self.limited(client, limit.as_str(), what);
     }
 }

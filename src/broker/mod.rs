@@ -16,13 +16,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rumqttd::protocol::{Packet, Publish};
 use rumqttd::{
-    Broker, ConnectRequest, ConnectVerdict, ConnectionSettings, PublishHook, PublishHookHandle,
-    RouterConfig, ServerSettings, TlsConfig,
+    Broker, ClientLimits, ConnectRequest, ConnectVerdict, ConnectionSettings, PublishHook,
+    PublishHookHandle, RouterConfig, ServerSettings, TlsConfig,
 };
 use tokio::sync::watch;
 
-use crate::auth::{admit_anonymous, Access, ConnectAttempt};
+use crate::auth::{admit_anonymous, Access, ConnectAttempt, Refusal};
 use crate::config::MqttSection;
+use crate::metrics::Metrics;
 use crate::service::Outgoing;
 use crate::uplink::{LeaseRole, LeaseState};
 
@@ -70,13 +71,15 @@ impl EmbeddedBroker {
     /// Starts the router and returns the gateway's link. Listen addresses are checked here,
     /// so a port already in use is a clear startup error, not a listener thread that died.
     /// `hook` sees every PUBLISH in the router before it is routed or acknowledged; with
-    /// `access`, CONNECT requires a username and password (checked off the I/O thread);
-    /// with `lease`, a standby answers every CONNECT "server unavailable".
+    /// `access`, CONNECT requires credentials (a password checked by the bounded verifier,
+    /// off the I/O threads, or a client certificate); with `lease`, a standby answers
+    /// every CONNECT "server unavailable". Refusals are counted in `metrics`.
     pub fn new(
         mqtt: &MqttSection,
         hook: Option<Arc<dyn PublishHook>>,
         access: Option<Access>,
         lease: Option<watch::Receiver<LeaseState>>,
+        metrics: Metrics,
     ) -> Result<(EmbeddedBroker, GatewayLink), BrokerError> {
         let listen = if mqtt.listen.is_empty() {
             None
@@ -98,28 +101,41 @@ impl EmbeddedBroker {
         {
             let access = access.clone();
             let lease = lease.clone();
+            let metrics = metrics.clone();
             server.set_connect_handler(move |request: ConnectRequest| {
                 let access = access.clone();
                 let lease = lease.clone();
+                let metrics = metrics.clone();
                 async move {
                     if lease.is_some_and(|l| l.borrow().role == LeaseRole::Standby) {
                         // Devices retry (or try the other address) every few seconds.
-                        tracing::debug!(client_id = %request.client_id, peer = %request.peer.addr, "CONNECT refused: this gateway is the standby of its pair");
+                        tracing::debug!(peer = %request.peer.addr, "CONNECT refused: this gateway is the standby of its pair");
+                        metrics.connect_refused("standby");
                         return ConnectVerdict::Unavailable;
                     }
-                    let admitted = match access {
-                        None => admit_anonymous(&attempt(&request)),
-                        // Argon2 takes milliseconds of CPU: never on the I/O threads.
-                        Some(access) => tokio::task::spawn_blocking(move || {
-                            access.authenticate(&attempt(&request))
-                        })
-                        .await
-                        .unwrap_or(false),
+                    let attempt = attempt(request);
+                    let verdict = match access {
+                        None if admit_anonymous(&attempt) => Ok(attempt.client_id.clone()),
+                        None => Err(Refusal::BadLogin),
+                        Some(access) => access
+                            .authenticate(&attempt)
+                            .await
+                            .map(|role| role.identity()),
                     };
-                    if admitted {
-                        ConnectVerdict::Accept
-                    } else {
-                        ConnectVerdict::BadLogin
+                    match verdict {
+                        Ok(identity) => ConnectVerdict::Accept { identity },
+                        Err(Refusal::BadLogin) => {
+                            metrics.connect_refused("bad_login");
+                            ConnectVerdict::BadLogin
+                        }
+                        Err(Refusal::NotAuthorized) => {
+                            metrics.connect_refused("not_authorized");
+                            ConnectVerdict::NotAuthorized
+                        }
+                        Err(Refusal::Busy) => {
+                            metrics.connect_refused("busy");
+                            ConnectVerdict::Unavailable
+                        }
                     }
                 }
             });
@@ -190,15 +206,13 @@ impl GatewayLink {
     }
 }
 
-fn attempt(request: &ConnectRequest) -> ConnectAttempt<'_> {
+fn attempt(request: ConnectRequest) -> ConnectAttempt {
     ConnectAttempt {
-        client_id: &request.client_id,
-        login: request
-            .login
-            .as_ref()
-            .map(|(user, password)| (user.as_str(), password.as_str())),
+        client_id: request.client_id,
+        login: request.login,
         peer: request.peer.addr,
-        certificate: request.peer.certificate.as_deref(),
+        certificate: request.peer.certificate,
+        will_topic: request.will.map(|will| will.topic.to_vec()),
     }
 }
 
@@ -214,7 +228,9 @@ fn rumqttd_config(
         auth: None,
         external_auth: None,
         connect_handler: None,
-        dynamic_filters: true,
+        // A publish no subscription matches goes nowhere (as in mosquitto); a commit log is
+        // made per subscribed filter only.
+        dynamic_filters: false,
     };
     let server = |name: &str, listen: SocketAddr, tls: Option<TlsConfig>| ServerSettings {
         name: name.into(),
@@ -246,6 +262,14 @@ fn rumqttd_config(
             max_outgoing_packet_count: MAX_OUTGOING_PACKET_COUNT,
             max_segment_size: mqtt.segment_bytes,
             max_segment_count: mqtt.segments,
+            client_limits: ClientLimits {
+                max_awaiting_release: mqtt.max_awaiting_release,
+                max_inflight: mqtt.max_inflight,
+                max_subscriptions: mqtt.max_subscriptions,
+                max_retained: mqtt.max_retained,
+                max_retained_bytes: mqtt.max_retained_bytes,
+                max_retained_total_bytes: mqtt.max_retained_total_bytes,
+            },
             ..RouterConfig::default()
         },
         v4,

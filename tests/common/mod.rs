@@ -2,6 +2,8 @@
 //! real MQTT clients (rumqttc) talking to it over loopback.
 #![allow(dead_code)] // each test binary uses a different subset of the fixtures
 
+pub mod raw;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -153,6 +155,11 @@ impl Gateway {
             .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
+    /// The process id of the running gateway.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("gateway is running").id()
+    }
+
     /// VmRSS of the running gateway, in KiB.
     pub fn rss_kib(&self) -> u64 {
         let pid = self.child.as_ref().expect("gateway is running").id();
@@ -241,6 +248,55 @@ pub fn dev_certs(dir: &std::path::Path, devices: &[&str]) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A client certificate and its key.
+pub type ClientCert<'a> = Option<(&'a std::path::Path, &'a std::path::Path)>;
+
+/// `mosquitto_pub` or `mosquitto_sub` (OpenSSL) to the TLS listener as `client_id`,
+/// trusting `ca`, with `cert` when given.
+pub fn mosquitto_tls(
+    program: &str,
+    port: u16,
+    ca: &std::path::Path,
+    client_id: &str,
+    cert: ClientCert,
+) -> Command {
+    let mut command = Command::new(program);
+    command
+        .args([
+            "-h",
+            "localhost",
+            "-p",
+            &port.to_string(),
+            "-i",
+            client_id,
+            "--cafile",
+        ])
+        .arg(ca);
+    if let Some((crt, key)) = cert {
+        command.arg("--cert").arg(crt).arg("--key").arg(key);
+    }
+    command
+}
+
+/// A gateway in certificate mode, TLS only, with the lab certificates of `certs` (made by
+/// [`dev_certs`]) and `extra_config` (its `[auth]` section is this one's).
+pub fn certificate_gateway(certs: &std::path::Path, extra_config: &str) -> Gateway {
+    let mut gateway =
+        Gateway::configure(&format!("[auth]\nmode = \"certificate\"\n\n{extra_config}"));
+    // No plain listener: the fixture waits on the TLS port instead.
+    gateway.port = free_port();
+    let tls = format!("127.0.0.1:{}", gateway.port);
+    let path = |name: &str| certs.join(name).display().to_string();
+    gateway.spawn(&[
+        ("IOTSPHERE__MQTT__LISTEN", ""),
+        ("IOTSPHERE__MQTT__TLS_LISTEN", tls.as_str()),
+        ("IOTSPHERE__MQTT__CERT", path("server.crt").as_str()),
+        ("IOTSPHERE__MQTT__KEY", path("server.key").as_str()),
+        ("IOTSPHERE__MQTT__CLIENT_CA", path("ca.crt").as_str()),
+    ]);
+    gateway
 }
 
 /// A real MQTT client (rumqttc) with its event loop on a task.

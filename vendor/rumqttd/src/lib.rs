@@ -60,6 +60,19 @@ pub struct ConnectRequest {
     /// User name and password from CONNECT, if it carried them.
     pub login: Option<(AuthUser, AuthPass)>,
     pub peer: Peer,
+    // iotsphere patch: the will is a publish the client asks for in advance; the handler
+    // checks it against the client's publish rights before accepting the CONNECT.
+    /// The CONNECT's last will, if it carried one.
+    pub will: Option<WillRequest>,
+}
+
+/// A last will as the connect handler sees it.
+#[derive(Debug, Clone)]
+pub struct WillRequest {
+    pub topic: bytes::Bytes,
+    pub payload: bytes::Bytes,
+    pub qos: u8,
+    pub retain: bool,
 }
 
 /// Where a connection comes from.
@@ -72,11 +85,17 @@ pub struct Peer {
 }
 
 /// What a connect handler decided about a CONNECT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnectVerdict {
-    Accept,
+    // iotsphere patch: the router keeps the identity with the connection, its will and its
+    // persistent session: a session is resumed, and a connected client id taken over, only
+    // by the same identity; the publish hook gets it with every message.
+    /// Accepted as `identity` (an opaque label: who the client is, whatever its client id).
+    Accept { identity: String },
     /// CONNACK "bad user name or password" (4).
     BadLogin,
+    /// CONNACK "not authorized" (5): e.g. a will on a topic the client may not publish.
+    NotAuthorized,
     /// CONNACK "server unavailable" (3): the client should try another server.
     Unavailable,
 }
@@ -245,21 +264,97 @@ pub struct ClusterSettings {
 }
 
 // iotsphere patch: a hook the router calls for every PUBLISH before routing and before
-// acknowledging it (authorize, persist, then ack). See PATCHES.md.
+// acknowledging it (authorize, persist, then ack), for every SUBSCRIBE, at each connect and
+// disconnect, before a persistent session is resumed, and when a client hits a limit.
+// See PATCHES.md.
+/// A client as the hook sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Client<'a> {
+    pub client_id: &'a str,
+    /// What the connect handler accepted it as (`ConnectVerdict::Accept`); for the
+    /// embedding application's own links (`Broker::link`), their client id.
+    pub identity: &'a str,
+    /// `None` for the embedding application's own links.
+    pub peer: Option<SocketAddr>,
+}
+
+/// A message about to be routed: a PUBLISH, or a last will that fires.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    pub topic: &'a [u8],
+    pub payload: &'a bytes::Bytes,
+    pub qos: u8,
+    pub retain: bool,
+    /// A last will published for a client that went away (no acknowledgement follows).
+    pub will: bool,
+}
+
+/// What the router does with a message the hook has seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishVerdict {
+    Route,
+    /// Routed as if its RETAIN flag were 0: delivered, not kept for later subscribers.
+    RouteUnretained,
+    /// Acknowledged as usual (QoS 1 PUBACK, QoS 2 PUBREC/PUBCOMP), never routed.
+    Drop,
+}
+
+/// A bound of `ClientLimits` a client ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// Incoming QoS 2 publishes awaiting PUBREL: the client was disconnected.
+    AwaitingRelease,
+    /// Retained messages per identity (count): routed, not retained.
+    RetainedCount,
+    /// Retained bytes per identity: routed, not retained.
+    RetainedBytes,
+    /// Retained bytes of every client together: routed, not retained.
+    RetainedTotal,
+    /// Subscriptions per identity, live and saved sessions together: SUBACK failure.
+    Subscriptions,
+    /// A connected client id may only be taken over by its own identity: CONNACK 5.
+    TakeOver,
+}
+
+impl Limit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::AwaitingRelease => "qos2_awaiting_release",
+            Limit::RetainedCount => "retained_count",
+            Limit::RetainedBytes => "retained_bytes",
+            Limit::RetainedTotal => "retained_total_bytes",
+            Limit::Subscriptions => "subscriptions",
+            Limit::TakeOver => "take_over",
+        }
+    }
+}
+
 /// Called by the router thread: keep it fast (no blocking network I/O).
 pub trait PublishHook: Send + Sync {
-    /// Every PUBLISH from a client, before it is routed. `false` drops it (it is still
-    /// acknowledged, as brokers do for denied publishes under MQTT 3.1.1).
-    fn on_publish(&self, client_id: &str, topic: &[u8], payload: &bytes::Bytes, qos: u8) -> bool;
+    /// Every PUBLISH from a client, and every will that fires, before it is routed.
+    fn on_publish(&self, client: &Client<'_>, message: &Message<'_>) -> PublishVerdict;
     /// Called once per router iteration, after incoming packets were handled and before
     /// any acknowledgement (PUBACK) of them is sent: the place to make them durable.
     fn before_acks(&self);
     /// A client connected (`true`) or its connection ended (`false`), in router order.
-    fn on_connection(&self, _client_id: &str, _connected: bool) {}
-    /// A SUBSCRIBE filter; `false` refuses it (SUBACK failure code 0x80).
-    fn on_subscribe(&self, _client_id: &str, _filter: &str) -> bool {
+    fn on_connection(&self, _client: &Client<'_>, _connected: bool) {}
+    /// A SUBSCRIBE filter, and each filter of a persistent session being resumed; `false`
+    /// refuses it (SUBACK failure 0x80; a resumed one is dropped from the session).
+    fn on_subscribe(&self, _client: &Client<'_>, _filter: &str) -> bool {
         true
     }
+    /// Before `client` resumes the persistent session `made_by` left: `false` discards
+    /// that session (the client starts a fresh one).
+    fn may_resume(&self, client: &Client<'_>, made_by: &str) -> bool {
+        client.identity == made_by
+    }
+    /// A lower bound on `client`'s subscriptions than `ClientLimits::max_subscriptions`
+    /// (e.g. for clients that need only a few), if any.
+    fn max_subscriptions(&self, _client: &Client<'_>) -> Option<usize> {
+        None
+    }
+    /// `client` ran into `limit` (the router has already answered it).
+    fn on_limit(&self, _client: &Client<'_>, _limit: Limit) {}
     /// Called once per router iteration, after `before_acks`: client ids the router
     /// should disconnect now (e.g. a gateway that became a standby lets its clients go).
     fn disconnections(&self) -> Vec<String> {
@@ -291,6 +386,43 @@ pub struct RouterConfig {
     // iotsphere patch: see PublishHook.
     #[serde(skip)]
     pub publish_hook: Option<PublishHookHandle>,
+    // iotsphere patch: what one client may make the router hold (see ClientLimits).
+    #[serde(default)]
+    pub client_limits: ClientLimits,
+}
+
+// iotsphere patch: upstream bounds none of these per client. See PATCHES.md.
+/// Bounds on what one client (one identity, across its connections and saved persistent
+/// sessions) can make the router hold. The embedding application's own links are exempt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientLimits {
+    /// Incoming QoS 2 publishes a connection may leave awaiting PUBREL; one more
+    /// disconnects it.
+    pub max_awaiting_release: usize,
+    /// Outgoing QoS 1/2 messages in flight per connection, QoS 2 ones awaiting PUBCOMP
+    /// included (at most 65535).
+    pub max_inflight: usize,
+    /// Distinct subscriptions per identity, its live and saved sessions together.
+    pub max_subscriptions: usize,
+    /// Retained messages per identity.
+    pub max_retained: usize,
+    /// Bytes (topic + payload) of the retained messages of one identity.
+    pub max_retained_bytes: usize,
+    /// Bytes of the retained messages of all clients together.
+    pub max_retained_total_bytes: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            max_awaiting_release: usize::MAX,
+            max_inflight: 100,
+            max_subscriptions: usize::MAX,
+            max_retained: usize::MAX,
+            max_retained_bytes: usize::MAX,
+            max_retained_total_bytes: usize::MAX,
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

@@ -49,6 +49,9 @@ pub struct LinkBuilder<'a> {
     dynamic_filters: bool,
     // default to 0, indicating to not use topic alias
     topic_alias_max: u16,
+    // iotsphere patch: who the client is and where from (see ConnectVerdict::Accept);
+    // `None` for the embedding application's own links.
+    identity: Option<(String, std::net::SocketAddr)>,
 }
 
 impl<'a> LinkBuilder<'a> {
@@ -62,7 +65,13 @@ impl<'a> LinkBuilder<'a> {
             last_will_properties: None,
             dynamic_filters: false,
             topic_alias_max: 0,
+            identity: None,
         }
+    }
+
+    pub fn identity(mut self, identity: String, peer: std::net::SocketAddr) -> Self {
+        self.identity = Some((identity, peer));
+        self
     }
 
     pub fn tenant_id(mut self, tenant_id: Option<String>) -> Self {
@@ -111,6 +120,10 @@ impl<'a> LinkBuilder<'a> {
         connection
             .last_will(self.last_will, self.last_will_properties)
             .topic_alias_max(self.topic_alias_max);
+        if let Some((identity, peer)) = self.identity {
+            connection.identity = identity;
+            connection.peer = Some(peer);
+        }
         let incoming = Incoming::new(connection.client_id.to_owned());
         let (outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
         let outgoing_data_buffer = outgoing.buffer();

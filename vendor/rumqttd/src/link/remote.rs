@@ -4,7 +4,7 @@ use crate::link::network::Network;
 use crate::local::LinkBuilder;
 use crate::protocol::{ConnAck, Connect, ConnectReturnCode, Login, Packet, Protocol};
 use crate::router::{Event, Notification};
-use crate::{ConnectRequest, ConnectVerdict, ConnectionId, ConnectionSettings, Peer};
+use crate::{ConnectRequest, ConnectVerdict, ConnectionId, ConnectionSettings, Peer, WillRequest};
 
 use flume::{RecvError, SendError, Sender, TrySendError};
 use std::cmp::min;
@@ -46,6 +46,12 @@ pub enum Error {
     // iotsphere patch: the connect handler answered "server unavailable".
     #[error("Refused: this server does not take clients now")]
     Unavailable,
+    // iotsphere patch: the connect handler answered "not authorized", or the router
+    // refused the connection (its CONNACK said why).
+    #[error("Refused: not authorized")]
+    NotAuthorized,
+    #[error("Refused by the router: {0:?}")]
+    Refused(ConnectReturnCode),
     #[error("Channel try send error")]
     TrySend(#[from] TrySendError<(ConnectionId, Event)>),
     #[error("Link error = {0}")]
@@ -71,6 +77,8 @@ impl<P: Protocol> RemoteLink<P> {
         connect_packet: Packet,
         dynamic_filters: bool,
         assigned_client_id: Option<String>,
+        identity: String,
+        peer: std::net::SocketAddr,
     ) -> Result<RemoteLink<P>, Error> {
         let Packet::Connect(connect, props, lastwill, lastwill_props, _) = connect_packet else {
             return Err(Error::NotConnectPacket(connect_packet));
@@ -103,17 +111,24 @@ impl<P: Protocol> RemoteLink<P> {
             .last_will_properties(lastwill_props)
             .dynamic_filters(dynamic_filters)
             .topic_alias_max(topic_alias_max.unwrap_or(0))
+            .identity(identity, peer)
             .build()?;
 
         let id = link_rx.id();
         Span::current().record("connection_id", id);
 
         if let Some(mut packet) = notification.into() {
-            if let Packet::ConnAck(_ack, props) = &mut packet {
+            if let Packet::ConnAck(ack, props) = &mut packet {
+                // iotsphere patch: the router may refuse the connection (take-over by
+                // another identity, no room): its CONNACK says why, then the link ends.
+                let refused = (ack.code != ConnectReturnCode::Success).then_some(ack.code);
                 let mut new_props = props.clone().unwrap_or_default();
                 new_props.assigned_client_identifier = assigned_client_id;
                 *props = Some(new_props);
                 network.write(packet).await?;
+                if let Some(code) = refused {
+                    return Err(Error::Refused(code));
+                }
             }
         }
 
@@ -175,11 +190,13 @@ impl<P: Protocol> RemoteLink<P> {
 
 /// Read MQTT connect packet from network and verify it.
 /// authentication and checks are done here.
+// iotsphere patch: also returns the identity the connect handler accepted the client as
+// (its client id without a handler).
 pub async fn mqtt_connect<P>(
     config: Arc<ConnectionSettings>,
     network: &mut Network<P>,
     peer: Peer,
-) -> Result<Packet, Error>
+) -> Result<(Packet, String), Error>
 where
     P: Protocol,
 {
@@ -193,8 +210,10 @@ where
     })
     .await??;
 
-    let (connect, _props, login) = match packet {
-        Packet::Connect(ref connect, ref props, _, _, ref login) => (connect, props, login),
+    let (connect, _props, will, login) = match packet {
+        Packet::Connect(ref connect, ref props, ref will, _, ref login) => {
+            (connect, props, will, login)
+        }
         packet => return Err(Error::NotConnectPacket(packet)),
     };
 
@@ -210,30 +229,42 @@ where
                     .as_ref()
                     .map(|l| (l.username.clone(), l.password.clone())),
                 peer,
+                will: will.as_ref().map(|will| WillRequest {
+                    topic: will.topic.clone(),
+                    payload: will.message.clone(),
+                    qos: will.qos as u8,
+                    retain: will.retain,
+                }),
             };
             match handler(request).await {
-                ConnectVerdict::Accept => Ok(()),
+                ConnectVerdict::Accept { identity } => Ok(identity),
                 ConnectVerdict::BadLogin => Err(ConnectReturnCode::BadUserNamePassword),
+                ConnectVerdict::NotAuthorized => Err(ConnectReturnCode::NotAuthorized),
                 ConnectVerdict::Unavailable => Err(ConnectReturnCode::ServiceUnavailable),
             }
         }
         None => handle_auth(config.clone(), login.as_ref(), &connect.client_id)
             .await
+            .map(|()| connect.client_id.clone())
             .map_err(|_| ConnectReturnCode::BadUserNamePassword),
     };
-    if let Err(code) = authorized {
-        // iotsphere patch: tell the client why (CONNACK "bad user name or password", or
-        // "server unavailable") instead of only closing the connection.
-        let ack = ConnAck {
-            session_present: false,
-            code,
-        };
-        let _ = network.write(Packet::ConnAck(ack, None)).await;
-        return Err(match code {
-            ConnectReturnCode::ServiceUnavailable => Error::Unavailable,
-            _ => Error::InvalidAuth,
-        });
-    }
+    let identity = match authorized {
+        Ok(identity) => identity,
+        Err(code) => {
+            // iotsphere patch: tell the client why (CONNACK "bad user name or password",
+            // "not authorized" or "server unavailable") instead of only closing.
+            let ack = ConnAck {
+                session_present: false,
+                code,
+            };
+            let _ = network.write(Packet::ConnAck(ack, None)).await;
+            return Err(match code {
+                ConnectReturnCode::ServiceUnavailable => Error::Unavailable,
+                ConnectReturnCode::NotAuthorized => Error::NotAuthorized,
+                _ => Error::InvalidAuth,
+            });
+        }
+    };
 
     // When keep_alive feature is disabled client can live forever, which is not good in
     // distributed broker context so currenlty we don't allow it.
@@ -257,7 +288,7 @@ where
     }
 
     // Ok((connect, props, lastwill, lastwill_props))
-    Ok(packet)
+    Ok((packet, identity))
 }
 
 async fn handle_auth(

@@ -33,6 +33,10 @@ pub struct Connection {
     pub(crate) broker_topic_aliases: Option<BrokerAliases>,
     /// subscription IDs for a connection
     pub(crate) subscription_ids: HashMap<Filter, usize>,
+    // iotsphere patch: who the client is (ConnectVerdict::Accept) and where it connects
+    // from; the embedding application's own links are their client id, without a peer.
+    pub identity: String,
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 impl Connection {
@@ -55,6 +59,8 @@ impl Connection {
         };
 
         Connection {
+            identity: client_id.clone(),
+            peer: None,
             client_id,
             tenant_prefix,
             dynamic_filters,

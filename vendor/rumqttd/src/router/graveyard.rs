@@ -29,6 +29,7 @@ impl Graveyard {
         subscriptions: HashSet<String>,
         metrics: ConnectionEvents,
         unacked_pubrels: VecDeque<u16>,
+        identity: String,
     ) {
         tracker.pause(PauseReason::Busy);
         let id = tracker.id.clone();
@@ -44,26 +45,25 @@ impl Graveyard {
             SavedState {
                 session_state: Some(session_state),
                 metrics,
+                identity,
             },
         );
     }
 
-    /// Save only metrics for connection
-    pub fn save_metrics(&mut self, id: String, metrics: ConnectionEvents) {
-        self.connections.insert(
-            id,
-            SavedState {
-                session_state: None,
-                metrics,
-            },
-        );
+    /// Saved persistent sessions.
+    pub fn len(&self) -> usize {
+        self.connections.len()
     }
 }
 
+// iotsphere patch: only persistent sessions are saved (upstream also kept the metrics of
+// every clean-session client id it ever saw, without bound), each with the identity that
+// made it (a session is resumed by that identity only).
 #[derive(Debug)]
 pub struct SavedState {
     pub session_state: Option<SessionState>,
     pub metrics: ConnectionEvents,
+    pub identity: String,
 }
 
 #[derive(Debug)]

@@ -16,7 +16,6 @@ use crate::{
 use super::{Forward, IncomingMeter, OutgoingMeter};
 
 const MAX_INFLIGHT: usize = 100;
-const MAX_PKID: u16 = MAX_INFLIGHT as u16;
 
 #[derive(Debug)]
 pub struct Incoming {
@@ -66,6 +65,11 @@ pub struct Outgoing {
     pub(crate) unacked_pubrels: VecDeque<u16>,
     /// Last packet id
     last_pkid: u16,
+    // iotsphere patch: the window of QoS 1/2 messages sent and not yet completed (PUBACK,
+    // or PUBCOMP for QoS 2: upstream did not count those awaiting PUBCOMP, so a client that
+    // never sent PUBCOMP made the router keep their packet ids without bound); configurable
+    // (ClientLimits::max_inflight), upstream fixed it at 100. Packet ids run 1..=window.
+    max_inflight: u16,
     /// Metrics of outgoing messages of this connection
     pub(crate) meter: OutgoingMeter,
 }
@@ -87,6 +91,7 @@ impl Outgoing {
             unacked_pubrels,
             handle,
             last_pkid: 0,
+            max_inflight: MAX_INFLIGHT as u16,
             meter: Default::default(),
         };
 
@@ -99,7 +104,12 @@ impl Outgoing {
     }
 
     pub fn free_slots(&self) -> usize {
-        MAX_INFLIGHT - self.inflight_buffer.len()
+        usize::from(self.max_inflight)
+            .saturating_sub(self.inflight_buffer.len() + self.unacked_pubrels.len())
+    }
+
+    pub fn set_max_inflight(&mut self, max_inflight: usize) {
+        self.max_inflight = u16::try_from(max_inflight.clamp(1, 65535)).unwrap_or(u16::MAX);
     }
 
     pub fn push_notification(&mut self, notification: Notification) -> usize {
@@ -140,7 +150,7 @@ impl Outgoing {
                 .push_back((self.last_pkid, filter_idx, p.cursor));
 
             // Place max pkid packet at index 0
-            if self.last_pkid == MAX_PKID {
+            if self.last_pkid == self.max_inflight {
                 self.last_pkid = 0;
             }
 
@@ -152,10 +162,10 @@ impl Outgoing {
         let buffer_count = buffer.len();
         let inflight_count = self.inflight_buffer.len();
 
-        if inflight_count > MAX_INFLIGHT {
+        if inflight_count > usize::from(self.max_inflight) {
             warn!(
                 "More inflight publishes than max allowed, inflight count = {}, max allowed = {}",
-                inflight_count, MAX_INFLIGHT
+                inflight_count, self.max_inflight
             );
         }
 

@@ -6,6 +6,7 @@ use crate::protocol::{
     matches, ConnAck, ConnAckProperties, PingResp, PubAck, PubComp, PubRec, PubRel, Publish,
     PublishProperties, SubAck, UnsubAck,
 };
+use crate::router::retained::Retained;
 use crate::router::{DataRequest, FilterIdx, SubscriptionMeter, Waiters};
 use crate::{ConnectionId, Filter, Offset, RouterConfig, Topic};
 
@@ -16,6 +17,9 @@ use std::io;
 use std::time::Instant;
 
 type PubWithProp = (Publish, Option<PublishProperties>);
+
+// iotsphere patch: see `DataLog::matches`.
+const MAX_CACHED_TOPICS: usize = 10_000;
 
 #[derive(Clone)]
 pub struct PublishData {
@@ -58,7 +62,8 @@ pub struct DataLog {
     pub native: Slab<Data<PublishData>>,
     /// Map of subscription filter name to filter index
     filter_indexes: HashMap<Filter, FilterIdx>,
-    retained_publishes: HashMap<Topic, PublishData>,
+    // iotsphere patch: retained messages with their owners (see Retained).
+    pub retained: Retained,
     /// List of filters associated with a topic
     publish_filters: HashMap<Topic, Vec<FilterIdx>>,
 }
@@ -67,7 +72,6 @@ impl DataLog {
     pub fn new(config: RouterConfig) -> io::Result<DataLog> {
         let mut native = Slab::new();
         let mut filter_indexes = HashMap::new();
-        let retained_publishes = HashMap::new();
         let publish_filters = HashMap::new();
 
         if let Some(warmup_filters) = config.initialized_filters.clone() {
@@ -86,7 +90,7 @@ impl DataLog {
             native,
             publish_filters,
             filter_indexes,
-            retained_publishes,
+            retained: Retained::default(),
         })
     }
 
@@ -128,6 +132,11 @@ impl DataLog {
         match &self.publish_filters.get(topic) {
             Some(v) => Some(v.to_vec()),
             None => {
+                // iotsphere patch: a cache of the filters each topic matches, so bounded
+                // (a client publishing to ever new topics grew it without end).
+                if self.publish_filters.len() >= MAX_CACHED_TOPICS {
+                    self.publish_filters.clear();
+                }
                 let v: Vec<usize> = self
                     .filter_indexes
                     .iter()
@@ -142,6 +151,28 @@ impl DataLog {
                 Some(v)
             }
         }
+    }
+
+    // iotsphere patch: upstream never freed a filter's commit log.
+    /// Frees the commit log of a filter no subscription uses any more.
+    pub fn remove_filter(&mut self, filter_idx: FilterIdx) {
+        let Some(data) = self.native.try_remove(filter_idx) else {
+            return;
+        };
+        self.filter_indexes.remove(&data.filter);
+        self.publish_filters.retain(|_, filters| {
+            filters.retain(|idx| *idx != filter_idx);
+            !filters.is_empty()
+        });
+    }
+
+    pub fn filter_idx(&self, filter: &str) -> Option<FilterIdx> {
+        self.filter_indexes.get(filter).copied()
+    }
+
+    /// Filters with a commit log now.
+    pub fn filter_count(&self) -> usize {
+        self.native.len()
     }
 
     pub fn next_native_offset(&mut self, filter: &str) -> (FilterIdx, Offset) {
@@ -255,56 +286,9 @@ impl DataLog {
         inflight
     }
 
-    pub fn insert_to_retained_publishes(
-        &mut self,
-        publish: Publish,
-        publish_properties: Option<PublishProperties>,
-        topic: Topic,
-    ) {
-        let pub_with_props = (publish, publish_properties);
-        self.retained_publishes.insert(topic, pub_with_props.into());
-    }
-
-    pub fn remove_from_retained_publishes(&mut self, topic: Topic) {
-        self.retained_publishes.remove(&topic);
-    }
-
     pub fn read_retained_messages(&mut self, filter: &str) -> Vec<PubWithProp> {
         trace!(info = "reading retain msg", filter = &filter);
-        let now = Instant::now();
-
-        // discard expired retained messages
-        self.retained_publishes.retain(|_, pubdata| {
-            // Keep data if no properties exists, which implies no message expiry!
-            let Some(properties) = pubdata.properties.as_mut() else {
-                return true;
-            };
-
-            // Keep data if there is no message_expiry_interval
-            let Some(message_expiry_interval) = properties.message_expiry_interval.as_mut() else {
-                return true;
-            };
-
-            let time_spent = (now - pubdata.timestamp).as_secs() as u32;
-
-            let is_valid = time_spent < *message_expiry_interval;
-
-            // ignore expired messages
-            if is_valid {
-                // set message_expiry_interval to (original value - time spent waiting in server)
-                // ref: https://docs.oasis-open.org/mqtt/mqtt/v5.0/os/mqtt-v5.0-os.html#_Toc3901112
-                *message_expiry_interval -= time_spent;
-            }
-
-            is_valid
-        });
-
-        // no need to include timestamp when returning
-        self.retained_publishes
-            .iter()
-            .filter(|(topic, _)| matches(topic, filter))
-            .map(|(_, p)| (p.publish.clone(), p.properties.clone()))
-            .collect()
+        self.retained.matching(filter)
     }
 }
 
@@ -367,13 +351,18 @@ where
     }
 }
 
+/// A QoS 2 publish recorded at PUBREC until its PUBREL: `None` when the publish hook
+/// dropped it (acknowledged, never routed).
+pub type Recorded = Option<(Publish, Option<PublishProperties>)>;
+
 /// Acks log for a subscription
 #[derive(Debug)]
 pub struct AckLog {
     // Committed acks per connection. First pkid, last pkid, data
     committed: VecDeque<Ack>,
-    // Recorded qos 2 publishes
-    recorded: VecDeque<(Publish, Option<PublishProperties>)>,
+    // iotsphere patch: recorded QoS 2 publishes by packet id (upstream released the oldest
+    // at any PUBREL, and recorded a retransmitted PUBLISH twice).
+    recorded: VecDeque<(u16, Recorded)>,
 }
 
 impl AckLog {
@@ -402,10 +391,23 @@ impl AckLog {
         self.committed.push_back(ack);
     }
 
-    pub fn pubrec(&mut self, publish: Publish, props: Option<PublishProperties>, ack: PubRec) {
-        let ack = Ack::PubRec(ack);
-        self.recorded.push_back((publish, props));
-        self.committed.push_back(ack);
+    /// Whether a QoS 2 publish with this packet id awaits its PUBREL (a retransmission).
+    pub fn is_recorded(&self, pkid: u16) -> bool {
+        self.recorded.iter().any(|(id, _)| *id == pkid)
+    }
+
+    /// QoS 2 publishes awaiting their PUBREL.
+    pub fn awaiting_release(&self) -> usize {
+        self.recorded.len()
+    }
+
+    pub fn pubrec(&mut self, recorded: Recorded, ack: PubRec) {
+        let pkid = ack.pkid;
+        match self.recorded.iter_mut().find(|(id, _)| *id == pkid) {
+            Some(entry) => entry.1 = recorded,
+            None => self.recorded.push_back((pkid, recorded)),
+        }
+        self.committed.push_back(Ack::PubRec(ack));
     }
 
     pub fn pubrel(&mut self, ack: PubRel) {
@@ -413,10 +415,13 @@ impl AckLog {
         self.committed.push_back(ack);
     }
 
-    pub fn pubcomp(&mut self, ack: PubComp) -> Option<(Publish, Option<PublishProperties>)> {
-        let ack = Ack::PubComp(ack);
-        self.committed.push_back(ack);
-        self.recorded.pop_front()
+    /// Answers a PUBREL with PUBCOMP and hands back what was recorded for its packet id
+    /// (`None` when nothing was: a PUBREL retransmitted after its PUBCOMP was lost).
+    pub fn pubcomp(&mut self, ack: PubComp) -> Recorded {
+        let pkid = ack.pkid;
+        self.committed.push_back(Ack::PubComp(ack));
+        let index = self.recorded.iter().position(|(id, _)| *id == pkid)?;
+        self.recorded.remove(index).and_then(|(_, recorded)| recorded)
     }
 
     pub fn pingresp(&mut self, ack: PingResp) {

@@ -20,6 +20,8 @@ mod connection;
 mod graveyard;
 pub mod iobufs;
 mod logs;
+// iotsphere patch: retained messages with their owners.
+mod retained;
 mod routing;
 mod scheduler;
 pub(crate) mod shared_subs;

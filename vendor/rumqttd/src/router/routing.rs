@@ -6,7 +6,7 @@ use crate::protocol::{
 };
 use crate::router::alertlog::alert;
 use crate::router::scheduler::{PauseReason, Tracker};
-use crate::router::{ConnectionEvents, Forward};
+use crate::router::{Ack, Forward};
 use crate::segments::Position;
 use crate::*;
 use flume::{bounded, Receiver, RecvError, Sender, TryRecvError};
@@ -19,7 +19,7 @@ use thiserror::Error;
 use tracing::{debug, error, info, trace, warn};
 
 use super::alertlog::{Alert, AlertLog};
-use super::graveyard::Graveyard;
+use super::graveyard::{Graveyard, SavedState};
 use super::iobufs::{Incoming, Outgoing};
 use super::logs::{AckLog, DataLog};
 use super::scheduler::{ScheduleReason, Scheduler};
@@ -101,7 +101,49 @@ pub struct Router {
     /// Shared subscriptions map <group-name, group>
     shared_subscriptions: HashMap<String, SharedGroup>,
     /// Will messages per client_id
-    last_wills: HashMap<String, (LastWill, Option<LastWillProperties>)>,
+    last_wills: HashMap<String, SavedWill>,
+    // iotsphere patch: subscriptions per identity, live and saved sessions together
+    // (ClientLimits::max_subscriptions), and per commit-log filter (freed at 0).
+    identity_subscriptions: HashMap<String, usize>,
+    filter_refs: HashMap<Filter, usize>,
+}
+
+// iotsphere patch: a will keeps who asked for it, for the publish hook when it fires.
+struct SavedWill {
+    will: LastWill,
+    properties: Option<LastWillProperties>,
+    identity: String,
+    peer: Option<std::net::SocketAddr>,
+}
+
+// iotsphere patch: the hook's view of a connection.
+fn client_of(connection: &Connection) -> Client<'_> {
+    Client {
+        client_id: &connection.client_id,
+        identity: &connection.identity,
+        peer: connection.peer,
+    }
+}
+
+/// The commit-log filter of a subscription (`$share/group/filter` reads `filter`).
+fn log_filter(path: &str) -> &str {
+    path.strip_prefix("$share/")
+        .and_then(|rest| rest.split_once('/'))
+        .map_or(path, |(_, filter)| filter)
+}
+
+// iotsphere patch: a connection the router will not take gets a CONNACK that says why
+// (upstream dropped it without one when full).
+fn refuse_connection(outgoing: &Outgoing, code: ConnectReturnCode) {
+    let ack = ConnAck {
+        session_present: false,
+        code,
+    };
+    outgoing
+        .data_buffer
+        .lock()
+        .push_back(Notification::DeviceAck(Ack::ConnAck(usize::MAX, ack, None)));
+    outgoing.handle.try_send(()).ok();
 }
 
 impl Router {
@@ -143,6 +185,8 @@ impl Router {
             cache: Some(VecDeque::with_capacity(MAX_CHANNEL_CAPACITY)),
             shared_subscriptions: HashMap::new(),
             last_wills: HashMap::new(),
+            identity_subscriptions: HashMap::new(),
+            filter_refs: HashMap::new(),
         }
     }
 
@@ -293,58 +337,88 @@ impl Router {
         let span = tracing::info_span!("incoming_connect", client_id);
         let _guard = span.enter();
 
+        let hook = self.config.publish_hook.clone();
         if cfg!(not(feature = "allow-duplicate-clientid")) {
             // Check if same client_id already exists and if so, replace it with this new connection
             // ref: https://docs.oasis-open.org/mqtt/mqtt/v3.1.1/os/mqtt-v3.1.1-os.html#_Toc398718032
 
-            let connection_id = self.connection_map.get(&client_id);
+            let connection_id = self.connection_map.get(&client_id).copied();
             if let Some(connection_id) = connection_id {
+                // iotsphere patch: only the identity connected with this client id may take
+                // it over (upstream let anyone, who then inherited its session).
+                if self.connections[connection_id].identity != connection.identity {
+                    warn!("Take-over of a connected client id by another identity refused");
+                    if let Some(hook) = &hook {
+                        hook.0.on_limit(&client_of(&connection), Limit::TakeOver);
+                    }
+                    refuse_connection(&outgoing, ConnectReturnCode::NotAuthorized);
+                    return;
+                }
                 error!(
                     "Duplicate client_id, dropping previous connection with connection_id: {}",
                     connection_id
                 );
-                self.handle_disconnection(*connection_id, None);
+                self.handle_disconnection(connection_id, None);
             }
         }
 
         if self.connections.len() >= self.config.max_connections {
             error!("no space for new connection");
-            // let ack = ConnectionAck::Failure("No space for new connection".to_owned());
-            // let message = Notification::ConnectionAck(ack);
+            refuse_connection(&outgoing, ConnectReturnCode::ServiceUnavailable);
             return;
         }
 
         // Retrieve previous connection state from graveyard
-        let saved = self.graveyard.retrieve(&client_id);
         let clean_session = connection.clean;
+        // iotsphere patch: a saved session is resumed only by the identity that made it (the
+        // hook decides), with only the subscriptions the hook still allows; otherwise it
+        // is discarded and the client starts afresh.
+        let saved = self.graveyard.retrieve(&client_id).and_then(|saved| {
+            let resume = !clean_session
+                && hook
+                    .as_ref()
+                    .is_none_or(|h| h.0.may_resume(&client_of(&connection), &saved.identity));
+            if resume {
+                Some(saved)
+            } else {
+                self.discard_session(saved);
+                None
+            }
+        });
         let previous_session = saved.as_ref().is_some_and(|s| s.session_state.is_some());
         // for qos2 pending pubrels
         let mut pending_acks = VecDeque::new();
 
-        let tracker = if !clean_session {
-            // if there was some saved state, restore the metrics
-            // and get the session's state if present
-            let saved_state = saved.and_then(|saved| {
-                connection.events = saved.metrics;
-                saved.session_state
-            });
-
-            // if session's state is present, restore that session
-            // otherwise, just start new one
-            saved_state.map_or_else(
-                || Tracker::new(client_id.clone()),
-                |session_state| {
-                    connection.subscriptions = session_state.subscriptions;
-                    // for using in acklog
-                    pending_acks.clone_from(&session_state.unacked_pubrels);
-                    outgoing.unacked_pubrels = session_state.unacked_pubrels;
-                    session_state.tracker
-                },
-            )
-        } else {
-            // Only retrieve metrics in clean session
-            connection.events = saved.map_or_else(ConnectionEvents::default, |s| s.metrics);
-            Tracker::new(client_id.clone())
+        let saved_state = saved.and_then(|saved| {
+            connection.events = saved.metrics;
+            saved.session_state
+        });
+        let tracker = match saved_state {
+            Some(mut session_state) => {
+                let refused: Vec<Filter> = match &hook {
+                    Some(hook) => session_state
+                        .subscriptions
+                        .iter()
+                        .filter(|filter| !hook.0.on_subscribe(&client_of(&connection), filter))
+                        .cloned()
+                        .collect(),
+                    None => Vec::new(),
+                };
+                for filter in refused {
+                    session_state.subscriptions.remove(&filter);
+                    session_state
+                        .tracker
+                        .data_requests
+                        .retain(|request| request.filter != filter);
+                    self.release_subscription(&connection.identity, &filter);
+                }
+                connection.subscriptions = session_state.subscriptions;
+                // for using in acklog
+                pending_acks.clone_from(&session_state.unacked_pubrels);
+                outgoing.unacked_pubrels = session_state.unacked_pubrels;
+                session_state.tracker
+            }
+            None => Tracker::new(client_id.clone()),
         };
 
         let ackslog = AckLog::new();
@@ -364,19 +438,51 @@ impl Router {
         if let Some(will) = connection.last_will.take() {
             self.last_wills.insert(
                 client_id.clone(),
-                (will, connection.last_will_properties.take()),
+                SavedWill {
+                    will,
+                    properties: connection.last_will_properties.take(),
+                    identity: connection.identity.clone(),
+                    peer: connection.peer,
+                },
             );
         }
+        // iotsphere patch: a resumed session is subscribed again (upstream did not put it
+        // back in the subscription map, so its filters could not be unsubscribed).
+        let resumed: Vec<Filter> = connection.subscriptions.iter().cloned().collect();
 
+        // iotsphere patch: ClientLimits::max_inflight for clients (see Outgoing).
+        if connection.peer.is_some() {
+            outgoing.set_max_inflight(self.config.client_limits.max_inflight);
+        }
         let connection_id = self.connections.insert(connection);
         assert_eq!(self.ibufs.insert(incoming), connection_id);
         assert_eq!(self.obufs.insert(outgoing), connection_id);
 
         self.connection_map.insert(client_id.clone(), connection_id);
+        for filter in resumed {
+            self.subscription_map
+                .entry(filter)
+                .or_default()
+                .insert(connection_id);
+        }
+        for request in tracker.data_requests.iter() {
+            if let Some(group) = &request.group {
+                self.shared_subscriptions
+                    .entry(group.clone())
+                    .or_insert_with(|| {
+                        SharedGroup::new(
+                            request.cursor,
+                            self.config.shared_subscriptions_strategy.clone(),
+                        )
+                    })
+                    .add_client(client_id.clone());
+            }
+        }
         info!(connection_id, "Client connection registered");
         // iotsphere patch: presence for the hook (see PublishHook::on_connection).
-        if let Some(hook) = &self.config.publish_hook {
-            hook.0.on_connection(&client_id, true);
+        if let Some(hook) = &hook {
+            hook.0
+                .on_connection(&client_of(&self.connections[connection_id]), true);
         }
 
         assert_eq!(self.ackslog.insert(ackslog), connection_id);
@@ -447,8 +553,9 @@ impl Router {
 
         info!("Disconnecting connection");
         // iotsphere patch: presence for the hook (see PublishHook::on_connection).
-        if let Some(hook) = &self.config.publish_hook {
-            hook.0.on_connection(&client_id, false);
+        if let (Some(hook), Some(connection)) = (&self.config.publish_hook, self.connections.get(id))
+        {
+            hook.0.on_connection(&client_of(connection), false);
         }
 
         if let Some(reason_code) = reason {
@@ -500,6 +607,10 @@ impl Router {
         for filter in connection.subscriptions.iter() {
             if let Some(connections) = self.subscription_map.get_mut(filter) {
                 connections.remove(&id);
+                // iotsphere patch: no empty entry left per filter ever subscribed.
+                if connections.is_empty() {
+                    self.subscription_map.remove(filter);
+                }
             }
         }
 
@@ -527,12 +638,14 @@ impl Router {
                 if let Some(cursor) = retransmissions.get(&request.filter_idx) {
                     request.cursor = *cursor;
                     // reset the group cursor
-                    if let Some(group_name) = &request.group {
-                        // TODO: Test this more
-                        self.shared_subscriptions
-                            .get_mut(group_name)
-                            .expect("group must exists")
-                            .cursor = *cursor;
+                    // iotsphere patch: the group is gone when this client was its last
+                    // member (removed above); upstream's `expect` panicked the router.
+                    if let Some(group) = request
+                        .group
+                        .as_ref()
+                        .and_then(|name| self.shared_subscriptions.get_mut(name))
+                    {
+                        group.cursor = *cursor;
                     }
                 }
             }
@@ -542,14 +655,48 @@ impl Router {
                 connection.subscriptions,
                 connection.events,
                 outgoing.unacked_pubrels,
+                connection.identity,
             );
         } else {
-            tracker.pause(PauseReason::Busy);
-            let id = tracker.id.clone();
-            // Only save metrics in clean session
-            self.graveyard.save_metrics(id, connection.events);
+            // iotsphere patch: a clean session leaves nothing behind (see Graveyard).
+            for filter in connection.subscriptions.iter() {
+                self.release_subscription(&connection.identity, filter);
+            }
         }
         self.router_meters.total_connections -= 1;
+    }
+
+    // iotsphere patch: the bookkeeping of ClientLimits::max_subscriptions and of which
+    // commit logs are still used.
+    /// A subscription `identity` no longer holds: its count goes down, and the commit log
+    /// of its filter is freed when no session uses that filter any more.
+    fn release_subscription(&mut self, identity: &str, path: &str) {
+        if let Some(count) = self.identity_subscriptions.get_mut(identity) {
+            *count -= 1;
+            if *count == 0 {
+                self.identity_subscriptions.remove(identity);
+            }
+        }
+        let filter = log_filter(path);
+        let Some(refs) = self.filter_refs.get_mut(filter) else {
+            return;
+        };
+        *refs -= 1;
+        if *refs == 0 {
+            self.filter_refs.remove(filter);
+            if let Some(idx) = self.datalog.filter_idx(filter) {
+                self.datalog.remove_filter(idx);
+            }
+        }
+    }
+
+    /// A saved persistent session that will not be resumed.
+    fn discard_session(&mut self, saved: SavedState) {
+        if let Some(session) = saved.session_state {
+            for filter in session.subscriptions.iter() {
+                self.release_subscription(&saved.identity, filter);
+            }
+        }
     }
 
     /// Handles new incoming data on a topic
@@ -566,6 +713,20 @@ impl Router {
         let client_id = incoming.client_id.clone();
         let span = tracing::error_span!("incoming_payload", client_id);
         let _guard = span.enter();
+        // iotsphere patch: who sent this batch, for the hook and the limits.
+        let hook = self.config.publish_hook.clone();
+        let limits = self.config.client_limits.clone();
+        let (identity, peer) = match self.connections.get(id) {
+            Some(connection) => (connection.identity.clone(), connection.peer),
+            None => return,
+        };
+        let client = Client {
+            client_id: &client_id,
+            identity: &identity,
+            peer,
+        };
+        // The embedding application's own links (no peer) are not limited.
+        let owner = peer.is_some().then_some(identity.as_str());
 
         // Instead of exchanging, we should just append new incoming packets inside cache
         let mut packets = incoming.exchange(self.cache.take().unwrap());
@@ -579,7 +740,7 @@ impl Router {
 
         for packet in packets.drain(0..) {
             match packet {
-                Packet::Publish(publish, properties) => {
+                Packet::Publish(mut publish, properties) => {
                     let span = tracing::error_span!("publish", topic = ?publish.topic, pkid = publish.pkid);
                     let _guard = span.enter();
 
@@ -587,15 +748,23 @@ impl Router {
                     let pkid = publish.pkid;
 
                     // iotsphere patch: authorize / persist before routing and acking.
-                    let routed = match &self.config.publish_hook {
+                    let verdict = match &hook {
                         Some(hook) => hook.0.on_publish(
-                            &client_id,
-                            &publish.topic,
-                            &publish.payload,
-                            qos as u8,
+                            &client,
+                            &Message {
+                                topic: &publish.topic,
+                                payload: &publish.payload,
+                                qos: qos as u8,
+                                retain: publish.retain,
+                                will: false,
+                            },
                         ),
-                        None => true,
+                        None => PublishVerdict::Route,
                     };
+                    if verdict == PublishVerdict::RouteUnretained {
+                        publish.retain = false;
+                    }
+                    let routed = verdict != PublishVerdict::Drop;
 
                     // Prepare acks for the above publish
                     // If any of the publish in the batch results in force flush,
@@ -610,13 +779,6 @@ impl Router {
                     // coordinate using multiple offsets, and we don't have any idea how to do so right now.
                     // Currently as we don't have replication, we just use a single offset, even when appending to
                     // multiple commit logs.
-
-                    // iotsphere patch: a dropped QoS 2 publish would still be routed on
-                    // PUBREL (the router records it), so such a client is disconnected.
-                    if !routed && qos == QoS::ExactlyOnce {
-                        disconnect = true;
-                        break;
-                    }
 
                     match qos {
                         QoS::AtLeastOnce => {
@@ -636,7 +798,21 @@ impl Router {
                             };
 
                             let ackslog = self.ackslog.get_mut(id).unwrap();
-                            ackslog.pubrec(publish, properties, pubrec);
+                            // iotsphere patch: QoS 2 publishes awaiting PUBREL are bounded
+                            // (ClientLimits::max_awaiting_release); a dropped one is
+                            // recorded as nothing, so PUBREL routes nothing.
+                            if owner.is_some()
+                                && !ackslog.is_recorded(pkid)
+                                && ackslog.awaiting_release() >= limits.max_awaiting_release
+                            {
+                                warn!("Too many QoS 2 publishes awaiting PUBREL, disconnecting");
+                                if let Some(hook) = &hook {
+                                    hook.0.on_limit(&client, Limit::AwaitingRelease);
+                                }
+                                disconnect = true;
+                                break;
+                            }
+                            ackslog.pubrec(routed.then_some((publish, properties)), pubrec);
                             force_ack = true;
                             continue;
                         }
@@ -660,12 +836,17 @@ impl Router {
                         &mut self.datalog,
                         &mut self.notifications,
                         &mut self.connections,
+                        owner,
+                        &limits,
                     ) {
-                        Ok(_offset) => {
+                        Ok((_offset, limited)) => {
                             // Even if one of the data in the batch is appended to commitlog,
                             // set new data. This triggers notifications to wake waiters.
                             // Don't overwrite this flag to false if it is already true.
                             new_data = true;
+                            if let (Some(hook), Some(limit)) = (&hook, limited) {
+                                hook.0.on_limit(&client, limit);
+                            }
                         }
                         Err(e) => {
                             // Disconnect on bad publishes
@@ -710,21 +891,48 @@ impl Router {
                             break;
                         }
 
-                        // iotsphere patch: authorize the filter (PublishHook::on_subscribe).
-                        if let Some(hook) = &self.config.publish_hook {
-                            if !hook.0.on_subscribe(&client_id, &f.path) {
+                        // iotsphere patch: authorize the filter (PublishHook::on_subscribe),
+                        // then count it against the identity's subscriptions.
+                        if let Some(hook) = &hook {
+                            if !hook.0.on_subscribe(&client, &f.path) {
                                 return_codes.push(SubscribeReasonCode::Failure);
                                 continue;
                             }
+                        }
+                        let is_new = !connection.subscriptions.contains(&f.path);
+                        if is_new && owner.is_some() {
+                            let held = self.identity_subscriptions.get(&identity).copied();
+                            let limit = hook
+                                .as_ref()
+                                .and_then(|hook| hook.0.max_subscriptions(&client))
+                                .map_or(limits.max_subscriptions, |own| {
+                                    own.min(limits.max_subscriptions)
+                                });
+                            if held.unwrap_or(0) >= limit {
+                                warn!("Too many subscriptions for this identity");
+                                if let Some(hook) = &hook {
+                                    hook.0.on_limit(&client, Limit::Subscriptions);
+                                }
+                                return_codes.push(SubscribeReasonCode::Failure);
+                                continue;
+                            }
+                            *self.identity_subscriptions.entry(identity.clone()).or_default() += 1;
                         }
 
                         let mut filter = f.path.clone();
                         let mut group = None;
 
-                        if let Some((grp, filter_path)) = extract_group(&f.path) {
-                            group = Some(grp);
+                        // iotsphere patch: a shared group is `$share/{name}/{filter}` as a
+                        // whole (MQTT 5 §4.8.2); upstream keyed groups by name alone, so
+                        // subscriptions to different filters in one group name disturbed
+                        // each other.
+                        if let Some((_, filter_path)) = extract_group(&f.path) {
+                            group = Some(f.path.clone());
                             filter = filter_path;
                         };
+                        if is_new {
+                            *self.filter_refs.entry(filter.clone()).or_default() += 1;
+                        }
 
                         let subscription_id = props.as_ref().and_then(|p| p.id);
 
@@ -760,58 +968,50 @@ impl Router {
                     ackslog.suback(suback);
                     force_ack = true;
                 }
+                // iotsphere patch: one UNSUBACK per UNSUBSCRIBE, whether or not the filters
+                // were subscribed (upstream sent one per removed filter and none for the
+                // others, so a client waited for ever), and freed bookkeeping.
                 Packet::Unsubscribe(unsubscribe, _) => {
-                    let connection = self.connections.get_mut(id).unwrap();
                     let pkid = unsubscribe.pkid;
+                    let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
                     for filter in &unsubscribe.filters {
                         let span = tracing::info_span!("unsubscribe", topic = filter, pkid);
                         let _guard = span.enter();
 
                         debug!("Removing subscription on filter {}", filter);
-                        if let Some(connection_ids) = self.subscription_map.get_mut(filter) {
-                            let removed = connection_ids.remove(&id);
-                            if !removed {
-                                continue;
-                            }
-
-                            let meter = &mut self.ibufs.get_mut(id).unwrap().meter;
-                            meter.unregister_subscription(filter);
-
-                            if !connection.subscriptions.remove(filter) {
-                                warn!(
-                                    pkid = unsubscribe.pkid,
-                                    "Unsubscribe failed as filter was not subscribed previously"
-                                );
-                                continue;
-                            }
-
-                            // Remove connections from all groups
-                            // discard empty group ( group with no client )
-                            // note: can we do this in better way?
-                            self.shared_subscriptions.retain(|_, group| {
-                                group.remove_client(&client_id);
-                                !group.is_empty()
-                            });
-
-                            if let Some(broker_aliases) = connection.broker_topic_aliases.as_mut() {
-                                broker_aliases.remove_alias(filter);
-                            }
-
-                            // remove the subscription id
-                            connection.subscription_ids.remove(filter);
-
-                            let unsuback = UnsubAck {
-                                pkid,
-                                // reasons are used in MQTTv5
-                                reasons: vec![UnsubAckReason::Success],
-                            };
-                            let ackslog = self.ackslog.get_mut(id).unwrap();
-                            ackslog.unsuback(unsuback);
-                            self.scheduler.untrack(id, filter);
-                            self.datalog.remove_waiters_for_id(id, filter);
-                            force_ack = true;
+                        let connection = self.connections.get_mut(id).unwrap();
+                        if !connection.subscriptions.remove(filter) {
+                            reasons.push(UnsubAckReason::NoSubscriptionExisted);
+                            continue;
                         }
+                        if let Some(broker_aliases) = connection.broker_topic_aliases.as_mut() {
+                            broker_aliases.remove_alias(filter);
+                        }
+                        connection.subscription_ids.remove(filter);
+                        if let Some(connection_ids) = self.subscription_map.get_mut(filter) {
+                            connection_ids.remove(&id);
+                            if connection_ids.is_empty() {
+                                self.subscription_map.remove(filter);
+                            }
+                        }
+                        let meter = &mut self.ibufs.get_mut(id).unwrap().meter;
+                        meter.unregister_subscription(filter);
+                        if let Some(group) = self.shared_subscriptions.get_mut(filter) {
+                            group.remove_client(&client_id);
+                            if group.is_empty() {
+                                self.shared_subscriptions.remove(filter);
+                            }
+                        }
+                        self.scheduler.untrack(id, filter);
+                        self.datalog
+                            .remove_waiters_for_id(id, &log_filter(filter).to_string());
+                        self.release_subscription(&identity, filter);
+                        reasons.push(UnsubAckReason::Success);
                     }
+                    let unsuback = UnsubAck { pkid, reasons };
+                    let ackslog = self.ackslog.get_mut(id).unwrap();
+                    ackslog.unsuback(unsuback);
+                    force_ack = true;
                 }
                 Packet::PubAck(puback, _) => {
                     let span = tracing::info_span!("puback", pkid = puback.pkid);
@@ -863,12 +1063,13 @@ impl Router {
                     // on reconnection ( with clean session false )
                     // we try to retrive publish assuming broker saved the previous state
                     // successfully in graveyard.
-                    let (publish, props) = match ackslog.pubcomp(pubcomp) {
-                        Some(v) => v,
-                        None => {
-                            disconnect = true;
-                            break;
-                        }
+                    // iotsphere patch: PUBCOMP for a packet id with nothing recorded (a
+                    // PUBREL sent again, or a publish the hook dropped), as MQTT requires;
+                    // upstream disconnected the client.
+                    force_ack = true;
+                    let Some((publish, props)) = ackslog.pubcomp(pubcomp) else {
+                        self.scheduler.reschedule(id, ScheduleReason::IncomingAck);
+                        continue;
                     };
 
                     // Try to append publish to commitlog
@@ -879,12 +1080,17 @@ impl Router {
                         &mut self.datalog,
                         &mut self.notifications,
                         &mut self.connections,
+                        owner,
+                        &limits,
                     ) {
-                        Ok(_offset) => {
+                        Ok((_offset, limited)) => {
                             // Even if one of the data in the batch is appended to commitlog,
                             // set new data. This triggers notifications to wake waiters.
                             // Don't overwrite this flag to false if it is already true.
                             new_data = true;
+                            if let (Some(hook), Some(limit)) = (&hook, limited) {
+                                hook.0.on_limit(&client, limit);
+                            }
                         }
                         Err(e) => {
                             // Disconnect on bad publishes
@@ -1159,11 +1365,17 @@ impl Router {
         #[cfg(feature = "validate-tenant-prefix")]
         let tenant_prefix = tenant_id.map(|id| format!("/tenants/{id}/"));
 
-        let Some((will, will_props)) = self.last_wills.remove(&client_id) else {
+        let Some(SavedWill {
+            will,
+            properties: will_props,
+            identity,
+            peer,
+        }) = self.last_wills.remove(&client_id)
+        else {
             return;
         };
 
-        let publish = Publish {
+        let mut publish = Publish {
             dup: false,
             qos: will.qos,
             retain: will.retain,
@@ -1171,6 +1383,32 @@ impl Router {
             pkid: 0,
             payload: will.message,
         };
+
+        // iotsphere patch: a will is a publish like any other for the hook (ACL, what the
+        // application stores of it); upstream appended it straight to the log.
+        let client = Client {
+            client_id: &client_id,
+            identity: &identity,
+            peer,
+        };
+        let hook = self.config.publish_hook.clone();
+        if let Some(hook) = &hook {
+            let verdict = hook.0.on_publish(
+                &client,
+                &Message {
+                    topic: &publish.topic,
+                    payload: &publish.payload,
+                    qos: publish.qos as u8,
+                    retain: publish.retain,
+                    will: true,
+                },
+            );
+            match verdict {
+                PublishVerdict::Drop => return,
+                PublishVerdict::RouteUnretained => publish.retain = false,
+                PublishVerdict::Route => {}
+            }
+        }
 
         let properties = will_props.map(|props| PublishProperties {
             payload_format_indicator: props.payload_format_indicator,
@@ -1182,15 +1420,27 @@ impl Router {
             ..Default::default()
         });
 
-        match append_will_message(
+        #[cfg(feature = "validate-tenant-prefix")]
+        if let Some(tenant_prefix) = tenant_prefix {
+            let topic = String::from_utf8_lossy(&publish.topic);
+            if !topic.starts_with(&tenant_prefix) {
+                error!(topic = %topic, "Will outside its tenant's prefix dropped");
+                return;
+            }
+        }
+
+        match append_message(
             publish,
             properties,
             &mut self.datalog,
             &mut self.notifications,
-            #[cfg(feature = "validate-tenant-prefix")]
-            tenant_prefix,
+            peer.is_some().then_some(identity.as_str()),
+            &self.config.client_limits,
         ) {
-            Ok(_offset) => {
+            Ok((_offset, limited)) => {
+                if let (Some(hook), Some(limit)) = (&hook, limited) {
+                    hook.0.on_limit(&client, limit);
+                }
                 // Prepare all the consumers which are waiting for new data
                 while let Some((id, request)) = self.notifications.pop_front() {
                     self.scheduler.track(id, request);
@@ -1243,6 +1493,7 @@ impl Router {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn append_to_commitlog(
     id: ConnectionId,
     mut publish: Publish,
@@ -1250,7 +1501,9 @@ fn append_to_commitlog(
     datalog: &mut DataLog,
     notifications: &mut VecDeque<(ConnectionId, DataRequest)>,
     connections: &mut Slab<Connection>,
-) -> Result<Offset, RouterError> {
+    owner: Option<&str>,
+    limits: &ClientLimits,
+) -> Result<(Offset, Option<Limit>), RouterError> {
     let connection = connections.get_mut(id).unwrap();
 
     let topic_alias = properties.as_mut().and_then(|p| {
@@ -1273,11 +1526,10 @@ fn append_to_commitlog(
         validate_and_set_topic_alias(&mut publish, connection, alias)?;
     };
 
-    let topic = std::str::from_utf8(&publish.topic)?;
-
     // Ensure that only clients associated with a tenant can publish to tenant's topic
     #[cfg(feature = "validate-tenant-prefix")]
     if let Some(tenant_prefix) = &connection.tenant_prefix {
+        let topic = std::str::from_utf8(&publish.topic)?;
         if !topic.starts_with(tenant_prefix) {
             return Err(RouterError::BadTenant(
                 tenant_prefix.to_owned(),
@@ -1286,81 +1538,30 @@ fn append_to_commitlog(
         }
     }
 
-    if publish.payload.is_empty() {
-        datalog.remove_from_retained_publishes(topic.to_owned());
-    } else if publish.retain {
-        datalog.insert_to_retained_publishes(publish.clone(), properties.clone(), topic.to_owned());
-    }
-
-    // after recording retained message, we also send that message to existing subscribers
-    // as normal publish message. Therefore we are setting retain to false
-    publish.retain = false;
-    let pkid = publish.pkid;
-
-    let filter_idxs = datalog.matches(topic);
-
-    // Create a dynamic filter if dynamic_filters are enabled for this connection
-    let filter_idxs = match filter_idxs {
-        Some(v) => v,
-        None if connection.dynamic_filters => {
-            let (idx, _cursor) = datalog.next_native_offset(topic);
-            vec![idx]
-        }
-        None => return Err(RouterError::NoMatchingFilters(topic.to_owned())),
-    };
-
-    let mut o = (0, 0);
-    for filter_idx in filter_idxs {
-        let datalog = datalog.native.get_mut(filter_idx).unwrap();
-        let publish_data = (publish.clone(), properties.clone());
-        let (offset, filter) = datalog.append(publish_data.into(), notifications);
-        debug!(
-            pkid,
-            "Appended to commitlog: {}[{}, {})", filter, offset.0, offset.1,
-        );
-
-        o = offset;
-    }
-
-    // error!("{:15.15}[E] {:20} topic = {}", connections[id].client_id, "no-filter", topic);
-    Ok(o)
+    append_message(publish, properties, datalog, notifications, owner, limits)
 }
 
-fn append_will_message(
+// iotsphere patch: one path for publishes and wills (upstream had two copies). Retained
+// messages are kept within `limits` for `owner` (beyond: routed, not retained, and the
+// limit is returned); only a retained publish with no payload removes a retained message
+// (upstream: any publish with no payload did); a publish no filter matches goes nowhere.
+fn append_message(
     mut publish: Publish,
     properties: Option<PublishProperties>,
     datalog: &mut DataLog,
     notifications: &mut VecDeque<(ConnectionId, DataRequest)>,
-    #[cfg(feature = "validate-tenant-prefix")] tenant_prefix: Option<String>,
-) -> Result<Offset, RouterError> {
-    // TODO: broker should properly send the disconnect packet!
-    if properties
-        .as_ref()
-        .is_some_and(|p| !p.subscription_identifiers.is_empty())
-    {
-        error!("A PUBLISH packet sent from a Client to a Server MUST NOT contain a Subscription Identifier");
-        return Err(RouterError::Disconnect(
-            DisconnectReasonCode::MalformedPacket,
-        ));
-    }
-
-    let topic = std::str::from_utf8(&publish.topic)?;
-
-    // Ensure that only clients associated with a tenant can publish to tenant's topic
-    #[cfg(feature = "validate-tenant-prefix")]
-    if let Some(tenant_prefix) = tenant_prefix {
-        if !topic.starts_with(&tenant_prefix) {
-            return Err(RouterError::BadTenant(
-                tenant_prefix.to_owned(),
-                topic.to_owned(),
-            ));
+    owner: Option<&str>,
+    limits: &ClientLimits,
+) -> Result<(Offset, Option<Limit>), RouterError> {
+    let topic = std::str::from_utf8(&publish.topic)?.to_owned();
+    let mut limited = None;
+    if publish.retain {
+        if publish.payload.is_empty() {
+            datalog.retained.remove(&topic);
+        } else {
+            let data = (publish.clone(), properties.clone()).into();
+            limited = datalog.retained.insert(topic.clone(), data, owner, limits).err();
         }
-    }
-
-    if publish.payload.is_empty() {
-        datalog.remove_from_retained_publishes(topic.to_owned());
-    } else if publish.retain {
-        datalog.insert_to_retained_publishes(publish.clone(), properties.clone(), topic.to_owned());
     }
 
     // after recording retained message, we also send that message to existing subscribers
@@ -1368,15 +1569,8 @@ fn append_will_message(
     publish.retain = false;
     let pkid = publish.pkid;
 
-    let filter_idxs = datalog.matches(topic);
-
-    let filter_idxs = match filter_idxs {
-        Some(v) => v,
-        None => return Err(RouterError::NoMatchingFilters(topic.to_owned())),
-    };
-
     let mut o = (0, 0);
-    for filter_idx in filter_idxs {
+    for filter_idx in datalog.matches(&topic).unwrap_or_default() {
         let datalog = datalog.native.get_mut(filter_idx).unwrap();
         let publish_data = (publish.clone(), properties.clone());
         let (offset, filter) = datalog.append(publish_data.into(), notifications);
@@ -1388,7 +1582,7 @@ fn append_will_message(
         o = offset;
     }
 
-    Ok(o)
+    Ok((o, limited))
 }
 
 fn validate_and_set_topic_alias(

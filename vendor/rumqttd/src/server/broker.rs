@@ -386,16 +386,30 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
             listen_addr = self.config.listen.to_string(),
             "Listening for remote connections",
         );
+        // iotsphere patch: accept errors in a row (see below).
+        let mut accept_errors: u32 = 0;
         loop {
             // Await new network connection.
             let (stream, addr) = match listener.accept().await {
                 Ok((s, r)) => {
                     // iotsphere patch: no Nagle delay on small MQTT packets (p99 latency).
                     let _ = s.set_nodelay(true);
+                    if accept_errors > 0 {
+                        warn!(target: "audit", errors = accept_errors, "accepting connections again");
+                        accept_errors = 0;
+                    }
                     (s, r)
                 }
                 Err(e) => {
-                    error!(error=?e, "Unable to accept socket.");
+                    // iotsphere patch: out of file descriptors (EMFILE/ENFILE) the error
+                    // repeats at once; upstream retried in a loop that spun a core. Back
+                    // off 10 ms doubling to 1 s, and log once per episode.
+                    if accept_errors == 0 {
+                        warn!(target: "audit", error = %e, "cannot accept connections (backing off)");
+                    }
+                    accept_errors = accept_errors.saturating_add(1);
+                    let backoff = 10u64 << accept_errors.min(7);
+                    time::sleep(Duration::from_millis(backoff.min(1000))).await;
                     continue;
                 }
             };
@@ -535,7 +549,7 @@ async fn remote<P: Protocol>(
     let dynamic_filters = config.dynamic_filters;
 
     let peer_addr = peer.addr;
-    let connect_packet = match mqtt_connect(config, &mut network, peer).await {
+    let (connect_packet, mut identity) = match mqtt_connect(config, &mut network, peer).await {
         Ok(p) => p,
         Err(e) => {
             error!(error=?e, ?peer_addr, "Error while handling MQTT connect packet");
@@ -555,6 +569,11 @@ async fn remote<P: Protocol>(
         let uuid = Uuid::new_v4().simple();
         client_id = format!("rumqtt-{uuid}");
         assigned_client_id = Some(client_id.clone());
+    }
+
+    // iotsphere patch: without a connect handler's identity, a client is its client id.
+    if identity.is_empty() {
+        identity.clone_from(&client_id);
     }
 
     if let Some(tenant_id) = &tenant_id {
@@ -589,12 +608,16 @@ async fn remote<P: Protocol>(
         connect_packet,
         dynamic_filters,
         assigned_client_id,
+        identity,
+        peer_addr,
     )
     .await
     {
         Ok(l) => l,
         Err(e) => {
             error!(error=?e, "Remote link error");
+            // iotsphere patch: a connection the router refused leaves no will waiting.
+            will_handlers.lock().unwrap().remove(&client_id);
             return;
         }
     };
