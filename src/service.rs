@@ -40,7 +40,7 @@ pub struct Outgoing {
     pub retain: bool,
 }
 
-/// Per-device token bucket: `rate_per_sec` sustained, `burst` at once (DESIGN.md §10).
+/// Per-device token bucket: `rate_per_sec` sustained, `burst` at once (docs/DESIGN.md §10).
 struct RateLimiter {
     rate_per_sec: f64,
     burst: f64,

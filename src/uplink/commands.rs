@@ -1,4 +1,4 @@
-//! Commands from MongoDB to devices (DESIGN.md §6): a `commands` document with
+//! Commands from MongoDB to devices (docs/DESIGN.md §6): a `commands` document with
 //! `status: "pending"` for a device this gateway serves is marked `sent` (conditionally, so
 //! two gateways or a restart never send it twice) and published to
 //! `devices/{id}/commands/request` as `{"commandId", "name", "args"}`. Past `expiresAt` it

@@ -1,4 +1,4 @@
-//! The MongoDB uplink (DESIGN.md §6): shadows mirrored to `shadows`, telemetry to
+//! The MongoDB uplink (docs/DESIGN.md §6): shadows mirrored to `shadows`, telemetry to
 //! `telemetry`, commands from `commands`, and cloud changes to `desired` pushed back to the
 //! devices through a change stream (or polling where the server cannot stream).
 //!
