@@ -28,20 +28,11 @@ use futures_util::StreamExt;
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document as BsonDocument};
 use mongodb::options::FullDocumentType;
 use mongodb::Database;
-use serde::Serialize;
 use tokio::sync::Notify;
 
 use super::status::UplinkMode;
+use crate::messages::CommandRequest;
 use crate::store::ShadowStore;
-
-/// What the device receives on `commands/request`.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CommandRequest {
-    pub command_id: String,
-    pub name: String,
-    pub args: serde_json::Value,
-}
 
 /// Publishes a command request to a device (the uplink's broker link).
 pub trait CommandSink: Send {

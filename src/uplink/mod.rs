@@ -29,7 +29,8 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Database, IndexModel};
 use tokio::sync::watch;
 
-pub use commands::{CommandRequest, CommandSink};
+pub use crate::messages::CommandRequest;
+pub use commands::CommandSink;
 pub use lease::{Fence, LeaseRole, LeaseState};
 pub use status::{UplinkMode, UplinkReport, UplinkStatus};
 pub use watcher::CloudDesired;
