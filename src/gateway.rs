@@ -23,6 +23,7 @@ use crate::alerts::{self, AlertRule, AlertTask, Engine, OpenAlerts};
 use crate::auth::{Access, AuthError};
 use crate::bridge::{Bridge, BridgeError, BRIDGE_CLIENT_ID};
 use crate::broker::hook::{GatewayHook, LimitLog, StepDown};
+use crate::broker::tap::Tap;
 use crate::broker::{self, BrokerError, EmbeddedBroker, GatewayLink};
 use crate::config::{AuthMode, GatewayConfig};
 use crate::http::{self, HealthState, StoreProbe};
@@ -172,9 +173,7 @@ pub async fn run(
             users.clone(),
         )),
     };
-    let ingest = outbox
-        .clone()
-        .map(|outbox| Ingest::new(topics.clone(), outbox, store.db().clone()));
+    let ingest = outbox.clone().map(Ingest::new);
     let alert_engine = Engine::new(
         config
             .alerts
@@ -202,14 +201,23 @@ pub async fn run(
     let (lease, lease_role) = watch::channel(LeaseState::default());
     let lease_role = (uplink_enabled && !config.mongodb.lease.is_empty()).then_some(lease_role);
     let step_down = StepDown::default();
+    let mut taps: Vec<Box<dyn Tap>> = Vec::new();
+    if let Some(ingest) = ingest {
+        taps.push(Box::new(ingest));
+    }
+    if let Some(feed) = alert_feed.clone() {
+        taps.push(Box::new(feed));
+    }
+    if let Some(capture) = capture {
+        taps.push(Box::new(capture));
+    }
     let hook: Arc<dyn PublishHook> = Arc::new(GatewayHook {
         topics: topics.clone(),
         metrics: metrics.clone(),
         access: access.clone(),
-        ingest,
         store: store.clone(),
-        alerts: alert_feed.clone(),
-        bridge: capture,
+        taps,
+        unflushed: Default::default(),
         command_listeners: command_listeners.clone(),
         step_down: step_down.clone(),
         limits: LimitLog::default(),

@@ -8,6 +8,7 @@
 
 pub mod hook;
 pub mod link;
+pub mod tap;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
