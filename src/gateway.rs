@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use rumqttd::PublishHook;
 
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{watch, Notify};
 
 use crate::alerts::{self, AlertFeed, AlertInbox, AlertRule, AlertTask, Engine, OpenAlerts};
@@ -123,6 +123,9 @@ pub async fn run(
 ) -> Result<(), GatewayError> {
     let started = Instant::now();
     let hangup = signal(SignalKind::hangup()).map_err(GatewayError::Signal)?;
+    // Installed before the listeners open: a SIGTERM right after start-up is a shutdown,
+    // not the default action (killed, exit status 143).
+    let term = signal(SignalKind::terminate()).map_err(GatewayError::Signal)?;
     warn_if_insecure(&config);
     let parts = build(&config)?;
     let Running {
@@ -144,7 +147,7 @@ pub async fn run(
         .run(hangup),
     );
     announce_ready(notifier.as_ref(), system_task);
-    let outcome = wait(&mut done).await;
+    let outcome = wait(term, &mut done).await;
     stop(stop_tx, done, &store, outcome).await
 }
 
@@ -596,10 +599,14 @@ fn announce_ready(notifier: Option<&Notifier>, system_task: SystemTask) {
 }
 
 /// Until SIGTERM / Ctrl-C (`Ok`) or the end of the shadow service (an error).
-async fn wait(done: &mut Done) -> Result<(), GatewayError> {
+async fn wait(mut term: Signal, done: &mut Done) -> Result<(), GatewayError> {
     tokio::select! {
-        signal = shutdown_signal() => {
-            signal?;
+        _ = term.recv() => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+        result = tokio::signal::ctrl_c() => {
+            result.map_err(GatewayError::Signal)?;
             tracing::info!("shutting down");
             Ok(())
         }
@@ -631,13 +638,4 @@ async fn stop(
         tracing::error!(error = %e, "the shadow store could not be flushed at shutdown");
     }
     outcome
-}
-
-async fn shutdown_signal() -> Result<(), GatewayError> {
-    let mut term = signal(SignalKind::terminate()).map_err(GatewayError::Signal)?;
-    tokio::select! {
-        _ = term.recv() => {}
-        result = tokio::signal::ctrl_c() => result.map_err(GatewayError::Signal)?,
-    }
-    Ok(())
 }
