@@ -27,6 +27,7 @@ use sled::IVec;
 
 use crate::codec::{self, Encoding};
 use crate::config::{OutboxSection, WhenFull};
+pub use crate::reports::OutboxStats;
 use crate::shadow::Document;
 use crate::store::StoreError;
 use crate::telemetry::Reading;
@@ -120,20 +121,6 @@ pub struct Pending {
     pub key: IVec,
     pub raw: IVec,
     pub entry: Entry,
-}
-
-/// Counts for `/health/uplink` and `outbox stats`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct OutboxStats {
-    pub items: usize,
-    pub shadows: usize,
-    pub dead: usize,
-    pub bytes: u64,
-    pub oldest_age_secs: Option<u64>,
-    pub dropped_full: u64,
-    pub dropped_expired: u64,
-    pub dead_lettered: u64,
 }
 
 #[derive(Debug, Default)]

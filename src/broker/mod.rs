@@ -24,9 +24,9 @@ use tokio::sync::watch;
 
 use crate::auth::{admit_anonymous, Access, ConnectAttempt, Refusal};
 use crate::config::MqttSection;
+use crate::lease::{LeaseRole, LeaseState};
 use crate::messages::Outgoing;
 use crate::metrics::Metrics;
-use crate::uplink::{LeaseRole, LeaseState};
 
 /// Messages the router hands a connection per scheduling round before it must ask for more.
 const MAX_OUTGOING_PACKET_COUNT: u64 = 200;
