@@ -43,6 +43,7 @@
 
 pub mod admin;
 pub mod alert_event;
+pub mod alert_rule;
 pub mod alerts;
 pub mod audit;
 pub mod auth;
@@ -51,6 +52,7 @@ pub mod batch;
 pub mod bridge;
 pub mod broker;
 pub mod certs;
+pub mod cloud;
 pub mod codec;
 pub mod config;
 pub mod gateway;

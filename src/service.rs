@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 use crate::alerts::AlertFeed;
+use crate::cloud::{CloudDesired, FromCloud};
 use crate::codec::{self, DecodeError, Encoding, ShadowRequest};
 use crate::config::GatewayConfig;
 use crate::messages::{Outgoing, Replies};
@@ -30,7 +31,6 @@ use crate::outbox::{Outbox, ToCloud};
 use crate::shadow::{self, Document, ErrorCode, Limits, Rejection, Section, Update};
 use crate::store::{ShadowStore, StoreError, StoredShadow};
 use crate::topics::{Route, ShadowTopic, Topics};
-use crate::uplink::{CloudDesired, FromCloud};
 
 /// Per-device token bucket: `rate_per_sec` sustained, `burst` at once (docs/DESIGN.md §10).
 struct RateLimiter {

@@ -13,7 +13,6 @@
 //!   ticks once a second and publishes.
 
 pub mod engine;
-pub mod rule;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -21,8 +20,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+pub use crate::alert_rule::{AlertRule, Severity};
 pub use engine::{AlertEvent, AlertState, Engine, Observation};
-pub use rule::{AlertRule, Severity};
 
 use crate::broker::tap::{Seen, Tap};
 use crate::broker::GatewayLink;

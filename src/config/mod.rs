@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::alert_rule::AlertRuleConfig;
+
 mod load;
 #[cfg(test)]
 mod tests;
@@ -45,35 +47,6 @@ pub struct GatewayConfig {
     pub log: LogSection,
     /// `[[alerts]]`: alert rules.
     pub alerts: Vec<AlertRuleConfig>,
-}
-
-/// An alert rule as written in the config (checked by `alerts::AlertRule::parse`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AlertRuleConfig {
-    pub name: String,
-    /// `telemetry.<kind>[.<field>]`, `reported.<field>` or `offline`.
-    pub source: String,
-    /// `> N`, `>= N`, `< N`, `<= N`, `== V`, `!= V` or `changed`; empty for `offline`.
-    pub condition: String,
-    /// How long the condition must hold before the alert fires (and stop before it clears).
-    #[serde(rename = "for")]
-    pub hold: String,
-    pub severity: crate::alert_event::Severity,
-    pub cooldown: String,
-}
-
-impl Default for AlertRuleConfig {
-    fn default() -> Self {
-        Self {
-            name: String::new(),
-            source: String::new(),
-            condition: String::new(),
-            hold: "0s".into(),
-            severity: crate::alert_event::Severity::Warning,
-            cooldown: "10m".into(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

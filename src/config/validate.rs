@@ -263,7 +263,7 @@ fn check_mongodb(config: &GatewayConfig, problem: &mut impl FnMut(&str, String))
 fn check_alerts(config: &GatewayConfig, problem: &mut impl FnMut(&str, String)) {
     let mut rule_names = std::collections::HashSet::new();
     for (index, rule) in config.alerts.iter().enumerate() {
-        if let Err((field, message)) = crate::alerts::AlertRule::parse(rule) {
+        if let Err((field, message)) = crate::alert_rule::AlertRule::parse(rule) {
             problem(&format!("alerts[{index}].{field}"), message);
         } else if !rule_names.insert(rule.name.as_str()) {
             problem(

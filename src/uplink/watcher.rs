@@ -33,7 +33,8 @@ use tokio::sync::watch;
 
 use super::status::{UplinkMode, UplinkStatus};
 use super::writer::OwnWrites;
-use super::{FromCloud, DEVICE_IDS_PER_QUERY};
+use super::DEVICE_IDS_PER_QUERY;
+use crate::cloud::{CloudDesired, FromCloud};
 use crate::shadow::Object;
 use crate::store::ShadowStore;
 
@@ -42,15 +43,6 @@ const HISTORY_LOST: i32 = 286;
 /// Polling sees no handover events: every this many polls it looks for local devices
 /// claimed elsewhere.
 const RELEASE_CHECK_POLLS: u64 = 10;
-
-/// A desired change from the cloud, for the shadow service to apply.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CloudDesired {
-    pub device_id: String,
-    /// A partial desired update, or with `replace` the whole desired section.
-    pub state: Object,
-    pub replace: bool,
-}
 
 /// Everything the watcher needs.
 pub struct Watcher {

@@ -20,9 +20,9 @@ use serde_json::Value;
 
 use super::lease::Fence;
 use super::status::UplinkStatus;
-use super::watcher::CloudDesired;
 use super::FromCloud;
 use crate::backoff::Backoff;
+use crate::cloud::CloudDesired;
 use crate::outbox::{CommandResult, Outbox, Pending, TelemetryRecord, ToCloud};
 use crate::shadow::Document;
 use crate::store::{ShadowStore, StoreError};
