@@ -25,7 +25,7 @@ use crate::auth::{Access, AuthError};
 use crate::bridge::{Bridge, BridgeError, BRIDGE_CLIENT_ID};
 use crate::broker::hook::{GatewayHook, LimitLog, StepDown};
 use crate::broker::tap::Tap;
-use crate::broker::{self, BrokerError, EmbeddedBroker, GatewayLink};
+use crate::broker::{BrokerError, EmbeddedBroker, GatewayLink};
 use crate::config::{AuthMode, GatewayConfig};
 use crate::http::{self, HealthState, StoreProbe};
 use crate::ingest::Ingest;
@@ -34,7 +34,7 @@ use crate::messages::Replies;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, OutboxLimits};
 use crate::reload::Reloader;
-use crate::service::{ServiceSettings, ShadowService};
+use crate::service::{link_loop, ServiceSettings, ShadowService};
 use crate::store::{ShadowStore, StoreError};
 use crate::system::SystemTask;
 use crate::systemd::Notifier;
@@ -578,9 +578,7 @@ fn spawn_shadow_service(
                 .build()
                 .map_err(|e| BrokerError::Start(e.to_string()))
                 .and_then(|runtime| {
-                    runtime.block_on(broker::link::run(
-                        link, service, replies, stop_rx, from_cloud,
-                    ))
+                    runtime.block_on(link_loop::run(link, service, replies, stop_rx, from_cloud))
                 });
             let _ = done_tx.send(result);
         })

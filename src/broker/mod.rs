@@ -7,7 +7,6 @@
 //! Payloads above `mqtt.max_payload_bytes` make rumqttd close the connection.
 
 pub mod hook;
-pub mod link;
 pub mod tap;
 
 use std::collections::HashMap;

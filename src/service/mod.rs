@@ -2,7 +2,7 @@
 //! messages to publish — `document`, `delta`, `rejected` — in the requester's encoding.
 //!
 //! It knows topics, payloads and the store; it does not know the broker: the link loop
-//! (`broker::link`) feeds it requests in batches, calls [`ShadowService::commit`] once per
+//! (`service::link_loop`) feeds it requests in batches, calls [`ShadowService::commit`] once per
 //! batch (one fsync), and only then publishes what the batch produced. Every refused
 //! request gets a `rejected` reply; nothing is dropped silently.
 //!
@@ -21,6 +21,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
+pub mod link_loop;
+mod rate;
+
+use rate::RateLimiter;
+
 use crate::alerts::AlertFeed;
 use crate::cloud::{CloudDesired, FromCloud};
 use crate::codec::{self, DecodeError, Encoding, ShadowRequest};
@@ -31,58 +36,6 @@ use crate::outbox::{Outbox, ToCloud};
 use crate::shadow::{self, Document, ErrorCode, Limits, Rejection, Section, Update};
 use crate::store::{ShadowStore, StoreError, StoredShadow};
 use crate::topics::{Route, ShadowTopic, Topics};
-
-/// Per-device token bucket: `rate_per_sec` sustained, `burst` at once (docs/DESIGN.md §10).
-struct RateLimiter {
-    rate_per_sec: f64,
-    burst: f64,
-    buckets: HashMap<String, (f64, Instant)>,
-}
-
-/// Above this many tracked devices, idle buckets (full again) are forgotten, so requests
-/// for random device ids cannot grow memory without bound.
-const RATE_BUCKETS_PRUNE_AT: usize = 20_000;
-
-impl RateLimiter {
-    fn new(rate_per_sec: u32, burst: u32) -> Self {
-        Self {
-            rate_per_sec: f64::from(rate_per_sec),
-            burst: f64::from(burst),
-            buckets: HashMap::new(),
-        }
-    }
-
-    /// New limits from a reload; buckets keep their tokens, capped at the new burst.
-    fn set_limits(&mut self, rate_per_sec: u32, burst: u32) {
-        self.rate_per_sec = f64::from(rate_per_sec);
-        self.burst = f64::from(burst);
-        for (tokens, _) in self.buckets.values_mut() {
-            *tokens = tokens.min(self.burst);
-        }
-    }
-
-    fn allow(&mut self, device_id: &str, now: Instant) -> bool {
-        if self.buckets.len() >= RATE_BUCKETS_PRUNE_AT {
-            let (rate, burst) = (self.rate_per_sec, self.burst);
-            self.buckets.retain(|_, (tokens, at)| {
-                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
-            });
-        }
-        let (tokens, at) = self
-            .buckets
-            .entry(device_id.to_string())
-            .or_insert((self.burst, now));
-        *tokens =
-            (*tokens + now.duration_since(*at).as_secs_f64() * self.rate_per_sec).min(self.burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
 
 /// Settings the service needs from the configuration.
 #[derive(Debug, Clone)]
