@@ -124,7 +124,7 @@ mod tests {
         assert_eq!(alice.devices.iter().collect::<Vec<_>>(), ["h1"]);
         assert_eq!(
             alice.preferences.severities,
-            Some([crate::alerts::Severity::Critical].into())
+            Some([crate::alert_event::Severity::Critical].into())
         );
         assert!(user(&doc! {"_id": 5, "devices": []}).is_none());
         assert!(user(&doc! {"_id": "bob", "devices": "h1"}).is_none());

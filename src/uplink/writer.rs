@@ -604,9 +604,9 @@ fn telemetry_document(gateway_id: &str, record: &TelemetryRecord) -> BsonDocumen
 async fn write_alert(
     db: &Database,
     gateway_id: &str,
-    event: &crate::alerts::AlertEvent,
+    event: &crate::alert_event::AlertEvent,
 ) -> Result<(), mongodb::error::Error> {
-    use crate::alerts::AlertState;
+    use crate::alert_event::AlertState;
     let at = DateTime::from_millis(event.at_ms);
     let severity = bson::to_bson(&event.severity).unwrap_or(Bson::Null);
     let update = match event.state {
