@@ -74,7 +74,7 @@ pub async fn start(
     config: &GatewayConfig,
     store: ShadowStore,
     outbox: Outbox,
-    mut commands: Box<dyn CommandSink>,
+    commands: Box<dyn CommandSink>,
     directory: crate::users::Directory,
     lease: watch::Sender<LeaseState>,
 ) -> Result<Uplink, UplinkError> {
@@ -139,22 +139,56 @@ pub async fn start(
         poll_interval,
         to_service,
     };
-    let preference = mongo.change_streams;
-    let retention = [
-        ("telemetry", "ts", mongo.telemetry_retention_days),
-        ("alerts", "firedAt", mongo.alerts_retention_days),
-    ];
-    let supervisor_status = status.clone();
-    tokio::spawn(async move {
+    tokio::spawn(
+        Supervisor {
+            db,
+            watcher,
+            store,
+            commands,
+            directory,
+            preference: mongo.change_streams,
+            retention: [
+                ("telemetry", "ts", mongo.telemetry_retention_days),
+                ("alerts", "firedAt", mongo.alerts_retention_days),
+            ],
+            poll_interval,
+            status: status.clone(),
+        }
+        .run(),
+    );
+    Ok(Uplink {
+        from_cloud,
+        claims,
+        status,
+    })
+}
+
+/// Connects to MongoDB (retrying with backoff), prepares indexes and retention, then runs
+/// the watcher, the command dispatch and the users' sync until one fails; and again.
+struct Supervisor {
+    db: Database,
+    watcher: watcher::Watcher,
+    store: ShadowStore,
+    commands: Box<dyn CommandSink>,
+    directory: crate::users::Directory,
+    preference: ChangeStreams,
+    /// `(collection, timestamp field, days)` kept by a TTL index.
+    retention: [(&'static str, &'static str, u32); 2],
+    poll_interval: Duration,
+    status: UplinkStatus,
+}
+
+impl Supervisor {
+    async fn run(mut self) {
         let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
         let mut forced_polling = false;
         loop {
-            let mode = match detect_mode(&db, preference, forced_polling).await {
+            let mode = match detect_mode(&self.db, self.preference, forced_polling).await {
                 Ok(mode) => mode,
                 Err(e) => {
                     let retry = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?retry, "MongoDB unreachable");
-                    supervisor_status.update(|r| {
+                    self.status.update(|r| {
                         r.mode = UplinkMode::Offline;
                         r.connected = false;
                         r.unreachable = true;
@@ -163,11 +197,11 @@ pub async fn start(
                     continue;
                 }
             };
-            ensure_indexes(&db).await;
-            for (collection, field, days) in retention {
-                ensure_retention(&db, collection, field, days).await;
+            ensure_indexes(&self.db).await;
+            for (collection, field, days) in self.retention {
+                ensure_retention(&self.db, collection, field, days).await;
             }
-            supervisor_status.update(|r| {
+            self.status.update(|r| {
                 r.mode = mode;
                 r.connected = true;
                 r.unreachable = false;
@@ -175,28 +209,23 @@ pub async fn start(
             tracing::info!(?mode, "MongoDB uplink connected");
             backoff.reset();
             let result = tokio::select! {
-                r = watcher.run(mode) => r,
-                r = commands::run(&db, &store, mode, poll_interval, commands.as_mut()) => r,
-                r = users::run(&db, mode, &directory) => r,
+                r = self.watcher.run(mode) => r,
+                r = commands::run(&self.db, &self.store, mode, self.poll_interval, self.commands.as_mut()) => r,
+                r = users::run(&self.db, mode, &self.directory) => r,
             };
             match result {
                 Err(e) if watcher::error_code(&e) == Some(NOT_A_REPLICA_SET) => {
                     tracing::warn!("the server cannot do change streams (40573): polling instead");
-                    forced_polling = preference != ChangeStreams::On;
+                    forced_polling = self.preference != ChangeStreams::On;
                 }
                 Err(e) => tracing::warn!(error = %e, "MongoDB uplink interrupted; reconnecting"),
                 // A stream the server closed: reconnect too, but never in a tight loop.
                 Ok(()) => tracing::warn!("a MongoDB stream ended; reconnecting"),
             }
-            supervisor_status.update(|r| r.connected = false);
+            self.status.update(|r| r.connected = false);
             tokio::time::sleep(backoff.next_delay()).await;
         }
-    });
-    Ok(Uplink {
-        from_cloud,
-        claims,
-        status,
-    })
+    }
 }
 
 async fn connect(mongo: &MongoSection, gateway_id: &str) -> Result<Database, UplinkError> {
