@@ -17,6 +17,7 @@
 pub mod commands;
 pub mod handover;
 pub mod lease;
+pub mod mongo;
 pub mod status;
 pub mod users;
 pub mod watcher;
@@ -40,6 +41,10 @@ use crate::backoff::Backoff;
 use crate::config::{ChangeStreams, GatewayConfig, MongoSection};
 use crate::outbox::{Outbox, OutboxStats};
 use crate::store::ShadowStore;
+use mongo::{
+    error_code, ALERTS, COMMANDS, INDEX_KEY_SPECS_CONFLICT, INDEX_OPTIONS_CONFLICT,
+    NOT_A_REPLICA_SET, SHADOWS, TELEMETRY,
+};
 
 /// How long the driver looks for a usable server before an operation fails (its default
 /// of 30 s would leave writes hanging long after the uplink is gone).
@@ -48,8 +53,6 @@ const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(15);
 /// Device ids per `$in` query about the devices this gateway serves.
 const DEVICE_IDS_PER_QUERY: usize = 1000;
-/// Error code of a change stream on a standalone server.
-const NOT_A_REPLICA_SET: i32 = 40573;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
@@ -148,8 +151,8 @@ pub async fn start(
             directory,
             preference: mongo.change_streams,
             retention: [
-                ("telemetry", "ts", mongo.telemetry_retention_days),
-                ("alerts", "firedAt", mongo.alerts_retention_days),
+                (TELEMETRY, "ts", mongo.telemetry_retention_days),
+                (ALERTS, "firedAt", mongo.alerts_retention_days),
             ],
             poll_interval,
             status: status.clone(),
@@ -214,7 +217,7 @@ impl Supervisor {
                 r = users::run(&self.db, mode, &self.directory) => r,
             };
             match result {
-                Err(e) if watcher::error_code(&e) == Some(NOT_A_REPLICA_SET) => {
+                Err(e) if error_code(&e) == Some(NOT_A_REPLICA_SET) => {
                     tracing::warn!("the server cannot do change streams (40573): polling instead");
                     forced_polling = self.preference != ChangeStreams::On;
                 }
@@ -298,8 +301,6 @@ async fn detect_mode(
 
 /// Name of the TTL index the gateway keeps on a collection it writes.
 const RETENTION_INDEX: &str = "retention_ttl";
-const INDEX_OPTIONS_CONFLICT: i32 = 85;
-const INDEX_KEY_SPECS_CONFLICT: i32 = 86;
 
 /// Keeps `collection` for `days` (by the date in `field`) with a TTL index; 0 = for ever
 /// (the gateway's TTL index, if any, is dropped). A changed retention replaces the index
@@ -331,7 +332,7 @@ async fn ensure_retention(db: &Database, collection: &str, field: &str, days: u3
     let result = match collection.create_index(index()).await {
         Err(e)
             if matches!(
-                watcher::error_code(&e),
+                error_code(&e),
                 Some(INDEX_OPTIONS_CONFLICT | INDEX_KEY_SPECS_CONFLICT)
             ) =>
         {
@@ -362,18 +363,18 @@ async fn ensure_indexes(db: &Database) {
     };
     let wanted = [
         (
-            "shadows",
+            SHADOWS,
             named(doc! {"gatewayId": 1, "updatedAt": 1}, "gatewayId_updatedAt"),
         ),
         (
-            "commands",
+            COMMANDS,
             named(
                 doc! {"status": 1, "deviceId": 1, "createdAt": 1},
                 "status_deviceId_createdAt",
             ),
         ),
         (
-            "telemetry",
+            TELEMETRY,
             named(doc! {"deviceId": 1, "ts": 1}, "deviceId_ts"),
         ),
     ];
