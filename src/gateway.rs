@@ -32,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::outbox::{Outbox, OutboxLimits};
 use crate::reload::Reloader;
 use crate::service::{Replies, ServiceSettings, ShadowService};
+use crate::status_page::StatusBoard;
 use crate::store::{ShadowStore, StoreError};
 use crate::system::SystemTask;
 use crate::systemd::Notifier;
@@ -200,6 +201,7 @@ pub async fn run(
     let (lease, lease_role) = watch::channel(LeaseState::default());
     let lease_role = (uplink_enabled && !config.mongodb.lease.is_empty()).then_some(lease_role);
     let step_down = StepDown::default();
+    let board = StatusBoard::new(topics.clone());
     let hook: Arc<dyn PublishHook> = Arc::new(GatewayHook {
         topics: topics.clone(),
         metrics: metrics.clone(),
@@ -212,6 +214,7 @@ pub async fn run(
         step_down: step_down.clone(),
         limits: LimitLog::default(),
         device_subscriptions: config.mqtt.max_device_subscriptions,
+        board: board.clone(),
     });
     let (broker, mut link) = EmbeddedBroker::new(
         &config.mqtt,
@@ -300,6 +303,7 @@ pub async fn run(
         uplink: uplink_status,
         bridge: bridge_status,
         metrics: metrics.clone(),
+        board,
         started,
     };
     let notifier = Notifier::from_env();

@@ -62,7 +62,7 @@ async fn the_page_lists_devices_shadows_deltas_and_rejections() {
     for text in [
         "name=\"viewport\"",
         "Gateway gw-test",
-        "<li>heater-1</li>",
+        "data-id=\"heater-1\"",
         "heater-2",
         "&quot;targetTemp&quot;:60",
         "&lt;script&gt;alert(1)&lt;/script&gt;",

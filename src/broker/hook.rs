@@ -22,6 +22,7 @@ use crate::auth::{filter_matches, Access, Role, INTERNAL_CLIENT_PREFIX};
 use crate::bridge::Capture;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
+use crate::status_page::StatusBoard;
 use crate::store::ShadowStore;
 use crate::topics::{Route, Topics};
 
@@ -48,6 +49,8 @@ pub struct GatewayHook {
     /// `mqtt.max_device_subscriptions`: a device needs a few, and each filter's commit
     /// log can hold `segments × segment_bytes` of what the device itself publishes.
     pub device_subscriptions: usize,
+    /// The status page's memory: last seen, recent temperatures, open alerts.
+    pub board: StatusBoard,
 }
 
 /// Asked for when this gateway became the standby of its pair: at its next iteration the
@@ -148,6 +151,7 @@ impl PublishHook for GatewayHook {
         if let Some(ingest) = &self.ingest {
             ingest.on_publish(topic, message.payload, message.qos);
         }
+        self.board.on_publish(internal, topic, message.payload);
         if let Some(alerts) = &self.alerts {
             if !internal {
                 alerts.publish(&self.topics, topic, message.payload);
