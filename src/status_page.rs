@@ -217,6 +217,7 @@ ol{list-style:none;padding:0;margin:0}\
 .online{color:#2b8a3e;font-weight:bold}.offline-text{color:#5c636a;font-weight:bold}\
 .temps{font-size:1.5em;font-weight:bold;margin:2px 0}.temps .set{font-size:.6em;color:#1c4f8a;font-weight:600}\
 .alert{background:#fff0f0;color:#a51111;border-radius:4px;padding:2px 6px;margin:3px 0;font-weight:600;font-size:.9em}\
+.alert.warning,.alert.info{background:#fff4e0;color:#7a4100}\
 .delta{font-size:.85em;color:#8a4b00}.ok{color:#2b8a3e}.bad{color:#c92a2a;font-weight:bold}\
 code{font-size:.9em;overflow-wrap:anywhere}\
 svg.chart{display:block;width:100%;height:64px;background:#f8f9fa;border-radius:4px;margin-top:4px}\
@@ -226,6 +227,8 @@ svg.chart{display:block;width:100%;height:64px;background:#f8f9fa;border-radius:
 /// The chart's coordinate space (the SVG scales it to the card's width).
 const CHART_W: f32 = 300.0;
 const CHART_H: f32 = 64.0;
+/// Radius of the newest point's dot.
+const CHART_DOT: f32 = 4.0;
 /// A silence longer than this many buckets breaks the line (the heater was not heard).
 const CHART_GAP: u32 = 5;
 /// The line's colour, also looked for in the browser test's screenshot.
@@ -449,11 +452,16 @@ fn render_heater(html: &mut String, heater: &HeaterView, now_ms: i64) {
             crate::alerts::Severity::Warning => "warning",
             crate::alerts::Severity::Info => "info",
         };
+        // An offline alert has no value.
+        let value = if alert.value.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", escape(&alert.value))
+        };
         let _ = write!(
             html,
-            "<div class=\"alert\">⚠ {severity}: {} ({}) since {}</div>",
+            "<div class=\"alert {severity}\">⚠ {severity}: {}{value}, fired {}</div>",
             escape(&alert.rule),
-            escape(&alert.value),
             age(now_ms - alert.since_ms)
         );
     }
@@ -508,7 +516,11 @@ pub fn chart(points: &[history::Point], setpoint: Option<&Value>, now_ms: i64) -
     let (low, high) = (low - pad, high + pad);
     let last_minute = (now_ms.max(0) / history::BUCKET_MS) as f32;
     let span = (history::BUCKETS - 1) as f32;
-    let x = |minute: u32| CHART_W - (last_minute - minute as f32).clamp(0.0, span) / span * CHART_W;
+    // The newest point's dot stays whole inside the right edge.
+    let width = CHART_W - 2.0 * CHART_DOT;
+    let x = |minute: u32| {
+        CHART_DOT + width - (last_minute - minute as f32).clamp(0.0, span) / span * width
+    };
     let y = |value: f32| CHART_H - (value - low) / (high - low) * CHART_H;
 
     let mut svg = format!(
@@ -536,17 +548,22 @@ pub fn chart(points: &[history::Point], setpoint: Option<&Value>, now_ms: i64) -
     if let Some(last) = points.last() {
         let _ = write!(
             svg,
-            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"{CHART_COLOUR}\"/>",
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"{CHART_DOT}\" fill=\"{CHART_COLOUR}\"/>",
             x(last.minute),
             y(last.value)
         );
     }
     let _ = write!(
         svg,
-        "</svg><div class=\"axis\"><span>3 h ago</span><span>min {} · max {}</span>\
+        "</svg><div class=\"axis\"><span>3 h ago</span><span>min {} · max {}{}</span>\
          <span>now</span></div>",
         degrees_f32(data_low),
-        degrees_f32(data_high)
+        degrees_f32(data_high),
+        if setpoint.is_some() {
+            " · dashed: setpoint"
+        } else {
+            ""
+        }
     );
     svg
 }
@@ -610,12 +627,12 @@ fn count(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-/// How long ago, in the largest unit that fits: `now`, `12 s ago`, `4 min ago`, `3 h ago`,
+/// How long ago, in the largest unit that fits: `just now`, `12 s ago`, `4 min ago`, `3 h ago`,
 /// `2 d ago`.
 pub fn age(elapsed_ms: i64) -> String {
     let secs = elapsed_ms.max(0) / 1000;
     match secs {
-        0 => "now".into(),
+        0 => "just now".into(),
         1..=59 => format!("{secs} s ago"),
         60..=3599 => format!("{} min ago", secs / 60),
         3600..=172_799 => format!("{} h ago", secs / 3600),

@@ -51,7 +51,7 @@ pub struct OpenAlert {
     pub alert_id: String,
     pub rule: String,
     pub severity: Severity,
-    /// The value that fired it, as text (cut to a few dozen characters).
+    /// The value that fired it, as text (cut to a few dozen characters); empty for none.
     pub value: String,
     pub since_ms: i64,
 }
@@ -200,6 +200,7 @@ impl History {
 
 fn short_value(value: &Value) -> String {
     let text = match value {
+        Value::Null => String::new(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };

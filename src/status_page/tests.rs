@@ -168,7 +168,7 @@ fn a_card_shows_presence_temperatures_alerts_delta_and_version() {
         "<span class=\"presence offline-text\">offline</span>",
         "last seen 2 h ago",
         "⚠ critical: too-hot",
-        "since 5 min ago",
+        "fired 5 min ago",
         "pending delta: <code>",
         "no delta pending",
         "<span class=\"meta version\">v4</span>",
@@ -195,7 +195,8 @@ fn the_chart_draws_the_last_hours_and_the_setpoint() {
     assert!(svg.contains("stroke-dasharray"), "the setpoint line: {svg}");
     assert!(svg.contains("min 45.0° · max 50.8°"), "{svg}");
     // The newest point is at the right edge.
-    assert!(svg.contains("points=\"") && svg.contains("300.0,"), "{svg}");
+    assert!(svg.contains("points=\"") && svg.contains("296.0,"), "{svg}");
+    assert!(svg.contains("dashed: setpoint"));
 }
 
 #[test]
@@ -331,8 +332,8 @@ fn the_heaters_needing_a_look_come_first_and_the_search_filters() {
 #[test]
 fn ages_read_like_a_person_says_them() {
     for (ms, text) in [
-        (-5, "now"),
-        (999, "now"),
+        (-5, "just now"),
+        (999, "just now"),
         (12_000, "12 s ago"),
         (125_000, "2 min ago"),
         (7_200_000, "2 h ago"),
