@@ -4,12 +4,48 @@
 
 mod common;
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{http_get, http_get_with, json, shadow_topic, Client, Gateway, Mongo, BIN, WAIT};
+use iotsphere_gateway::status_page::history::{History, BUCKETS, BUCKET_MS};
 use serde_json::json;
+
+/// Counts the heap each thread holds (allocated minus freed by it), for the history's
+/// memory bound: per thread, so the other tests of this binary running alongside do not
+/// count.
+struct Counting;
+
+thread_local! {
+    static HELD: Cell<isize> = const { Cell::new(0) };
+}
+
+fn count(bytes: isize) {
+    // During a thread's teardown the counter may be gone: nothing to count then.
+    let _ = HELD.try_with(|held| held.set(held.get() + bytes));
+}
+
+fn held() -> isize {
+    HELD.with(Cell::get)
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count(layout.size() as isize);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        count(-(layout.size() as isize));
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
 
 const TOKEN: &str = "field-tech-token-123";
 /// A common phone viewport (CSS pixels).
@@ -316,6 +352,35 @@ async fn chromium_renders_the_page_on_a_phone() {
         shot.chart_pixels
     );
     assert!(shot.chart_right_edge < PHONE.0);
+}
+
+/// The README's figure: 1,000 heaters with a full 3 h chart each, and 3 h more of readings
+/// (the old points go as new ones come), held under 2 MiB.
+#[test]
+fn the_history_of_1000_heaters_holds_under_2_mib() {
+    const T0: i64 = 1_764_000_000_000;
+    let ids: Vec<String> = (0..1000).map(|n| format!("heater-{n:04}")).collect();
+    let mut held_at = Vec::with_capacity(2);
+    let before = held();
+    let mut history = History::default();
+    for minute in 0..2 * BUCKETS as i64 {
+        for (n, id) in ids.iter().enumerate() {
+            let at = T0 + minute * BUCKET_MS + n as i64;
+            history.seen(id, at);
+            history.record(id, at, 40.0 + (minute % 20) as f64);
+        }
+        if minute + 1 == BUCKETS as i64 || minute + 1 == 2 * BUCKETS as i64 {
+            held_at.push(held() - before);
+        }
+    }
+    assert_eq!(history.len(), 1000);
+    let (full, later) = (held_at[0], held_at[1]);
+    println!("history of 1000 heaters × {BUCKETS} points: {full} bytes, 3 h later {later} bytes");
+    assert!(full < 2 << 20, "{full} bytes for 1,000 heaters");
+    assert!(
+        later <= full + (64 << 10),
+        "it grew from {full} to {later} bytes"
+    );
 }
 
 #[test]

@@ -140,6 +140,10 @@ impl History {
         }
         let minute = minute_of(now_ms);
         let heater = self.heater(device_id);
+        // Room for all the points at once: growing by doubling would end at 256.
+        if heater.points.capacity() < BUCKETS {
+            heater.points.reserve_exact(BUCKETS - heater.points.len());
+        }
         let oldest_kept = minute.saturating_sub(BUCKETS as u32 - 1);
         while heater
             .points
