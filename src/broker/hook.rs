@@ -1,8 +1,9 @@
 //! The gateway's hook inside rumqttd's router (vendor/rumqttd `PublishHook`): for every
 //! PUBLISH and every will that fires, first the ACL (`auth::Access`, when a secure auth
 //! mode is on, with the identity the broker keeps for the client), then ingest of what the
-//! cloud needs (`ingest::Ingest`, when an uplink is on), then what the alert rules and the
-//! upstream broker get (`alerts::AlertFeed`, `bridge::Capture`) — all before the router
+//! cloud needs (`ingest::Ingest`, when an uplink is on), then what the status page, the
+//! alert rules and the upstream broker get (`status_page::StatusBoard`,
+//! `alerts::AlertFeed`, `bridge::Capture`) — all before the router
 //! routes or acknowledges the message. Subscriptions, and those of a persistent session
 //! being resumed, pass the ACL; a session is resumed only by the identity that made it.
 //! Presence is for devices only. The router's per-client limits are counted here
