@@ -114,8 +114,8 @@ impl<'a> LinkBuilder<'a> {
     }
 
     /// iotsphere patch: [`LinkBuilder::build`] for a task: awaits the router's answer
-    /// instead of blocking the runtime's worker thread on it. A connect storm has every
-    /// worker registering connections; blocked, they accepted and read nothing else.
+    /// instead of blocking the runtime's worker thread on it: a blocked worker runs no other
+    /// connection's task, and in a connect storm every worker is registering connections.
     pub async fn build_async(self) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
         let registering = self.register()?;
         registering.link_rx.recv_async().await?;
