@@ -254,6 +254,70 @@ async fn history_lost_triggers_a_resync() {
     assert_eq!(delta["state"]["targetTemp"], 67);
 }
 
+/// A stored resume token of another deployment (the database was restored from a backup or
+/// replaced): MongoDB answers 280 "resume token was not found". The gateway resyncs as for
+/// 286 instead of reconnecting for ever, so a change made while it was down still arrives.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resume_token_of_another_deployment_triggers_a_resync() {
+    if std::env::var("MONGODB_URI").is_ok() {
+        eprintln!("skipped: needs a second deployment, only the double starts one on demand");
+        return;
+    }
+    let mongo = Mongo::start().await;
+    let mut gateway = Gateway::start_with(&mongo.config(""));
+    let heater = reported_device(&gateway, &mongo, "h-foreign").await;
+    mongo
+        .wait_for("resume_tokens", doc! {"_id": "shadows:gw-test"}, |_| true)
+        .await;
+    heater.disconnect().await;
+    assert!(gateway.terminate().success());
+
+    // A token from another deployment's change stream, stored as the gateway's own.
+    let other = Mongo::start().await;
+    let noise = other.db().collection::<BsonDocument>("noise");
+    let mut stream = noise.watch().await.expect("watch the other deployment");
+    noise.insert_one(doc! {"i": 1}).await.expect("insert");
+    let event = futures_util::StreamExt::next(&mut stream)
+        .await
+        .expect("an event")
+        .expect("event");
+    let foreign = mongodb::bson::to_bson(&event.id).expect("token as BSON");
+    mongo
+        .db()
+        .collection::<BsonDocument>("resume_tokens")
+        .update_one(
+            doc! {"_id": "shadows:gw-test"},
+            doc! {"$set": {"token": foreign}},
+        )
+        .await
+        .expect("replace the token");
+    shadows(&mongo)
+        .update_one(
+            doc! {"_id": "h-foreign"},
+            doc! {"$set": {"state.desired.targetTemp": 64}},
+        )
+        .await
+        .expect("cloud update while down");
+
+    gateway.spawn(&[]);
+    let mut heater = Client::connect(gateway.port, "h-foreign").await;
+    heater.subscribe(&shadow_topic("h-foreign", "delta")).await;
+    delta_with_target(&mut heater, 64).await;
+    assert!(
+        gateway.log().contains("resyncing this gateway's shadows"),
+        "{}",
+        gateway.log()
+    );
+    shadows(&mongo)
+        .update_one(
+            doc! {"_id": "h-foreign"},
+            doc! {"$set": {"state.desired.targetTemp": 65}},
+        )
+        .await
+        .expect("cloud update after resync");
+    delta_with_target(&mut heater, 65).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standalone_server_is_polled_and_health_says_so() {
     if std::env::var("MONGODB_URI").is_ok() {

@@ -23,6 +23,9 @@ pub const RESUME_TOKENS: &str = "resume_tokens";
 pub const DUPLICATE_KEY: i32 = 11000;
 /// ChangeStreamHistoryLost: the resume token fell off the oplog.
 pub const HISTORY_LOST: i32 = 286;
+/// ChangeStreamFatalError "resume token was not found": the token is not of this
+/// deployment's history (a database restored from a backup, or replaced).
+pub const TOKEN_NOT_FOUND: i32 = 280;
 /// The server is not a replica set: no change streams.
 pub const NOT_A_REPLICA_SET: i32 = 40573;
 /// An index of that name exists with other options / other keys.

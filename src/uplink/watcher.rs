@@ -6,8 +6,9 @@
 //!   [`FromCloud::Released`]. The resume token of the last change delivered is stored in
 //!   `resume_tokens` (`_id: "shadows:<gatewayId>"`) beside the stream (never holding up
 //!   the next event), so a restart resumes where it stopped and a change made while the
-//!   gateway was down still reaches the device. "History
-//!   lost" (286) → a full resync of this gateway's shadows, then a fresh watch.
+//!   gateway was down still reaches the device. "History lost" (286) or "resume token
+//!   not found" (280: a restored or replaced database) → a full resync of this gateway's
+//!   shadows, then a fresh watch.
 //! - **Polling** (standalone server, or `change_streams = "off"`): `updatedAt >= last seen`
 //!   every `poll_interval_ms`. Cloud services must set `updatedAt` when they change
 //!   `desired` for polling to see it (a change stream needs nothing). Polling sees
@@ -30,7 +31,7 @@ use mongodb::Database;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
-use super::mongo::{error_code, HISTORY_LOST, RESUME_TOKENS, SHADOWS};
+use super::mongo::{error_code, HISTORY_LOST, RESUME_TOKENS, SHADOWS, TOKEN_NOT_FOUND};
 use super::status::{UplinkMode, UplinkStatus};
 use super::writer::OwnWrites;
 use super::DEVICE_IDS_PER_QUERY;
@@ -92,9 +93,11 @@ impl Watcher {
             .resume_after(token)
             .await;
         let mut stream = match opened {
-            Err(e) if error_code(&e) == Some(HISTORY_LOST) => {
+            Err(e) if matches!(error_code(&e), Some(HISTORY_LOST | TOKEN_NOT_FOUND)) => {
                 tracing::warn!(
-                    "change stream history lost (286): resyncing this gateway's shadows"
+                    error = %e,
+                    "the stored resume token cannot be resumed from (history lost, or not \
+                     this deployment's): resyncing this gateway's shadows"
                 );
                 let stream = shadows
                     .watch()
