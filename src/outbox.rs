@@ -53,10 +53,11 @@ struct TreeNames {
 /// A write bound for MongoDB.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToCloud {
-    /// The device's whole shadow after a change; `None` when it was deleted.
+    /// The device's whole shadow after a change; `None` when it was deleted. Boxed: a
+    /// document is far larger than the other writes.
     Shadow {
         device_id: String,
-        document: Option<Document>,
+        document: Option<Box<Document>>,
     },
     Telemetry(TelemetryRecord),
     CommandResult(CommandResult),
@@ -506,10 +507,10 @@ mod tests {
     fn shadow(device_id: &str, version: u64) -> ToCloud {
         ToCloud::Shadow {
             device_id: device_id.into(),
-            document: Some(Document {
+            document: Some(Box::new(Document {
                 version,
                 ..Document::default()
-            }),
+            })),
         }
     }
 

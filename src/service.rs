@@ -27,7 +27,7 @@ use crate::codec::{self, DecodeError, Encoding, Envelope, EnvelopeMetadata, Shad
 use crate::config::GatewayConfig;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, ToCloud};
-use crate::shadow::{self, Document, ErrorCode, Limits, Rejection, Section, Update};
+use crate::shadow::{self, Document, ErrorCode, Limits, LocalWins, Rejection, Section, Update};
 use crate::store::{ShadowStore, StoreError, StoredShadow};
 use crate::topics::{Route, ShadowTopic, Topics};
 use crate::uplink::{CloudDesired, CommandRequest, FromCloud};
@@ -120,6 +120,7 @@ struct DeletedPayload {
 pub struct ServiceSettings {
     pub gateway_id: String,
     pub limits: Limits,
+    pub local_wins: LocalWins,
     pub rate_per_sec: u32,
     pub rate_burst: u32,
 }
@@ -132,6 +133,7 @@ impl ServiceSettings {
                 max_document_bytes: config.shadow.max_document_bytes,
                 max_depth: config.shadow.max_depth,
             },
+            local_wins: LocalWins::default(),
             rate_per_sec: config.shadow.rate_per_sec,
             rate_burst: config.shadow.rate_burst,
         }
@@ -556,14 +558,19 @@ impl ShadowService {
             }));
         };
         let update = Update {
-            section,
-            state,
             version: request.version,
             client_token: request.client_token.clone(),
+            ..Update::new(section, state)
         };
         let previous = stored.as_ref().map(|s| &s.document);
-        let applied = shadow::apply_update(previous, &update, epoch_secs(), &self.settings.limits)
-            .map_err(ServiceError::Rejected)?;
+        let applied = shadow::apply_update(
+            previous,
+            &update,
+            epoch_secs(),
+            &self.settings.limits,
+            &self.settings.local_wins,
+        )
+        .map_err(ServiceError::Rejected)?;
         let token = request.client_token.as_deref();
 
         let encoding_changed = stored.as_ref().is_some_and(|s| s.encoding != encoding);
@@ -580,7 +587,7 @@ impl ShadowService {
             self.replies.metrics.shadow_update();
             self.to_cloud(ToCloud::Shadow {
                 device_id: device_id.to_string(),
-                document: Some(applied.document.clone()),
+                document: Some(Box::new(applied.document.clone())),
             })?;
         }
         out.push(

@@ -177,7 +177,7 @@ impl Writer {
                 // The merged version replaces this pending write.
                 return Ok(false);
             }
-            match self.write_shadow(device_id, document.as_ref()).await {
+            match self.write_shadow(device_id, document.as_deref()).await {
                 Ok(true) => {
                     if let Some(document) = document {
                         self.store
