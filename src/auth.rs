@@ -1,4 +1,4 @@
-//! Who may connect, and to which topics (DESIGN.md §10).
+//! Who may connect, and to which topics (docs/DESIGN.md §10).
 //!
 //! - **Credentials file**: one `name:argon2-hash` per line (device ids and service names),
 //!   never a plain password; managed with `iotsphere-gateway credentials add|remove|list`

@@ -7,24 +7,11 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use serde::Serialize;
-
+pub use crate::messages::BatchStatus;
 use crate::store::ShadowStore;
 
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BatchStatus {
-    /// Devices with a shadow here.
-    pub devices: usize,
-    pub online: usize,
-    pub offline: usize,
-    /// Devices whose desired state differs from what they reported.
-    pub pending_deltas: usize,
-    pub open_alerts: usize,
-}
 
 /// Counts over the store (one pass; the documents are small) and the connected clients.
 pub fn count(store: &ShadowStore, connected: &[String], open_alerts: usize) -> BatchStatus {

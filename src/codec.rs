@@ -1,4 +1,4 @@
-//! Payload encoding: JSON or CBOR, detected per message (DESIGN.md §5), and the envelope
+//! Payload encoding: JSON or CBOR, detected per message (docs/DESIGN.md §5), and the envelope
 //! every gateway publication carries.
 //!
 //! Decoding never trusts the device: anything that is not a well-formed object of the
@@ -32,7 +32,7 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    /// The shadow error code (DESIGN.md §5) this failure is answered with.
+    /// The shadow error code (docs/DESIGN.md §5) this failure is answered with.
     pub fn code(&self) -> u16 {
         match self {
             DecodeError::UnsupportedEncoding => 415,

@@ -54,7 +54,7 @@ pub struct AlertRuleConfig {
     /// How long the condition must hold before the alert fires (and stop before it clears).
     #[serde(rename = "for")]
     pub hold: String,
-    pub severity: crate::alerts::Severity,
+    pub severity: crate::alert_event::Severity,
     pub cooldown: String,
 }
 
@@ -65,7 +65,7 @@ impl Default for AlertRuleConfig {
             source: String::new(),
             condition: String::new(),
             hold: "0s".into(),
-            severity: crate::alerts::Severity::Warning,
+            severity: crate::alert_event::Severity::Warning,
             cooldown: "10m".into(),
         }
     }

@@ -28,10 +28,11 @@ use crate::config::{AuthMode, GatewayConfig};
 use crate::http::{self, HealthState, StoreProbe};
 use crate::ingest::Ingest;
 use crate::logging::LogLevel;
+use crate::messages::Replies;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, OutboxLimits};
 use crate::reload::Reloader;
-use crate::service::{Replies, ServiceSettings, ShadowService};
+use crate::service::{ServiceSettings, ShadowService};
 use crate::store::{ShadowStore, StoreError};
 use crate::system::SystemTask;
 use crate::systemd::Notifier;
@@ -133,7 +134,7 @@ pub async fn run(
     let store = ShadowStore::open(&data_dir.join("shadows"), config.gateway.store_cache_bytes)?;
     let topics = Topics::new(&config.topics.root).map_err(GatewayError::Topics)?;
     let metrics = Metrics::default();
-    let replies = Replies::new(topics.clone(), &config.gateway.id, metrics.clone());
+    let replies = Replies::new(topics.clone(), &config.gateway.id);
     let uplink_enabled = !config.mongodb.uri.is_empty();
     let outbox = if uplink_enabled {
         Some(Outbox::open(
@@ -147,6 +148,7 @@ pub async fn run(
     let (running, running_rx) = watch::channel(config.clone());
     let service = ShadowService::new(
         replies.clone(),
+        metrics.clone(),
         store.clone(),
         ServiceSettings::from_config(&config),
         outbox.clone(),

@@ -49,7 +49,7 @@ impl Ingest {
         match self.topics.parse(topic) {
             Ok(Route::Telemetry { device_id, kind }) => match crate::telemetry::decode(payload) {
                 Ok(reading) => Some(ToCloud::Telemetry(TelemetryRecord {
-                    // Namespaced by device (DESIGN.md §11): devices number their messages
+                    // Namespaced by device (docs/DESIGN.md §11): devices number their messages
                     // independently, so the same messageId from two heaters is two readings.
                     id: format!(
                         "{device_id}:{}",

@@ -42,6 +42,7 @@
 //! `main.rs` only parses the command line and calls into these modules.
 
 pub mod admin;
+pub mod alert_event;
 pub mod alerts;
 pub mod audit;
 pub mod auth;
@@ -57,6 +58,7 @@ pub mod http;
 pub mod ingest;
 pub mod logging;
 pub mod login_backoff;
+pub mod messages;
 pub mod metrics;
 pub mod outbox;
 pub mod reload;

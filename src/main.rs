@@ -1,4 +1,4 @@
-//! Command line of `iotsphere-gateway` (DESIGN.md §3): parses arguments and wires modules.
+//! Command line of `iotsphere-gateway` (docs/DESIGN.md §3): parses arguments and wires modules.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -111,7 +111,7 @@ enum OutboxAction {
     },
 }
 
-/// Exit code for a refused configuration (DESIGN.md §3).
+/// Exit code for a refused configuration (docs/DESIGN.md §3).
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {

@@ -18,6 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::bridge::BridgeReport;
+use crate::messages::Count;
 use crate::outbox::OutboxStats;
 use crate::uplink::{LeaseRole, UplinkMode, UplinkReport};
 
@@ -281,7 +282,28 @@ impl Metrics {
         self.0.messages_in_total.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn message_out(&self, kind: &'static str) {
+    /// Counts a message the gateway publishes, as it is published.
+    pub fn published(&self, count: &Count) {
+        match count {
+            Count::Nothing => {}
+            Count::Message(kind) => {
+                if *kind == "shadow.delta" {
+                    self.delta_published();
+                }
+                self.message_out(kind);
+            }
+            Count::Rejection {
+                device_id,
+                code,
+                message,
+            } => {
+                self.rejection(device_id, *code, message);
+                self.message_out("shadow.rejected");
+            }
+        }
+    }
+
+    fn message_out(&self, kind: &'static str) {
         self.0.messages_out.get_or_create(&KindLabel { kind }).inc();
         self.0.messages_out_total.fetch_add(1, Ordering::Relaxed);
     }
@@ -291,7 +313,7 @@ impl Metrics {
     }
 
     /// Counts a refused request and keeps it among the recent ones.
-    pub fn rejection(&self, device_id: &str, code: u16, message: &str) {
+    fn rejection(&self, device_id: &str, code: u16, message: &str) {
         self.0.rejections.get_or_create(&CodeLabel { code }).inc();
         let mut recent = lock(&self.0.recent_rejections);
         if recent.len() == RECENT_REJECTIONS {
@@ -310,7 +332,7 @@ impl Metrics {
         lock(&self.0.recent_rejections).iter().cloned().collect()
     }
 
-    pub fn delta_published(&self) {
+    fn delta_published(&self) {
         self.0.deltas_published.inc();
     }
 

@@ -19,28 +19,20 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::alerts::AlertFeed;
-use crate::codec::{self, DecodeError, Encoding, Envelope, EnvelopeMetadata, ShadowRequest};
+use crate::codec::{self, DecodeError, Encoding, ShadowRequest};
 use crate::config::GatewayConfig;
+use crate::messages::{Outgoing, Replies};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, ToCloud};
 use crate::shadow::{self, Document, ErrorCode, Limits, LocalWins, Rejection, Section, Update};
 use crate::store::{ShadowStore, StoreError, StoredShadow};
 use crate::topics::{Route, ShadowTopic, Topics};
-use crate::uplink::{CloudDesired, CommandRequest, FromCloud};
+use crate::uplink::{CloudDesired, FromCloud};
 
-/// A message the gateway publishes on its broker.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outgoing {
-    pub topic: String,
-    pub payload: Vec<u8>,
-    pub retain: bool,
-}
-
-/// Per-device token bucket: `rate_per_sec` sustained, `burst` at once (DESIGN.md §10).
+/// Per-device token bucket: `rate_per_sec` sustained, `burst` at once (docs/DESIGN.md §10).
 struct RateLimiter {
     rate_per_sec: f64,
     burst: f64,
@@ -92,29 +84,6 @@ impl RateLimiter {
     }
 }
 
-/// The document payload: the shadow plus the requester's token, as AWS clients expect.
-#[derive(Serialize)]
-struct DocumentPayload<'a> {
-    #[serde(flatten)]
-    document: &'a Document,
-    #[serde(rename = "clientToken", skip_serializing_if = "Option::is_none")]
-    client_token: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct RejectedPayload<'a> {
-    code: u16,
-    message: &'a str,
-    #[serde(rename = "clientToken", skip_serializing_if = "Option::is_none")]
-    client_token: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct DeletedPayload {
-    deleted: bool,
-    version: u64,
-}
-
 /// Settings the service needs from the configuration.
 #[derive(Debug, Clone)]
 pub struct ServiceSettings {
@@ -143,6 +112,7 @@ impl ServiceSettings {
 pub struct ShadowService {
     topics: Topics,
     replies: Replies,
+    metrics: Metrics,
     store: ShadowStore,
     settings: ServiceSettings,
     rate: RateLimiter,
@@ -169,14 +139,16 @@ enum Parked {
 impl ShadowService {
     pub fn new(
         replies: Replies,
+        metrics: Metrics,
         store: ShadowStore,
         settings: ServiceSettings,
         outbox: Option<Outbox>,
     ) -> Self {
         let rate = RateLimiter::new(settings.rate_per_sec, settings.rate_burst);
         Self {
-            topics: replies.topics.clone(),
+            topics: replies.topics().clone(),
             replies,
+            metrics,
             store,
             settings,
             rate,
@@ -584,7 +556,7 @@ impl ShadowService {
             )?;
         }
         if applied.changed {
-            self.replies.metrics.shadow_update();
+            self.metrics.shadow_update();
             self.to_cloud(ToCloud::Shadow {
                 device_id: device_id.to_string(),
                 document: Some(Box::new(applied.document.clone())),
@@ -644,216 +616,6 @@ impl ShadowService {
             out.push(self.replies.clear_delta(device_id));
         }
         Ok(())
-    }
-}
-
-/// Formats the gateway's replies: topic, envelope and encoding.
-#[derive(Clone)]
-pub struct Replies {
-    topics: Topics,
-    gateway_id: String,
-    metrics: Metrics,
-}
-
-impl Replies {
-    pub fn new(topics: Topics, gateway_id: &str, metrics: Metrics) -> Self {
-        Self {
-            topics,
-            gateway_id: gateway_id.to_string(),
-            metrics,
-        }
-    }
-
-    /// The 500 reply to a request whose write could not be made durable.
-    pub fn internal_error(&self, request_topic: &str) -> Option<Outgoing> {
-        let Ok(Route::Shadow { device_id, .. }) = self.topics.parse(request_topic) else {
-            return None;
-        };
-        let rejection = Rejection {
-            code: ErrorCode::Internal,
-            message: "the gateway could not store the request; retry".into(),
-        };
-        Some(self.rejected(device_id, Encoding::Json, None, &rejection))
-    }
-
-    pub fn rejected(
-        &self,
-        device_id: &str,
-        encoding: Encoding,
-        token: Option<&str>,
-        rejection: &Rejection,
-    ) -> Outgoing {
-        self.metrics
-            .rejection(device_id, rejection.code.as_u16(), &rejection.message);
-        let payload = RejectedPayload {
-            code: rejection.code.as_u16(),
-            message: &rejection.message,
-            client_token: token,
-        };
-        self.publication(
-            device_id,
-            ShadowTopic::Rejected,
-            encoding,
-            token,
-            &payload,
-            false,
-        )
-    }
-
-    /// A command for a device, enveloped, in the device's encoding.
-    pub fn command_request(
-        &self,
-        device_id: &str,
-        encoding: Encoding,
-        request: &CommandRequest,
-    ) -> Outgoing {
-        let topic = self.topics.command_request(device_id);
-        self.envelope(topic, encoding, None, "command.request", request, false)
-    }
-
-    /// The answer to a delete, on the document topic.
-    fn deleted(
-        &self,
-        device_id: &str,
-        encoding: Encoding,
-        token: Option<&str>,
-        version: u64,
-    ) -> Outgoing {
-        let payload = DeletedPayload {
-            deleted: true,
-            version,
-        };
-        self.document_publication(device_id, encoding, token, &payload)
-    }
-
-    /// The whole document, the reply to every accepted request.
-    fn document(
-        &self,
-        device_id: &str,
-        encoding: Encoding,
-        token: Option<&str>,
-        document: &Document,
-    ) -> Outgoing {
-        let payload = DocumentPayload {
-            document,
-            client_token: token,
-        };
-        self.document_publication(device_id, encoding, token, &payload)
-    }
-
-    /// On `shadow/document`, not retained.
-    fn document_publication<P: Serialize>(
-        &self,
-        device_id: &str,
-        encoding: Encoding,
-        token: Option<&str>,
-        payload: &P,
-    ) -> Outgoing {
-        self.publication(
-            device_id,
-            ShadowTopic::Document,
-            encoding,
-            token,
-            payload,
-            false,
-        )
-    }
-
-    /// The retained `ROOT/system/status` message.
-    /// An alert fired or cleared: on `devices/batch/alerts` and `system/alerts`.
-    pub fn alert(&self, event: &crate::alerts::AlertEvent) -> [Outgoing; 2] {
-        let token = Some(event.alert_id.as_str());
-        [self.topics.batch("alerts"), self.topics.system("alerts")]
-            .map(|topic| self.envelope(topic, Encoding::Json, token, "alert", event, false))
-    }
-
-    /// An alert of a device the user owns, on `users/{userId}/notifications`.
-    pub fn notification(&self, user_id: &str, event: &crate::alerts::AlertEvent) -> Outgoing {
-        let topic = self.topics.user(user_id, "notifications");
-        let token = Some(event.alert_id.as_str());
-        self.envelope(topic, Encoding::Json, token, "notification", event, false)
-    }
-
-    pub fn system_status<P: Serialize>(&self, status: &P) -> Outgoing {
-        let topic = self.topics.system("status");
-        self.envelope(topic, Encoding::Json, None, "system.status", status, true)
-    }
-
-    /// The periodic `ROOT/system/metrics` message (not retained: a stale figure misleads).
-    /// The fleet summary, retained on `devices/batch/status`.
-    pub fn batch_status(&self, status: &crate::batch::BatchStatus) -> Outgoing {
-        let topic = self.topics.batch("status");
-        self.envelope(topic, Encoding::Json, None, "batch.status", status, true)
-    }
-
-    pub fn system_metrics<P: Serialize>(&self, metrics: &P) -> Outgoing {
-        let topic = self.topics.system("metrics");
-        self.envelope(
-            topic,
-            Encoding::Json,
-            None,
-            "system.metrics",
-            metrics,
-            false,
-        )
-    }
-
-    fn clear_delta(&self, device_id: &str) -> Outgoing {
-        Outgoing {
-            topic: self.topics.shadow(device_id, ShadowTopic::Delta),
-            payload: Vec::new(),
-            retain: true,
-        }
-    }
-
-    fn publication<P: Serialize>(
-        &self,
-        device_id: &str,
-        kind: ShadowTopic,
-        encoding: Encoding,
-        token: Option<&str>,
-        payload: &P,
-        retain: bool,
-    ) -> Outgoing {
-        let topic = self.topics.shadow(device_id, kind);
-        let message_type = match kind {
-            ShadowTopic::Delta => {
-                self.metrics.delta_published();
-                "shadow.delta"
-            }
-            ShadowTopic::Rejected => "shadow.rejected",
-            _ => "shadow.document",
-        };
-        self.envelope(topic, encoding, token, message_type, payload, retain)
-    }
-
-    fn envelope<P: Serialize>(
-        &self,
-        topic: String,
-        encoding: Encoding,
-        token: Option<&str>,
-        message_type: &'static str,
-        payload: &P,
-        retain: bool,
-    ) -> Outgoing {
-        self.metrics.message_out(message_type);
-        let envelope = Envelope {
-            metadata: EnvelopeMetadata {
-                message_id: uuid::Uuid::now_v7().to_string(),
-                timestamp: codec::rfc3339_now(),
-                topic: &topic,
-                source: &self.gateway_id,
-                correlation_id: token,
-                message_type,
-                version: "1.0",
-            },
-            payload,
-        };
-        Outgoing {
-            payload: codec::encode(encoding, &envelope),
-            topic,
-            retain,
-        }
     }
 }
 

@@ -21,7 +21,7 @@ use crate::broker::hook::StepDown;
 use crate::broker::GatewayLink;
 use crate::config::GatewayConfig;
 use crate::http::HealthState;
-use crate::service::Replies;
+use crate::messages::Replies;
 use crate::systemd::{self, Notifier};
 use crate::topics::Topics;
 use crate::uplink::{LeaseRole, LeaseState};
@@ -125,7 +125,7 @@ impl SystemTask {
         self.publish(self.replies.system_status(&summary), "system/status");
     }
 
-    fn publish(&mut self, message: crate::service::Outgoing, what: &str) {
+    fn publish(&mut self, message: crate::messages::Outgoing, what: &str) {
         if let Err(e) = self.link.publish_all([message]) {
             tracing::warn!(error = %e, "could not publish {what}");
         }

@@ -1,4 +1,4 @@
-//! Telemetry readings (DESIGN.md §10): decoding what a heater publishes on
+//! Telemetry readings (docs/DESIGN.md §10): decoding what a heater publishes on
 //! `devices/{id}/telemetry/{kind}`, without trusting it.
 //!
 //! Accepted payloads, JSON or CBOR: a bare number; `{"value": <number|string|object>,

@@ -1,4 +1,4 @@
-//! The iotsphere topic hierarchy (DESIGN.md §5): parse incoming topics into routes and
+//! The iotsphere topic hierarchy (docs/DESIGN.md §5): parse incoming topics into routes and
 //! format the topics the gateway publishes, under a configurable root.
 
 use std::fmt;
@@ -23,7 +23,7 @@ pub enum ShadowTopic {
 }
 
 impl ShadowTopic {
-    /// Every kind, in the order of DESIGN.md §5.
+    /// Every kind, in the order of docs/DESIGN.md §5.
     pub const ALL: [ShadowTopic; 7] = [
         ShadowTopic::Reported,
         ShadowTopic::Desired,
@@ -99,7 +99,7 @@ pub struct Topics {
     root: String,
 }
 
-/// A device id is 1-64 of `[A-Za-z0-9_-]` (DESIGN.md §5); the same rule names gateways.
+/// A device id is 1-64 of `[A-Za-z0-9_-]` (docs/DESIGN.md §5); the same rule names gateways.
 /// The `devices/batch/...` level: reserved, so no device can own those topics.
 pub const BATCH: &str = "batch";
 

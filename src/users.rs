@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
-use crate::alerts::Severity;
+use crate::alert_event::Severity;
 
 /// What a user chose: which alert severities reach `users/{id}/notifications`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

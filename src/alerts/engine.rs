@@ -13,7 +13,8 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::rule::{AlertRule, Condition, Severity, Source};
+use super::rule::{AlertRule, Condition, Source};
+pub use crate::alert_event::{AlertEvent, AlertState};
 
 /// Something a device did that rules may judge.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,28 +33,6 @@ pub enum Observation {
         device_id: String,
         connected: bool,
     },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AlertState {
-    Firing,
-    Cleared,
-}
-
-/// An alert fired or cleared.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AlertEvent {
-    /// Same for the firing and the clearing of one alert: `rule:device:firedAtMs`.
-    pub alert_id: String,
-    pub rule: String,
-    pub device_id: String,
-    pub severity: Severity,
-    pub state: AlertState,
-    /// The value that fired or cleared it (`null` for offline).
-    pub value: Value,
-    pub at_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]

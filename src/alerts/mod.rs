@@ -25,8 +25,8 @@ pub use engine::{AlertEvent, AlertState, Engine, Observation};
 pub use rule::{AlertRule, Severity};
 
 use crate::broker::GatewayLink;
+use crate::messages::Replies;
 use crate::outbox::{Outbox, ToCloud};
-use crate::service::Replies;
 use crate::store::ShadowStore;
 use crate::topics::{Route, ShadowTopic, Topics};
 use crate::users::{Directory, Preferences};

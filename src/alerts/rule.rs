@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub use crate::alert_event::Severity;
 use crate::config::AlertRuleConfig;
 
 /// What a rule watches.
@@ -30,16 +31,6 @@ pub enum Condition {
     Changed,
     /// The `offline` source: disconnected.
     Disconnected,
-}
-
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Info,
-    Warning,
-    Critical,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1,4 +1,4 @@
-//! The upstream bridge (DESIGN.md §8): the gateway as a client (rumqttc) of a cloud MQTT
+//! The upstream bridge (docs/DESIGN.md §8): the gateway as a client (rumqttc) of a cloud MQTT
 //! broker.
 //!
 //! - Local publications on `forward` topics are captured in the broker hook into the

@@ -26,8 +26,8 @@ use crate::auth::filter_matches;
 use crate::backoff::Backoff;
 use crate::broker::GatewayLink;
 use crate::config::BridgeSection;
+use crate::messages::{Count, Outgoing as LocalMessage};
 use crate::outbox::{Outbox, Pending, ToCloud};
-use crate::service::Outgoing as LocalMessage;
 
 /// Publishes awaiting their PUBACK at most.
 const WINDOW: usize = 64;
@@ -301,6 +301,7 @@ impl Session {
             topic: local.to_string(),
             payload: payload.to_vec(),
             retain: false,
+            count: Count::Nothing,
         };
         match self.link.publish_all([message]) {
             Ok(()) => {

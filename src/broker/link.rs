@@ -19,7 +19,8 @@ use rumqttd::Notification;
 use tokio::sync::watch;
 
 use super::{BrokerError, GatewayLink};
-use crate::service::{Outgoing, Replies, ShadowService};
+use crate::messages::{Outgoing, Replies};
+use crate::service::ShadowService;
 use crate::uplink::FromCloud;
 
 /// Requests handled per commit at most; bounds reply latency under load.
@@ -143,5 +144,66 @@ fn serve_batch(
                 .iter()
                 .filter_map(|(topic, _)| replies.internal_error(topic)),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::GatewayConfig;
+    use crate::metrics::Metrics;
+    use crate::service::ServiceSettings;
+    use crate::store::ShadowStore;
+    use crate::topics::{ShadowTopic, Topics};
+
+    /// A batch whose store write fails is answered 500 request by request, and only those
+    /// answers are counted: the replies built before the failure were never published.
+    #[test]
+    fn a_failed_batch_counts_only_its_error_replies() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = ShadowStore::open(dir.path(), 1 << 20).expect("store");
+        // An unreadable record makes the batch's second request fail in the store.
+        store
+            .db()
+            .open_tree("shadows")
+            .and_then(|tree| tree.insert("broken", &b"\xff not CBOR"[..]))
+            .expect("corrupt record");
+        let topics = Topics::new("iotsphere").expect("topics");
+        let metrics = Metrics::default();
+        let replies = Replies::new(topics.clone(), "gw-test");
+        let settings = ServiceSettings::from_config(&GatewayConfig::default());
+        let mut service =
+            ShadowService::new(replies.clone(), metrics.clone(), store, settings, None);
+        let batch = Batch {
+            requests: vec![
+                (
+                    topics.shadow("h1", ShadowTopic::Reported),
+                    Bytes::from_static(br#"{"state":{"temp":41}}"#),
+                ),
+                (
+                    topics.shadow("broken", ShadowTopic::Get),
+                    Bytes::from_static(b"{}"),
+                ),
+            ],
+            ..Batch::default()
+        };
+        let mut out = Vec::new();
+        serve_batch(&mut service, &replies, &batch, &mut out);
+        // What the link does with each message it publishes.
+        for message in &out {
+            metrics.published(&message.count);
+        }
+
+        let rejected = [
+            topics.shadow("h1", ShadowTopic::Rejected),
+            topics.shadow("broken", ShadowTopic::Rejected),
+        ];
+        assert_eq!(
+            out.iter().map(|m| &m.topic).collect::<Vec<_>>(),
+            rejected.iter().collect::<Vec<_>>()
+        );
+        assert_eq!(metrics.message_totals().1, 2, "messages out");
+        let codes: Vec<_> = metrics.recent_rejections().iter().map(|r| r.code).collect();
+        assert_eq!(codes, [500, 500]);
     }
 }

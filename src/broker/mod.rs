@@ -23,8 +23,8 @@ use tokio::sync::watch;
 
 use crate::auth::{admit_anonymous, Access, ConnectAttempt, Refusal};
 use crate::config::MqttSection;
+use crate::messages::Outgoing;
 use crate::metrics::Metrics;
-use crate::service::Outgoing;
 use crate::uplink::{LeaseRole, LeaseState};
 
 /// Messages the router hands a connection per scheduling round before it must ask for more.
@@ -56,6 +56,8 @@ impl From<rumqttd::local::LinkError> for BrokerError {
 pub struct GatewayLink {
     pub tx: rumqttd::local::LinkTx,
     pub rx: rumqttd::local::LinkRx,
+    /// Counts what the link publishes, when it publishes it (not when it is built).
+    metrics: Metrics,
 }
 
 /// The embedded broker: its router runs from [`EmbeddedBroker::new`], its listeners from
@@ -65,6 +67,7 @@ pub struct EmbeddedBroker {
     broker: Broker,
     listen: Option<SocketAddr>,
     tls_listen: Option<SocketAddr>,
+    metrics: Metrics,
 }
 
 impl EmbeddedBroker {
@@ -148,8 +151,9 @@ impl EmbeddedBroker {
                 broker,
                 listen,
                 tls_listen,
+                metrics: metrics.clone(),
             },
-            GatewayLink { tx, rx },
+            GatewayLink { tx, rx, metrics },
         ))
     }
 
@@ -157,7 +161,11 @@ impl EmbeddedBroker {
     /// before [`listen`](Self::listen).
     pub fn link(&self, client_id: &str) -> Result<GatewayLink, BrokerError> {
         let (tx, rx) = self.broker.link(client_id)?;
-        Ok(GatewayLink { tx, rx })
+        Ok(GatewayLink {
+            tx,
+            rx,
+            metrics: self.metrics.clone(),
+        })
     }
 
     /// Starts accepting devices; returns the plain and the TLS listeners' addresses.
@@ -166,6 +174,7 @@ impl EmbeddedBroker {
             mut broker,
             listen,
             tls_listen,
+            ..
         } = self;
         std::thread::Builder::new()
             .name("broker".into())
@@ -194,6 +203,7 @@ impl GatewayLink {
         messages: impl IntoIterator<Item = Outgoing>,
     ) -> Result<(), BrokerError> {
         for message in messages {
+            let count = message.count;
             let publish = Publish::new(
                 Bytes::from(message.topic),
                 Bytes::from(message.payload),
@@ -201,6 +211,7 @@ impl GatewayLink {
             );
             // `LinkTx::send` is async only in name: it queues and signals without awaiting.
             pollster::block_on(self.tx.send(Packet::Publish(publish, None)))?;
+            self.metrics.published(&count);
         }
         Ok(())
     }

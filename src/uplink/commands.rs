@@ -1,4 +1,4 @@
-//! Commands from MongoDB to devices (DESIGN.md §6): a `commands` document with
+//! Commands from MongoDB to devices (docs/DESIGN.md §6): a `commands` document with
 //! `status: "pending"` for a device this gateway serves is marked `sent` (conditionally, so
 //! two gateways or a restart never send it twice) and published to
 //! `devices/{id}/commands/request` as `{"commandId", "name", "args"}`. Past `expiresAt` it
@@ -28,20 +28,11 @@ use futures_util::StreamExt;
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document as BsonDocument};
 use mongodb::options::FullDocumentType;
 use mongodb::Database;
-use serde::Serialize;
 use tokio::sync::Notify;
 
 use super::status::UplinkMode;
+use crate::messages::CommandRequest;
 use crate::store::ShadowStore;
-
-/// What the device receives on `commands/request`.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CommandRequest {
-    pub command_id: String,
-    pub name: String,
-    pub args: serde_json::Value,
-}
 
 /// Publishes a command request to a device (the uplink's broker link).
 pub trait CommandSink: Send {

@@ -1,4 +1,4 @@
-//! The MongoDB uplink (DESIGN.md §6): shadows mirrored to `shadows`, telemetry to
+//! The MongoDB uplink (docs/DESIGN.md §6): shadows mirrored to `shadows`, telemetry to
 //! `telemetry`, commands from `commands`, and cloud changes to `desired` pushed back to the
 //! devices through a change stream (or polling where the server cannot stream).
 //!
@@ -29,7 +29,8 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Database, IndexModel};
 use tokio::sync::watch;
 
-pub use commands::{CommandRequest, CommandSink};
+pub use crate::messages::CommandRequest;
+pub use commands::CommandSink;
 pub use lease::{Fence, LeaseRole, LeaseState};
 pub use status::{UplinkMode, UplinkReport, UplinkStatus};
 pub use watcher::CloudDesired;

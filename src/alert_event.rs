@@ -1,0 +1,38 @@
+//! What an alert is once judged: its severity, whether it fired or cleared, and the event
+//! the gateway publishes, stores and sends to owners. Plain data shared by the alert
+//! engine, the users' preferences, the configuration and the messages (serde only, no I/O).
+
+use serde_json::Value;
+
+/// How bad an alert is; users choose which severities reach them.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertState {
+    Firing,
+    Cleared,
+}
+
+/// An alert fired or cleared.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertEvent {
+    /// Same for the firing and the clearing of one alert: `rule:device:firedAtMs`.
+    pub alert_id: String,
+    pub rule: String,
+    pub device_id: String,
+    pub severity: Severity,
+    pub state: AlertState,
+    /// The value that fired or cleared it (`null` for offline).
+    pub value: Value,
+    pub at_ms: i64,
+}
