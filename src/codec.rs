@@ -41,13 +41,25 @@ impl DecodeError {
     }
 }
 
-/// A decoded shadow request: `{"state": {...}, "version": 7, "clientToken": "abc"}`.
+/// A decoded shadow request: `{"state": {...}, "version": 7, "clientToken": "abc"}`, plus
+/// the optional fields of the desired lifecycle (docs/DESIGN.md §11).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ShadowRequest {
     /// Absent for `get` and `delete` requests.
     pub state: Option<Map<String, Value>>,
     pub version: Option<u64>,
     pub client_token: Option<String>,
+    /// Desired: `"expiresIn": <seconds>`, after which the leaves it writes expire.
+    pub expires_in: Option<u64>,
+    /// Desired: `"localWins": true`, the leaves it writes yield to a newer local change.
+    pub local_wins: bool,
+    /// Reported: `"timestamp": <epoch seconds>`, when the device made the change by its
+    /// clock. Anything else there (milliseconds, a date string) is ignored, as before this
+    /// field had a meaning: the arrival time counts then.
+    pub timestamp: Option<u64>,
+    /// Refused: `"reason"` and `"code"`, both required there.
+    pub reason: Option<String>,
+    pub code: Option<i64>,
 }
 
 /// Detects the encoding of a payload from its first meaningful byte.
@@ -174,10 +186,53 @@ fn request_from_object(mut object: Map<String, Value>) -> Result<ShadowRequest, 
             )))
         }
     };
+    let expires_in = match object.remove("expiresIn") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
+        Some(other) => {
+            return Err(DecodeError::BadShape(format!(
+                "expiresIn must be a non-negative integer of seconds, got {other}"
+            )))
+        }
+    };
+    let local_wins = match object.remove("localWins") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(flag)) => flag,
+        Some(other) => {
+            return Err(DecodeError::BadShape(format!(
+                "localWins must be a boolean, got {}",
+                type_name(&other)
+            )))
+        }
+    };
+    let reason = match object.remove("reason") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(reason)) => Some(reason),
+        Some(other) => {
+            return Err(DecodeError::BadShape(format!(
+                "reason must be a string, got {}",
+                type_name(&other)
+            )))
+        }
+    };
+    let code = match object.remove("code") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64(),
+        Some(other) => {
+            return Err(DecodeError::BadShape(format!(
+                "code must be an integer, got {other}"
+            )))
+        }
+    };
     Ok(ShadowRequest {
         state,
         version,
         client_token,
+        expires_in,
+        local_wins,
+        timestamp: object.get("timestamp").and_then(Value::as_u64),
+        reason,
+        code,
     })
 }
 
@@ -302,6 +357,36 @@ mod tests {
     }
 
     #[test]
+    fn decodes_the_lifecycle_fields_and_ignores_a_timestamp_that_is_not_seconds() {
+        let request = |value: Value| decode_request(&encode(Encoding::Json, &value)).map(|r| r.1);
+        let desired = request(json!({"state": {}, "expiresIn": 600, "localWins": true}));
+        let desired = desired.expect("valid");
+        assert_eq!((desired.expires_in, desired.local_wins), (Some(600), true));
+        let refusal = request(json!({"state": {}, "reason": "too hot", "code": -2}));
+        let refusal = refusal.expect("valid");
+        assert_eq!(refusal.reason.as_deref(), Some("too hot"));
+        assert_eq!(refusal.code, Some(-2));
+        let reported = request(json!({"state": {}, "timestamp": 1_764_000_000}));
+        assert_eq!(reported.expect("valid").timestamp, Some(1_764_000_000));
+        for legacy in [json!("2026-11-24T10:00:00Z"), json!(-1), json!(1.5)] {
+            let reported = request(json!({"state": {}, "timestamp": legacy}));
+            assert_eq!(reported.expect("valid").timestamp, None, "{legacy}");
+        }
+        for bad in [
+            json!({"state": {}, "expiresIn": -1}),
+            json!({"state": {}, "expiresIn": "1h"}),
+            json!({"state": {}, "localWins": "yes"}),
+            json!({"state": {}, "reason": 5}),
+            json!({"state": {}, "code": 1.5}),
+        ] {
+            assert!(
+                matches!(request(bad.clone()), Err(DecodeError::BadShape(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn decodes_the_bare_and_the_enveloped_request_alike() {
         let bare = json!({"state": {"temperature": 54.5}, "version": 7, "clientToken": "abc"});
         let wrapped = json!({"metadata": {"messageId": "m1"}, "payload": bare.clone()});
@@ -314,6 +399,7 @@ mod tests {
             ),
             version: Some(7),
             client_token: Some("abc".into()),
+            ..ShadowRequest::default()
         };
         for value in [&bare, &wrapped] {
             let json_bytes = encode(Encoding::Json, value);

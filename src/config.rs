@@ -207,6 +207,9 @@ pub struct ShadowSection {
     pub rate_per_sec: u32,
     /// Requests a device may send in a burst above the sustained rate.
     pub rate_burst: u32,
+    /// Dotted leaf paths (`"schedule.mode"`) where a newer reported value supersedes a
+    /// pending desired one (README "The desired lifecycle"); empty = desired always waits.
+    pub local_wins: Vec<String>,
 }
 
 impl Default for ShadowSection {
@@ -216,6 +219,7 @@ impl Default for ShadowSection {
             max_depth: 6,
             rate_per_sec: 20,
             rate_burst: 50,
+            local_wins: Vec::new(),
         }
     }
 }
@@ -795,6 +799,9 @@ impl GatewayConfig {
         }
         if self.shadow.rate_burst < self.shadow.rate_per_sec {
             problem("shadow.rate_burst", "must be at least rate_per_sec".into());
+        }
+        if let Err(bad) = crate::shadow::LocalWins::new(&self.shadow.local_wins) {
+            problem("shadow.local_wins", bad.to_string());
         }
         let uri = &self.mongodb.uri;
         let known_scheme = uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://");

@@ -146,7 +146,7 @@ pub async fn run(
     };
     // The running configuration: SIGHUP replaces its live parts (see `reload`).
     let (running, running_rx) = watch::channel(config.clone());
-    let service = ShadowService::new(
+    let mut service = ShadowService::new(
         replies.clone(),
         metrics.clone(),
         store.clone(),

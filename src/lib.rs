@@ -17,10 +17,12 @@
 //!   internal link into it ([`broker::link`] drains that link in batches).
 //! - [`topics`] — parses and formats the `ROOT/devices/{id}/…` topic tree.
 //! - [`codec`] — JSON / CBOR payloads, detected per message, and the reply envelope.
-//! - [`shadow`] — the pure shadow engine: merge, versions, metadata, delta. No I/O.
+//! - [`shadow`] — the pure shadow engine: merge, versions, metadata, delta, and the
+//!   desired lifecycle (refusal, expiry, local change wins). No I/O.
 //! - [`ingest`] — telemetry and command answers into the outbox, inside the broker,
 //!   before they are acknowledged.
-//! - [`service`] — one request → engine → store → the replies to publish.
+//! - [`service`] — one request → engine → store → the replies to publish; [`expiries`]
+//!   is its one timer for desired leaves that expire.
 //! - [`store`] — the local sled store, the source of truth without an uplink.
 //! - [`telemetry`] — decoding device readings for the cloud.
 //! - [`outbox`] — everything bound for the cloud, durable in sled until MongoDB has it.
@@ -53,6 +55,7 @@ pub mod broker;
 pub mod certs;
 pub mod codec;
 pub mod config;
+pub mod expiries;
 pub mod gateway;
 pub mod http;
 pub mod ingest;

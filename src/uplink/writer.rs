@@ -209,7 +209,7 @@ impl Writer {
             .db
             .collection::<BsonDocument>("shadows")
             .find_one(self.owned(device_id))
-            .projection(doc! {"state.desired": 1})
+            .projection(doc! {"state.desired": 1, "desiredExpiresAt": 1, "updatedAt": 1})
             .await?;
         let Some(current) = current else {
             return Ok(false);
@@ -224,11 +224,7 @@ impl Writer {
             device_id,
             "desired changed in the cloud since the last sync; merging before writing"
         );
-        let merge = CloudDesired {
-            device_id: device_id.to_string(),
-            state: changes,
-            replace: false,
-        };
+        let merge = CloudDesired::of_document(device_id, changes, false, &current);
         if self.to_service.send(merge.into()).is_ok() {
             self.store.set_cloud_base(device_id, &cloud_desired)?;
         } else {
@@ -308,12 +304,16 @@ impl Writer {
                 doc! {"version": {"$exists": false}},
             ],
         );
-        let update = self.ownership(doc! {
+        let mut update = self.ownership(doc! {
             "state": to_bson(&document.state)?,
             "metadata": to_bson(&document.metadata)?,
             "version": version,
             "updatedAt": DateTime::now(),
         });
+        // A cloud service's `desiredExpiresAt` was for the change it came with, which
+        // `cloud_changes_first` merged before this write; each leaf's `expiresAt` is in
+        // `metadata.desired` now, and the field must not stick to the cloud's next change.
+        update.insert("$unset", doc! {"desiredExpiresAt": ""});
         self.own_writes.record(device_id, document.version);
         let upsert = UpdateOptions::builder().upsert(true).build();
         match shadows
