@@ -167,73 +167,61 @@ fn request_from_object(mut object: Map<String, Value>) -> Result<ShadowRequest, 
             )))
         }
     };
-    let version = match object.remove("version") {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
-        Some(other) => {
-            return Err(DecodeError::BadShape(format!(
-                "version must be a non-negative integer, got {other}"
-            )))
-        }
-    };
-    let client_token = match object.remove("clientToken") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(token)) => Some(token),
-        Some(other) => {
-            return Err(DecodeError::BadShape(format!(
-                "clientToken must be a string, got {}",
-                type_name(&other)
-            )))
-        }
-    };
-    let expires_in = match object.remove("expiresIn") {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
-        Some(other) => {
-            return Err(DecodeError::BadShape(format!(
-                "expiresIn must be a non-negative integer of seconds, got {other}"
-            )))
-        }
-    };
-    let local_wins = match object.remove("localWins") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(flag)) => flag,
-        Some(other) => {
-            return Err(DecodeError::BadShape(format!(
-                "localWins must be a boolean, got {}",
-                type_name(&other)
-            )))
-        }
-    };
-    let reason = match object.remove("reason") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(reason)) => Some(reason),
-        Some(other) => {
-            return Err(DecodeError::BadShape(format!(
-                "reason must be a string, got {}",
-                type_name(&other)
-            )))
-        }
-    };
-    let code = match object.remove("code") {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64(),
-        Some(other) => {
-            return Err(DecodeError::BadShape(format!(
-                "code must be an integer, got {other}"
-            )))
-        }
-    };
+    let version = field(
+        &mut object,
+        "version",
+        "a non-negative integer",
+        Value::as_u64,
+    )?;
+    let client_token = field(&mut object, "clientToken", "a string", |v| {
+        v.as_str().map(str::to_owned)
+    })?;
+    let expires_in = field(
+        &mut object,
+        "expiresIn",
+        "a non-negative integer of seconds",
+        Value::as_u64,
+    )?;
+    let local_wins = field(&mut object, "localWins", "a boolean", Value::as_bool)?;
+    let reason = field(&mut object, "reason", "a string", |v| {
+        v.as_str().map(str::to_owned)
+    })?;
+    let code = field(&mut object, "code", "an integer", Value::as_i64)?;
     Ok(ShadowRequest {
         state,
         version,
         client_token,
         expires_in,
-        local_wins,
+        local_wins: local_wins.unwrap_or(false),
         timestamp: object.get("timestamp").and_then(Value::as_u64),
         reason,
         code,
     })
+}
+
+/// Takes an optional field of a request: absent or `null` is `None`; anything `extract`
+/// does not accept is refused, naming what the field must be and what it got.
+fn field<T>(
+    object: &mut Map<String, Value>,
+    key: &str,
+    must_be: &str,
+    extract: impl FnOnce(&Value) -> Option<T>,
+) -> Result<Option<T>, DecodeError> {
+    match object.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => match extract(&value) {
+            Some(taken) => Ok(Some(taken)),
+            None => {
+                let got = match &value {
+                    Value::Number(_) | Value::Bool(_) => value.to_string(),
+                    other => type_name(other).to_owned(),
+                };
+                Err(DecodeError::BadShape(format!(
+                    "{key} must be {must_be}, got {got}"
+                )))
+            }
+        },
+    }
 }
 
 fn type_name(value: &Value) -> &'static str {

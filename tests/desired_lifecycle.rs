@@ -34,6 +34,13 @@ async fn heater_and_app(gateway: &Gateway, id: &str, report: Value) -> (Client, 
     (heater, app)
 }
 
+/// The app publishes a desired request for `id`; the document it sees next.
+async fn set_desired(app: &mut Client, id: &str, request: Value) -> Value {
+    app.publish(&shadow_topic(id, "desired"), json(&request))
+        .await;
+    document(app).await
+}
+
 /// The next document the client sees, as its payload.
 async fn document(client: &mut Client) -> Value {
     client.expect("/shadow/document").await.payload_json()
@@ -46,12 +53,12 @@ async fn a_refused_setpoint_leaves_the_delta_and_the_app_sees_why() {
     let report = json!({"state": {"targetTemp": 50, "mode": "eco"}});
     let (mut heater, mut app) = heater_and_app(&gateway, id, report).await;
 
-    app.publish(
-        &shadow_topic(id, "desired"),
-        json(&json!({"state": {"targetTemp": 75, "mode": "boost"}})),
+    set_desired(
+        &mut app,
+        id,
+        json!({"state": {"targetTemp": 75, "mode": "boost"}}),
     )
     .await;
-    document(&mut app).await;
     let delta = heater.expect("/shadow/delta").await.payload_json();
     assert_eq!(delta["state"], json!({"targetTemp": 75, "mode": "boost"}));
 
@@ -85,12 +92,7 @@ async fn a_refused_setpoint_leaves_the_delta_and_the_app_sees_why() {
     assert_eq!(retained.payload_json()["state"], json!({"mode": "boost"}));
 
     // A new setpoint on the same leaf clears the refusal and is pending again.
-    app.publish(
-        &shadow_topic(id, "desired"),
-        json(&json!({"state": {"targetTemp": 68}})),
-    )
-    .await;
-    let seen = document(&mut app).await;
+    let seen = set_desired(&mut app, id, json!({"state": {"targetTemp": 68}})).await;
     assert_eq!(seen["state"].get("refused"), None, "{seen}");
     let delta = heater.expect("/shadow/delta").await.payload_json();
     assert_eq!(delta["state"], json!({"targetTemp": 68, "mode": "boost"}));
@@ -102,12 +104,8 @@ async fn a_refusal_without_reason_or_of_a_replaced_value_changes_nothing() {
     let id = "h-refuse-bad";
     let (mut heater, mut app) =
         heater_and_app(&gateway, id, json!({"state": {"targetTemp": 50}})).await;
-    app.publish(
-        &shadow_topic(id, "desired"),
-        json(&json!({"state": {"targetTemp": 60}})),
-    )
-    .await;
-    let version = document(&mut app).await["version"].clone();
+    let version =
+        set_desired(&mut app, id, json!({"state": {"targetTemp": 60}})).await["version"].clone();
 
     heater
         .publish(
@@ -139,12 +137,12 @@ async fn a_setpoint_that_expires_while_the_heater_is_offline_never_reaches_it() 
         heater_and_app(&gateway, id, json!({"state": {"targetTemp": 50}})).await;
     heater.disconnect().await;
 
-    app.publish(
-        &shadow_topic(id, "desired"),
-        json(&json!({"state": {"targetTemp": 65, "boost": true}, "expiresIn": 2})),
+    let seen = set_desired(
+        &mut app,
+        id,
+        json!({"state": {"targetTemp": 65, "boost": true}, "expiresIn": 2}),
     )
     .await;
-    let seen = document(&mut app).await;
     let expires_at = seen["metadata"]["desired"]["targetTemp"]["expiresAt"]
         .as_u64()
         .expect("expiresAt stamped");
@@ -183,12 +181,12 @@ async fn a_setpoint_expires_on_time_while_the_gateway_runs() {
     let id = "h-expire-live";
     let (mut heater, mut app) =
         heater_and_app(&gateway, id, json!({"state": {"targetTemp": 50}})).await;
-    app.publish(
-        &shadow_topic(id, "desired"),
-        json(&json!({"state": {"targetTemp": 65}, "expiresIn": 1})),
+    set_desired(
+        &mut app,
+        id,
+        json!({"state": {"targetTemp": 65}, "expiresIn": 1}),
     )
     .await;
-    document(&mut app).await;
     let delta = heater.expect("/shadow/delta").await.payload_json();
     assert_eq!(delta["state"], json!({"targetTemp": 65}));
 
@@ -206,12 +204,7 @@ async fn a_panel_change_made_offline_beats_an_older_app_setpoint() {
     let (heater, mut app) =
         heater_and_app(&gateway, id, json!({"state": {"targetTemp": 50}})).await;
     heater.disconnect().await;
-    app.publish(
-        &shadow_topic(id, "desired"),
-        json(&json!({"state": {"targetTemp": 60}})),
-    )
-    .await;
-    document(&mut app).await;
+    set_desired(&mut app, id, json!({"state": {"targetTemp": 60}})).await;
 
     // While offline, the tenant turns the panel to 55 (after the app's 60); the heater
     // comes back, gets the retained delta, and reports with its own clock.
@@ -246,12 +239,7 @@ async fn a_newer_app_setpoint_beats_an_older_panel_change() {
     let report = json!({"state": {"targetTemp": 50}, "timestamp": first});
     let (heater, mut app) = heater_and_app(&gateway, id, report).await;
     heater.disconnect().await;
-    app.publish(
-        &shadow_topic(id, "desired"),
-        json(&json!({"state": {"targetTemp": 60}})),
-    )
-    .await;
-    document(&mut app).await;
+    set_desired(&mut app, id, json!({"state": {"targetTemp": 60}})).await;
 
     // The panel change was before the app's setpoint: the heater must still apply 60.
     let mut heater = Client::connect(gateway.port, id).await;
@@ -279,12 +267,7 @@ async fn without_local_wins_a_report_never_supersedes_and_a_timestamp_changes_no
     let id = "h-legacy";
     let report = json!({"state": {"targetTemp": 50}, "timestamp": epoch_secs()});
     let (mut heater, mut app) = heater_and_app(&gateway, id, report).await;
-    app.publish(
-        &shadow_topic(id, "desired"),
-        json(&json!({"state": {"targetTemp": 60}})),
-    )
-    .await;
-    document(&mut app).await;
+    set_desired(&mut app, id, json!({"state": {"targetTemp": 60}})).await;
     heater.expect("/shadow/delta").await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     heater

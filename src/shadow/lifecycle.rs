@@ -332,9 +332,7 @@ pub(crate) fn after_report(
         };
         let desired_at = changed_time(lookup(&document.metadata.desired, &path));
         if !values_equal(desired, value) && changed_at > desired_at {
-            let mut why = Object::new();
-            why.insert(CHANGED_AT.to_owned(), Value::from(changed_at));
-            retire(document, &path, Record::Superseded, now, why);
+            supersede(document, &path, changed_at, now);
         }
     }
 }
@@ -360,11 +358,17 @@ pub(crate) fn after_desired(
         };
         let reported_at = changed_time(lookup(&document.metadata.reported, &path));
         if !values_equal(reported, value) && reported_at > at {
-            let mut why = Object::new();
-            why.insert(CHANGED_AT.to_owned(), Value::from(reported_at));
-            retire(document, &path, Record::Superseded, now, why);
+            supersede(document, &path, reported_at, now);
         }
     }
+}
+
+/// Moves the desired leaf at `path` to `superseded`: the reported value that changed at
+/// `changed_at` won.
+fn supersede(document: &mut Document, path: &[String], changed_at: u64, now: u64) {
+    let mut why = Object::new();
+    why.insert(CHANGED_AT.to_owned(), Value::from(changed_at));
+    retire(document, path, Record::Superseded, now, why);
 }
 
 #[cfg(test)]

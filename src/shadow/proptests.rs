@@ -231,7 +231,8 @@ proptest! {
         let document = play(&updates, &ROOMY);
         let desired = document.as_ref().map(|d| d.state.desired.clone()).unwrap_or_default();
         let report = Update::new(Section::Reported, desired);
-        let applied = apply_update(document.as_ref(), &report, 100, &ROOMY, &NONE).expect("accepted");
+        let applied =
+            apply_update(document.as_ref(), &report, 100, &ROOMY, &NONE).expect("accepted");
         prop_assert_eq!(applied.delta, None);
         prop_assert!(delta_state(Some(&applied.document)).is_empty());
     }
@@ -240,7 +241,8 @@ proptest! {
     fn versions_grow_by_one_per_change_and_hold_otherwise(updates in vec(update(), 1..8)) {
         let mut current: Option<Document> = None;
         for (now, update) in (1..).zip(&updates) {
-            let applied = apply_update(current.as_ref(), update, now, &ROOMY, &NONE).expect("accepted");
+            let applied =
+                apply_update(current.as_ref(), update, now, &ROOMY, &NONE).expect("accepted");
             let before = current.as_ref().map_or(0, |d| d.version);
             if applied.changed {
                 prop_assert_eq!(applied.document.version, before + 1);
@@ -260,7 +262,8 @@ proptest! {
         let current = play(&history, &ROOMY);
         let first = apply_update(current.as_ref(), &update, 50, &ROOMY, &NONE).expect("accepted");
         let after_first = if first.changed { Some(first.document) } else { current };
-        let second = apply_update(after_first.as_ref(), &update, 60, &ROOMY, &NONE).expect("accepted");
+        let second =
+            apply_update(after_first.as_ref(), &update, 60, &ROOMY, &NONE).expect("accepted");
         prop_assert!(!second.changed);
         prop_assert_eq!(Some(second.document), after_first.or(Some(Document::default())));
     }
