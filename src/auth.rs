@@ -493,9 +493,22 @@ impl Access {
         topic: &str,
     ) -> bool {
         let route = self.inner.topics.parse(topic);
-        let allowed = !self.is_gateway_only(topic, &route)
+        self.may_publish_parsed(role, client_id, peer, topic, &route)
+    }
+
+    /// [`may_publish`](Self::may_publish) with the topic already parsed (the broker hook
+    /// parses each PUBLISH once, for the ACL and its taps).
+    pub fn may_publish_parsed(
+        &self,
+        role: &Role,
+        client_id: &str,
+        peer: Option<SocketAddr>,
+        topic: &str,
+        route: &Result<Route<'_>, topics::TopicError>,
+    ) -> bool {
+        let allowed = !self.is_gateway_only(topic, route)
             && match role {
-                Role::Device(id) => match route {
+                Role::Device(id) => match *route {
                     Ok(Route::Shadow { device_id, kind }) => {
                         device_id == id
                             && matches!(
@@ -510,7 +523,7 @@ impl Access {
                 Role::Service(name) => self.service_is(name, |s| {
                     s.publish.iter().any(|filter| filter_matches(filter, topic))
                 }),
-                Role::User(id) => route == Ok(Route::UserPreferences { user_id: id }),
+                Role::User(id) => *route == Ok(Route::UserPreferences { user_id: id }),
             };
         if !allowed {
             let peer = peer.map_or_else(|| "unknown".into(), |peer| peer.to_string());

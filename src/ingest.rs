@@ -1,11 +1,12 @@
 //! Ingest in the broker: telemetry readings and command answers from devices go into the
-//! outbox from inside rumqttd's router, through our publish hook (`broker::hook`, on
-//! vendor/rumqttd's `PublishHook`), *before* the router acknowledges them.
+//! outbox from inside rumqttd's router, as a [`Tap`] of our publish hook (`broker::hook`,
+//! on vendor/rumqttd's `PublishHook`), *before* the router acknowledges them.
 //!
 //! Why in the router and not through the gateway's link: rumqttd sends PUBACK as soon as
 //! it reads a QoS 1 PUBLISH, before any subscriber has the message. The hook appends each
 //! reading to the outbox (a sled insert, microseconds) and, once per router iteration
-//! before acknowledgements go out, flushes sled (fsync) if a QoS 1 item was added. So a
+//! before acknowledgements go out, the hook flushes sled (fsync) if a QoS 1 item was added
+//! (one flush for every tap). So a
 //! PUBACK means the reading is on disk: a kill -9 or a power cut loses nothing acknowledged
 //! (QoS 0 readings are not acknowledged; they reach the disk with the next flush). The cost
 //! is one fsync per router iteration with QoS 1 data, paid by the router thread (measured
@@ -19,56 +20,53 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-
+use crate::broker::tap::{Seen, Tap};
 use crate::codec;
 use crate::outbox::{CommandResult, Outbox, TelemetryRecord, ToCloud};
-use crate::topics::{Route, Topics};
+use crate::topics::Route;
 
 /// Readings, command answers and presence, into the outbox.
 pub struct Ingest {
-    topics: Topics,
     outbox: Outbox,
-    db: sled::Db,
-    /// A QoS 1 item was added since the last flush.
-    unflushed: AtomicBool,
+    /// A QoS 1 item was added since the outbox was last woken.
+    unwoken: AtomicBool,
 }
 
 impl Ingest {
-    pub fn new(topics: Topics, outbox: Outbox, db: sled::Db) -> Self {
+    pub fn new(outbox: Outbox) -> Self {
         Self {
-            topics,
             outbox,
-            db,
-            unflushed: AtomicBool::new(false),
+            unwoken: AtomicBool::new(false),
         }
     }
 
     /// The cloud write a device publication carries, if any; malformed ones are logged.
-    fn to_cloud(&self, topic: &str, payload: &[u8]) -> Option<ToCloud> {
-        match self.topics.parse(topic) {
-            Ok(Route::Telemetry { device_id, kind }) => match crate::telemetry::decode(payload) {
-                Ok(reading) => Some(ToCloud::Telemetry(TelemetryRecord {
-                    // Namespaced by device (docs/DESIGN.md §11): devices number their messages
-                    // independently, so the same messageId from two heaters is two readings.
-                    id: format!(
-                        "{device_id}:{}",
-                        reading
-                            .message_id
-                            .clone()
-                            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
-                    ),
-                    device_id: device_id.to_string(),
-                    kind: kind.to_string(),
-                    reading,
-                    received_ms: epoch_millis(),
-                })),
-                Err(e) => {
-                    tracing::warn!(device_id, kind, error = %e, "dropped a malformed telemetry reading");
-                    None
+    fn to_cloud(route: Option<&Route<'_>>, payload: &[u8]) -> Option<ToCloud> {
+        match route {
+            Some(&Route::Telemetry { device_id, kind }) => {
+                match crate::telemetry::decode(payload) {
+                    Ok(reading) => Some(ToCloud::Telemetry(TelemetryRecord {
+                        // Namespaced by device (docs/DESIGN.md §11): devices number their messages
+                        // independently, so the same messageId from two heaters is two readings.
+                        id: format!(
+                            "{device_id}:{}",
+                            reading
+                                .message_id
+                                .clone()
+                                .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+                        ),
+                        device_id: device_id.to_string(),
+                        kind: kind.to_string(),
+                        reading,
+                        received_ms: epoch_millis(),
+                    })),
+                    Err(e) => {
+                        tracing::warn!(device_id, kind, error = %e, "dropped a malformed telemetry reading");
+                        None
+                    }
                 }
-            },
-            Ok(Route::CommandResponse { device_id }) => {
+            }
+            Some(&Route::CommandResponse { device_id }) => {
                 let answer = command_result(device_id, payload);
                 if answer.is_none() {
                     tracing::warn!(
@@ -83,20 +81,27 @@ impl Ingest {
     }
 }
 
-impl Ingest {
-    /// A publication the broker accepted: stores what it carries for the cloud.
-    pub fn on_publish(&self, topic: &str, payload: &Bytes, qos: u8) {
-        if let Some(write) = self.to_cloud(topic, payload) {
-            match self.outbox.push(write) {
-                Ok(_) if qos > 0 => self.unflushed.store(true, Ordering::Relaxed),
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "could not store a reading in the outbox"),
+impl Tap for Ingest {
+    /// Stores what a publication carries for the cloud.
+    fn on_publish(&self, seen: &Seen<'_>) -> bool {
+        let Some(write) = Self::to_cloud(seen.route.as_ref(), seen.payload) else {
+            return false;
+        };
+        match self.outbox.push(write) {
+            Ok(_) if seen.qos > 0 => {
+                self.unwoken.store(true, Ordering::Relaxed);
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::error!(error = %e, "could not store a reading in the outbox");
+                false
             }
         }
     }
 
-    /// A device connected or disconnected (the hook calls this for devices only).
-    pub fn on_connection(&self, client_id: &str, connected: bool) {
+    /// Presence: the hook calls this for devices only.
+    fn on_connection(&self, client_id: &str, connected: bool) {
         if !crate::topics::is_valid_id(client_id) {
             return;
         }
@@ -111,11 +116,9 @@ impl Ingest {
         self.outbox.wake();
     }
 
-    pub fn before_acks(&self) {
-        if self.unflushed.swap(false, Ordering::Relaxed) {
-            if let Err(e) = self.db.flush() {
-                tracing::error!(error = %e, "could not flush the outbox before acknowledging readings");
-            }
+    /// The readings acknowledged now are on disk: the uplink may send them.
+    fn before_acks(&self) {
+        if self.unwoken.swap(false, Ordering::Relaxed) {
             self.outbox.wake();
         }
     }

@@ -17,10 +17,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::bridge::BridgeReport;
+use crate::lease::LeaseRole;
 use crate::messages::Count;
-use crate::outbox::OutboxStats;
-use crate::uplink::{LeaseRole, UplinkMode, UplinkReport};
+use crate::reports::{BridgeReport, OutboxStats, UplinkMode, UplinkReport};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {

@@ -25,11 +25,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sled::IVec;
 
+pub use crate::cloud::{CommandResult, Forwarded, TelemetryRecord, ToCloud};
 use crate::codec::{self, Encoding};
 use crate::config::{OutboxSection, WhenFull};
-use crate::shadow::Document;
+pub use crate::reports::OutboxStats;
 use crate::store::StoreError;
-use crate::telemetry::Reading;
 
 /// Tree names: the uplink's outbox, and the bridge's (same rules, its own queue, so a
 /// MongoDB outage never holds back the upstream broker's messages and vice versa).
@@ -50,60 +50,6 @@ struct TreeNames {
     dead: &'static str,
 }
 
-/// A write bound for MongoDB.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum ToCloud {
-    /// The device's whole shadow after a change; `None` when it was deleted. Boxed: a
-    /// document is far larger than the other writes.
-    Shadow {
-        device_id: String,
-        document: Option<Box<Document>>,
-    },
-    Telemetry(TelemetryRecord),
-    CommandResult(CommandResult),
-    /// A device connected or disconnected: `connected` and `lastSeen` of its shadow.
-    Presence {
-        device_id: String,
-        connected: bool,
-        at_ms: i64,
-    },
-    /// An alert fired or cleared: its document in `alerts`.
-    Alert(crate::alerts::AlertEvent),
-    /// A user's app changed the user's preferences: `preferences` of its `users` document.
-    Preferences {
-        user_id: String,
-        preferences: crate::users::Preferences,
-    },
-    /// A local publication for the upstream MQTT broker (the bridge's outbox only).
-    Forward(Forwarded),
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Forwarded {
-    /// The local topic (the bridge adds its prefix when publishing).
-    pub topic: String,
-    #[serde(with = "serde_bytes")]
-    pub payload: Vec<u8>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TelemetryRecord {
-    /// `_id`: the device's message id, or one the gateway gave it on receipt.
-    pub id: String,
-    pub device_id: String,
-    pub kind: String,
-    pub reading: Reading,
-    pub received_ms: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CommandResult {
-    pub device_id: String,
-    pub command_id: String,
-    pub ok: bool,
-    pub result: Value,
-}
-
 /// One stored write with its bookkeeping.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
@@ -121,20 +67,6 @@ pub struct Pending {
     pub key: IVec,
     pub raw: IVec,
     pub entry: Entry,
-}
-
-/// Counts for `/health/uplink` and `outbox stats`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct OutboxStats {
-    pub items: usize,
-    pub shadows: usize,
-    pub dead: usize,
-    pub bytes: u64,
-    pub oldest_age_secs: Option<u64>,
-    pub dropped_full: u64,
-    pub dropped_expired: u64,
-    pub dead_lettered: u64,
 }
 
 #[derive(Debug, Default)]
@@ -478,6 +410,8 @@ fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shadow::Document;
+    use crate::telemetry::Reading;
 
     fn limits(max_bytes: u64, when_full: WhenFull) -> OutboxLimits {
         OutboxLimits {

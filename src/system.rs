@@ -21,10 +21,10 @@ use crate::broker::hook::StepDown;
 use crate::broker::GatewayLink;
 use crate::config::GatewayConfig;
 use crate::http::HealthState;
+use crate::lease::{LeaseRole, LeaseState};
 use crate::messages::Replies;
 use crate::systemd::{self, Notifier};
 use crate::topics::Topics;
-use crate::uplink::{LeaseRole, LeaseState};
 
 /// How often the retained `system/status` summary is refreshed.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(30);

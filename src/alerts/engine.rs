@@ -13,8 +13,8 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::rule::{AlertRule, Condition, Source};
 pub use crate::alert_event::{AlertEvent, AlertState};
+use crate::alert_rule::{AlertRule, Condition, Source};
 
 /// Something a device did that rules may judge.
 #[derive(Debug, Clone, PartialEq)]

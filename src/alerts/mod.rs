@@ -13,7 +13,6 @@
 //!   ticks once a second and publishes.
 
 pub mod engine;
-pub mod rule;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -21,14 +20,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+pub use crate::alert_rule::{AlertRule, Severity};
 pub use engine::{AlertEvent, AlertState, Engine, Observation};
-pub use rule::{AlertRule, Severity};
 
+use crate::broker::tap::{Seen, Tap};
 use crate::broker::GatewayLink;
 use crate::messages::Replies;
 use crate::outbox::{Outbox, ToCloud};
 use crate::store::ShadowStore;
-use crate::topics::{Route, ShadowTopic, Topics};
+use crate::topics::{Route, ShadowTopic};
 use crate::users::{Directory, Preferences};
 
 /// Observations waiting for the alert task; beyond this they are dropped (counted), so a
@@ -98,33 +98,38 @@ pub fn feed(engine: &Engine) -> (AlertFeed, AlertInbox) {
     )
 }
 
-impl AlertFeed {
-    /// A publication a device made (already past the ACL).
-    pub fn publish(&self, topics: &Topics, topic: &str, payload: &Bytes) {
-        let raw = match topics.parse(topic) {
-            Ok(Route::UserPreferences { user_id }) => Raw::Preferences {
+impl Tap for AlertFeed {
+    /// A publication a device made (already past the ACL); stores nothing.
+    fn on_publish(&self, seen: &Seen<'_>) -> bool {
+        if seen.internal {
+            return false;
+        }
+        let payload = seen.payload;
+        let raw = match seen.route {
+            Some(Route::UserPreferences { user_id }) => Raw::Preferences {
                 user_id: user_id.to_string(),
                 payload: payload.clone(),
             },
-            _ if !self.judges => return,
-            Ok(Route::Telemetry { device_id, kind }) => Raw::Telemetry {
+            _ if !self.judges => return false,
+            Some(Route::Telemetry { device_id, kind }) => Raw::Telemetry {
                 device_id: device_id.to_string(),
                 kind: kind.to_string(),
                 payload: payload.clone(),
             },
-            Ok(Route::Shadow {
+            Some(Route::Shadow {
                 device_id,
                 kind: ShadowTopic::Reported,
             }) => Raw::Reported {
                 device_id: device_id.to_string(),
                 payload: payload.clone(),
             },
-            _ => return,
+            _ => return false,
         };
         self.send(raw);
+        false
     }
 
-    pub fn connection(&self, device_id: &str, connected: bool) {
+    fn on_connection(&self, device_id: &str, connected: bool) {
         if !self.judges {
             return;
         }
@@ -133,7 +138,9 @@ impl AlertFeed {
             connected,
         });
     }
+}
 
+impl AlertFeed {
     /// Another gateway claimed the device (the shadow service released it): a heater
     /// that moved would otherwise leave an `offline` alert here that nothing clears.
     pub fn released(&self, device_id: &str) {

@@ -51,7 +51,7 @@ impl Bridge {
     pub fn new(config: &GatewayConfig, db: &sled::Db) -> Result<(Bridge, Capture), BridgeError> {
         let options = options::mqtt_options(&config.bridge, config.mqtt.max_payload_bytes)?;
         let outbox = Outbox::open_bridge(db, OutboxLimits::from(&config.outbox))?;
-        let capture = Capture::new(config.bridge.forward.clone(), outbox.clone(), db.clone());
+        let capture = Capture::new(config.bridge.forward.clone(), outbox.clone());
         let stats = outbox.stats();
         if stats.items > 0 {
             tracing::info!(

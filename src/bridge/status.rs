@@ -3,26 +3,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use serde::Serialize;
-
 use crate::outbox::Outbox;
-
-/// The `bridge` field of `/health`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BridgeReport {
-    pub connected: bool,
-    /// Connections to the upstream broker lost since start (each followed by a reconnect).
-    pub reconnects: u64,
-    /// Messages the upstream broker acknowledged (PUBACK).
-    pub forwarded: u64,
-    /// Messages from the upstream broker published locally.
-    pub received: u64,
-    /// Messages waiting in the bridge's outbox (sent and not yet acknowledged included).
-    pub queued: usize,
-    /// Messages dropped from the bridge's outbox (full or older than `outbox.max_age`).
-    pub dropped: u64,
-}
+pub use crate::reports::BridgeReport;
 
 #[derive(Debug, Default)]
 struct Counters {

@@ -1,9 +1,10 @@
 //! The gateway's hook inside rumqttd's router (vendor/rumqttd `PublishHook`): for every
-//! PUBLISH and every will that fires, first the ACL (`auth::Access`, when a secure auth
-//! mode is on, with the identity the broker keeps for the client), then ingest of what the
-//! cloud needs (`ingest::Ingest`, when an uplink is on), then what the alert rules and the
-//! upstream broker get (`alerts::AlertFeed`, `bridge::Capture`) — all before the router
-//! routes or acknowledges the message. Subscriptions, and those of a persistent session
+//! PUBLISH and every will that fires, the topic is parsed once, then the ACL
+//! (`auth::Access`, when a secure auth mode is on, with the identity the broker keeps for
+//! the client), then every [`Tap`] sees it (the ingest of what the cloud needs, the alert
+//! feed, the bridge's capture) — all before the router routes or acknowledges the message.
+//! Once per router iteration, before the acknowledgements, the sled database is flushed
+//! once if a tap stored something that must be durable first. Subscriptions, and those of a persistent session
 //! being resumed, pass the ACL; a session is resumed only by the identity that made it.
 //! Presence is for devices only. The router's per-client limits are counted here
 //! (`iotsphere_broker_dropped_total{reason}`) and logged once per episode per client.
@@ -16,11 +17,9 @@ use tokio::sync::Notify;
 
 use rumqttd::{Client, Limit, Message, PublishHook, PublishVerdict};
 
-use crate::alerts::AlertFeed;
+use super::tap::{Seen, Tap};
 use crate::audit::{Cut, Episodes};
 use crate::auth::{filter_matches, Access, Role, INTERNAL_CLIENT_PREFIX};
-use crate::bridge::Capture;
-use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::store::ShadowStore;
 use crate::topics::{Route, Topics};
@@ -34,13 +33,13 @@ pub struct GatewayHook {
     pub topics: Topics,
     pub metrics: Metrics,
     pub access: Option<Access>,
-    pub ingest: Option<Ingest>,
-    /// Anonymous mode: a client is a device when its id holds a shadow here.
+    /// Anonymous mode: a client is a device when its id holds a shadow here. Its sled
+    /// database is the one the taps write their outboxes to.
     pub store: ShadowStore,
-    /// Set when alert rules are configured.
-    pub alerts: Option<AlertFeed>,
-    /// Set when the upstream bridge is on.
-    pub bridge: Option<Capture>,
+    /// What sees every accepted publish: ingest, alert feed, bridge capture (when on).
+    pub taps: Vec<Box<dyn Tap>>,
+    /// A tap stored something since the last flush that must be durable before acks.
+    pub unflushed: AtomicBool,
     /// Told when a device subscribes to its own command topic (commands waiting for it).
     pub command_listeners: Arc<Notify>,
     pub step_down: StepDown,
@@ -113,8 +112,10 @@ impl PublishHook for GatewayHook {
                 PublishVerdict::Drop
             };
         };
+        // Parsed once, for the counters, the ACL and every tap.
+        let route = self.topics.parse(topic);
         if !internal {
-            self.metrics.message_in(match self.topics.parse(topic) {
+            self.metrics.message_in(match route {
                 Ok(Route::Shadow { .. }) => "shadow",
                 Ok(Route::Telemetry { .. }) => "telemetry",
                 Ok(Route::CommandRequest { .. }) => "command_request",
@@ -128,7 +129,7 @@ impl PublishHook for GatewayHook {
             let Some(role) = Role::from_identity(client.identity) else {
                 return PublishVerdict::Drop;
             };
-            if !access.may_publish(&role, client.client_id, client.peer, topic) {
+            if !access.may_publish_parsed(&role, client.client_id, client.peer, topic, &route) {
                 if message.will {
                     tracing::warn!(target: "audit", client_id = %Cut(client.client_id), topic = %Cut(topic), "will dropped");
                 }
@@ -145,26 +146,30 @@ impl PublishHook for GatewayHook {
                 verdict = PublishVerdict::RouteUnretained;
             }
         }
-        if let Some(ingest) = &self.ingest {
-            ingest.on_publish(topic, message.payload, message.qos);
-        }
-        if let Some(alerts) = &self.alerts {
-            if !internal {
-                alerts.publish(&self.topics, topic, message.payload);
+        let seen = Seen {
+            client_id: client.client_id,
+            internal,
+            topic,
+            route: route.ok(),
+            payload: message.payload,
+            qos: message.qos,
+        };
+        for tap in &self.taps {
+            if tap.on_publish(&seen) {
+                self.unflushed.store(true, Ordering::Relaxed);
             }
-        }
-        if let Some(bridge) = &self.bridge {
-            bridge.on_publish(client.client_id, topic, message.payload, message.qos);
         }
         verdict
     }
 
     fn before_acks(&self) {
-        if let Some(ingest) = &self.ingest {
-            ingest.before_acks();
+        if self.unflushed.swap(false, Ordering::Relaxed) {
+            if let Err(e) = self.store.flush() {
+                tracing::error!(error = %e, "could not flush the outboxes before acknowledging");
+            }
         }
-        if let Some(bridge) = &self.bridge {
-            bridge.before_acks();
+        for tap in &self.taps {
+            tap.before_acks();
         }
     }
 
@@ -176,11 +181,8 @@ impl PublishHook for GatewayHook {
         if !self.is_device(client) {
             return;
         }
-        if let Some(alerts) = &self.alerts {
-            alerts.connection(client.client_id, connected);
-        }
-        if let Some(ingest) = &self.ingest {
-            ingest.on_connection(client.client_id, connected);
+        for tap in &self.taps {
+            tap.on_connection(client.client_id, connected);
         }
     }
 

@@ -7,7 +7,7 @@
 //! Payloads above `mqtt.max_payload_bytes` make rumqttd close the connection.
 
 pub mod hook;
-pub mod link;
+pub mod tap;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
@@ -23,9 +23,9 @@ use tokio::sync::watch;
 
 use crate::auth::{admit_anonymous, Access, ConnectAttempt, Refusal};
 use crate::config::MqttSection;
+use crate::lease::{LeaseRole, LeaseState};
 use crate::messages::Outgoing;
 use crate::metrics::Metrics;
-use crate::uplink::{LeaseRole, LeaseState};
 
 /// Messages the router hands a connection per scheduling round before it must ask for more.
 const MAX_OUTGOING_PACKET_COUNT: u64 = 200;

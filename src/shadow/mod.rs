@@ -490,6 +490,12 @@ pub fn delta_state(document: Option<&Document>) -> Object {
         .unwrap_or_default()
 }
 
+/// Merges a partial update into a bare section (no metadata) under the merge rules: how
+/// the uplink follows its copy of MongoDB's desired.
+pub fn merge_section(section: &mut Object, patch: &Object) {
+    merge::merge_into(section, &mut Object::new(), patch, &Object::new());
+}
+
 /// The partial update that turns section `current` into exactly `target` under the merge
 /// rules: changed or new fields as in `target`, fields missing from `target` set to
 /// `null`, objects present on both sides patched recursively.

@@ -29,11 +29,11 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Database, IndexModel};
 use tokio::sync::watch;
 
+pub use crate::cloud::{CloudDesired, FromCloud};
 pub use crate::messages::CommandRequest;
 pub use commands::CommandSink;
 pub use lease::{Fence, LeaseRole, LeaseState};
 pub use status::{UplinkMode, UplinkReport, UplinkStatus};
-pub use watcher::CloudDesired;
 pub use writer::OwnWrites;
 
 use crate::backoff::Backoff;
@@ -55,30 +55,6 @@ const NOT_A_REPLICA_SET: i32 = 40573;
 pub enum UplinkError {
     #[error("mongodb.uri: {0}")]
     Uri(mongodb::error::Error),
-}
-
-/// What the uplink hands to the shadow service, in the order it happened.
-#[derive(Debug, Clone, PartialEq)]
-pub enum FromCloud {
-    /// A desired change made in the cloud.
-    Desired(CloudDesired),
-    /// The answer to a claim ([`handover`]): MongoDB's shadow of a device this gateway now
-    /// owns, to import before serving its parked requests (None: start a fresh one).
-    Claimed {
-        device_id: String,
-        shadow: Option<Box<crate::shadow::Document>>,
-    },
-    /// Another gateway claimed the device: stop serving it here.
-    Released { device_id: String },
-    /// A claim this gateway may not make (a newer holder of its lease has the device):
-    /// the requests waiting for it are dropped.
-    ShutOut { device_id: String },
-}
-
-impl From<CloudDesired> for FromCloud {
-    fn from(change: CloudDesired) -> Self {
-        FromCloud::Desired(change)
-    }
 }
 
 /// The running uplink, as the rest of the gateway sees it.

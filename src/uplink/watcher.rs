@@ -40,7 +40,8 @@ use tokio::sync::watch;
 
 use super::status::{UplinkMode, UplinkStatus};
 use super::writer::OwnWrites;
-use super::{FromCloud, DEVICE_IDS_PER_QUERY};
+use super::DEVICE_IDS_PER_QUERY;
+use crate::cloud::{CloudDesired, FromCloud};
 use crate::shadow::Object;
 use crate::store::ShadowStore;
 
@@ -50,34 +51,19 @@ const HISTORY_LOST: i32 = 286;
 /// claimed elsewhere.
 const RELEASE_CHECK_POLLS: u64 = 10;
 
-/// A desired change from the cloud, for the shadow service to apply.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CloudDesired {
-    pub device_id: String,
-    /// A partial desired update, or with `replace` the whole desired section.
-    pub state: Object,
-    pub replace: bool,
-    /// `desiredExpiresAt` (epoch seconds): when the desired values it writes expire.
-    pub expires_at: Option<u64>,
-    /// `updatedAt` (epoch seconds): when the cloud service made the change.
-    pub changed_at: Option<u64>,
-}
-
-impl CloudDesired {
-    /// A change read from the whole shadow document `document`.
-    pub(super) fn of_document(
-        device_id: &str,
-        state: Object,
-        replace: bool,
-        document: &BsonDocument,
-    ) -> Self {
-        Self {
-            device_id: device_id.to_string(),
-            state,
-            replace,
-            expires_at: epoch_secs_at(document, "desiredExpiresAt"),
-            changed_at: epoch_secs_at(document, "updatedAt"),
-        }
+/// A desired change read from the whole shadow document `document`.
+pub(super) fn cloud_desired_of(
+    device_id: &str,
+    state: Object,
+    replace: bool,
+    document: &BsonDocument,
+) -> CloudDesired {
+    CloudDesired {
+        device_id: device_id.to_string(),
+        state,
+        replace,
+        expires_at: epoch_secs_at(document, "desiredExpiresAt"),
+        changed_at: epoch_secs_at(document, "updatedAt"),
     }
 }
 
@@ -288,14 +274,9 @@ impl Watcher {
             let base = self.store.cloud_base(device_id);
             let cloud_changes = crate::shadow::replacement_patch(&base, &cloud_desired);
             return (!cloud_changes.is_empty())
-                .then(|| CloudDesired::of_document(device_id, cloud_changes, false, document));
+                .then(|| cloud_desired_of(device_id, cloud_changes, false, document));
         }
-        Some(CloudDesired::of_document(
-            device_id,
-            cloud_desired,
-            true,
-            document,
-        ))
+        Some(cloud_desired_of(device_id, cloud_desired, true, document))
     }
 
     /// An update that gives the device to another gateway (a claim, see `handover`).
@@ -332,7 +313,7 @@ impl Watcher {
                     return None;
                 }
                 let full = full?;
-                Some(FromCloud::Desired(CloudDesired::of_document(
+                Some(FromCloud::Desired(cloud_desired_of(
                     &device_id,
                     desired_of(full),
                     true,

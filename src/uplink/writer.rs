@@ -20,7 +20,6 @@ use serde_json::Value;
 
 use super::lease::Fence;
 use super::status::UplinkStatus;
-use super::watcher::CloudDesired;
 use super::FromCloud;
 use crate::backoff::Backoff;
 use crate::outbox::{CommandResult, Outbox, Pending, TelemetryRecord, ToCloud};
@@ -224,7 +223,7 @@ impl Writer {
             device_id,
             "desired changed in the cloud since the last sync; merging before writing"
         );
-        let merge = CloudDesired::of_document(device_id, changes, false, &current);
+        let merge = super::watcher::cloud_desired_of(device_id, changes, false, &current);
         if self.to_service.send(merge.into()).is_ok() {
             self.store.set_cloud_base(device_id, &cloud_desired)?;
         } else {

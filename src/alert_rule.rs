@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use crate::alert_event::Severity;
-use crate::config::AlertRuleConfig;
 
 /// What a rule watches.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +31,35 @@ pub enum Condition {
     Changed,
     /// The `offline` source: disconnected.
     Disconnected,
+}
+
+/// An alert rule as written in the config (checked by [`AlertRule::parse`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertRuleConfig {
+    pub name: String,
+    /// `telemetry.<kind>[.<field>]`, `reported.<field>` or `offline`.
+    pub source: String,
+    /// `> N`, `>= N`, `< N`, `<= N`, `== V`, `!= V` or `changed`; empty for `offline`.
+    pub condition: String,
+    /// How long the condition must hold before the alert fires (and stop before it clears).
+    #[serde(rename = "for")]
+    pub hold: String,
+    pub severity: Severity,
+    pub cooldown: String,
+}
+
+impl Default for AlertRuleConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            source: String::new(),
+            condition: String::new(),
+            hold: "0s".into(),
+            severity: Severity::Warning,
+            cooldown: "10m".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

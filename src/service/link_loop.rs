@@ -21,10 +21,10 @@ use rumqttd::local::LinkError;
 use rumqttd::Notification;
 use tokio::sync::watch;
 
-use super::{BrokerError, GatewayLink};
+use super::ShadowService;
+use crate::broker::{BrokerError, GatewayLink};
+use crate::cloud::FromCloud;
 use crate::messages::{Outgoing, Replies};
-use crate::service::ShadowService;
-use crate::uplink::FromCloud;
 
 /// Requests handled per commit at most; bounds reply latency under load.
 const MAX_BATCH: usize = 512;

@@ -2,7 +2,7 @@
 //! messages to publish — `document`, `delta`, `rejected` — in the requester's encoding.
 //!
 //! It knows topics, payloads and the store; it does not know the broker: the link loop
-//! (`broker::link`) feeds it requests in batches, calls [`ShadowService::commit`] once per
+//! (`service::link_loop`) feeds it requests in batches, calls [`ShadowService::commit`] once per
 //! batch (one fsync), and only then publishes what the batch produced. Every refused
 //! request gets a `rejected` reply; nothing is dropped silently.
 //!
@@ -27,7 +27,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
+pub mod link_loop;
+mod rate;
+
+use rate::RateLimiter;
+
 use crate::alerts::AlertFeed;
+use crate::cloud::{CloudDesired, FromCloud};
 use crate::codec::{self, DecodeError, Encoding, ShadowRequest};
 use crate::config::GatewayConfig;
 use crate::expiries::Expiries;
@@ -39,59 +45,6 @@ use crate::shadow::{
 };
 use crate::store::{ShadowStore, StoreError, StoredShadow};
 use crate::topics::{Route, ShadowTopic, Topics};
-use crate::uplink::{CloudDesired, FromCloud};
-
-/// Per-device token bucket: `rate_per_sec` sustained, `burst` at once (docs/DESIGN.md §10).
-struct RateLimiter {
-    rate_per_sec: f64,
-    burst: f64,
-    buckets: HashMap<String, (f64, Instant)>,
-}
-
-/// Above this many tracked devices, idle buckets (full again) are forgotten, so requests
-/// for random device ids cannot grow memory without bound.
-const RATE_BUCKETS_PRUNE_AT: usize = 20_000;
-
-impl RateLimiter {
-    fn new(rate_per_sec: u32, burst: u32) -> Self {
-        Self {
-            rate_per_sec: f64::from(rate_per_sec),
-            burst: f64::from(burst),
-            buckets: HashMap::new(),
-        }
-    }
-
-    /// New limits from a reload; buckets keep their tokens, capped at the new burst.
-    fn set_limits(&mut self, rate_per_sec: u32, burst: u32) {
-        self.rate_per_sec = f64::from(rate_per_sec);
-        self.burst = f64::from(burst);
-        for (tokens, _) in self.buckets.values_mut() {
-            *tokens = tokens.min(self.burst);
-        }
-    }
-
-    fn allow(&mut self, device_id: &str, now: Instant) -> bool {
-        if self.buckets.len() >= RATE_BUCKETS_PRUNE_AT {
-            let (rate, burst) = (self.rate_per_sec, self.burst);
-            self.buckets.retain(|_, (tokens, at)| {
-                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
-            });
-        }
-        let (tokens, at) = self
-            .buckets
-            .entry(device_id.to_string())
-            .or_insert((self.burst, now));
-        *tokens =
-            (*tokens + now.duration_since(*at).as_secs_f64() * self.rate_per_sec).min(self.burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
 
 /// Settings the service needs from the configuration.
 #[derive(Debug, Clone)]
@@ -359,6 +312,15 @@ impl ShadowService {
             .as_ref()
             .map(|s| s.document.state.desired.clone())
             .unwrap_or_default();
+        // MongoDB's desired now holds this change: the writer's three-way merge must not
+        // replay it over what the lifecycle did with it since (a refusal, an expiry).
+        let mut cloud = self.store.cloud_base(device_id);
+        if change.replace {
+            cloud.clone_from(&change.state);
+        } else {
+            shadow::merge_section(&mut cloud, &change.state);
+        }
+        self.store.set_cloud_base(device_id, &cloud)?;
         let state = if change.replace {
             shadow::replacement_patch(&local, &change.state)
         } else {
