@@ -288,7 +288,7 @@ fuzz_target!(|input: Input| {
             Op::Expire { clock } => {
                 now = now.saturating_add_signed(i64::from(*clock));
                 if let Some(document) = &current {
-                    let applied = shadow::expire(document, now).expect("expire");
+                    let applied = shadow::expire(document, now, &limits).expect("expire");
                     assert_eq!(applied.delta, shadow::delta(&applied.document));
                     if applied.changed {
                         assert_eq!(applied.document.version, document.version + 1);

@@ -390,7 +390,7 @@ impl ShadowService {
             let Some(stored) = self.store.get(&device_id)? else {
                 continue;
             };
-            match shadow::expire(&stored.document, now) {
+            match shadow::expire(&stored.document, now, &self.settings.limits) {
                 Ok(applied) if applied.changed => {
                     tracing::info!(device_id, "desired values expired");
                     let encoding = stored.encoding;
@@ -414,7 +414,7 @@ impl ShadowService {
         device_id: &str,
         document: Document,
     ) -> Result<Document, StoreError> {
-        match shadow::expire(&document, epoch_secs()) {
+        match shadow::expire(&document, epoch_secs(), &self.settings.limits) {
             Ok(applied) if applied.changed => {
                 tracing::info!(device_id, "desired values expired while nobody served them");
                 self.to_cloud(ToCloud::Shadow {

@@ -258,6 +258,34 @@ fn writes_a_leaf(patch: &Object) -> bool {
     })
 }
 
+/// Drops the oldest records (by their `timestamp`) until the serialized state fits in
+/// `max_bytes`, or no record is left. Records count toward the document's size like the
+/// rest of its state; without this, values that expire or get refused under ever new keys
+/// would grow a document without bound, and a move of a leaf (which repeats its path in
+/// the record section) could take a full document over its limit.
+pub(crate) fn trim_records(document: &mut Document, max_bytes: usize) {
+    let size = |document: &Document| serde_json::to_vec(&document.state).map_or(0, |v| v.len());
+    if size(document) <= max_bytes {
+        return;
+    }
+    let mut records: Vec<(u64, Record, Vec<String>)> = Vec::new();
+    for record in Record::ALL {
+        let (state, metadata) = document.records_mut(record);
+        for (path, _) in leaves(state) {
+            let at = stamp(lookup(metadata, &path), "timestamp").unwrap_or(0);
+            records.push((at, record, path));
+        }
+    }
+    records.sort_by_key(|(at, _, _)| *at);
+    for (_, record, path) in records {
+        let (state, metadata) = document.records_mut(record);
+        take_leaf(state, metadata, &path);
+        if size(document) <= max_bytes {
+            return;
+        }
+    }
+}
+
 /// Moves every desired leaf whose `expiresAt` is at or before `now` to `expired`; true
 /// when one moved.
 pub(crate) fn expire_due(document: &mut Document, now: u64) -> bool {

@@ -69,6 +69,9 @@
 //!   counts as made on arrival, which no reported change can be newer than.
 //! - **Clearing.** A desired write to a path (a `null` included) clears every record
 //!   there: a new wish replaces the old verdict.
+//! - **Size.** Records are state and count toward `max_document_bytes`; when a change
+//!   would outgrow it the oldest records (by `timestamp`) are dropped first, so a move
+//!   never fails and an update is refused 413 only for what reported and desired hold.
 //!
 //! Invariants: no record leaf shares a path (or a prefix of one) with a desired leaf, so
 //! a refused, expired or superseded value is never in the delta; after any call at `now`
@@ -347,6 +350,7 @@ pub fn apply_update(
         // Return the document as it was: the merge may have refreshed
         // timestamps of rewritten leaves, which an unchanged update must not.
         return if expired {
+            lifecycle::trim_records(&mut base, limits.max_document_bytes);
             Ok(changed(base, current_version, now)?)
         } else {
             Ok(Applied {
@@ -362,13 +366,15 @@ pub fn apply_update(
         limits,
         &format!("resulting {} state", section.as_str()),
     )?;
+    lifecycle::trim_records(&mut document, limits.max_document_bytes);
     validate::check_size(&document.state, limits)?;
     changed(document, current_version, now)
 }
 
 /// Records a device's refusal: each refused leaf whose value desired still holds (a
 /// stale refusal of a value already replaced changes nothing) moves to `refused` with
-/// the reason and code, so it leaves the delta. Due leaves expire first, as in
+/// the reason and code, so it leaves the delta; the oldest records give way when the
+/// state would outgrow `limits.max_document_bytes`. Due leaves expire first, as in
 /// [`apply_update`]. 400 for a bad token, depth or key, or a reason over
 /// [`MAX_REASON_BYTES`].
 pub fn refuse(
@@ -402,13 +408,15 @@ pub fn refuse(
             changed: false,
         });
     }
+    lifecycle::trim_records(&mut document, limits.max_document_bytes);
     changed(document, current_version, now)
 }
 
 /// Expires the desired leaves due at `now` (`expiresAt` at or before it): they leave
-/// desired, and so the delta, for `expired`. The caller's timer calls this at
+/// desired, and so the delta, for `expired` (the oldest records give way when the state
+/// would outgrow `limits.max_document_bytes`). The caller's timer calls this at
 /// [`next_expiry`], and at start before any delta is published.
-pub fn expire(current: &Document, now: u64) -> Result<Applied, Rejection> {
+pub fn expire(current: &Document, now: u64, limits: &Limits) -> Result<Applied, Rejection> {
     let mut document = current.clone();
     if current.version == 0 || !lifecycle::expire_due(&mut document, now) {
         return Ok(Applied {
@@ -417,6 +425,7 @@ pub fn expire(current: &Document, now: u64) -> Result<Applied, Rejection> {
             changed: false,
         });
     }
+    lifecycle::trim_records(&mut document, limits.max_document_bytes);
     changed(document, current.version, now)
 }
 

@@ -115,7 +115,7 @@ fn apply_op(
             };
             refuse(current, &refusal, now, &ROOMY)
         }
-        Op::Expire => expire(&current.cloned().unwrap_or_default(), now),
+        Op::Expire => expire(&current.cloned().unwrap_or_default(), now, &ROOMY),
     }
 }
 
@@ -487,7 +487,7 @@ proptest! {
         }
         // Both orders start from the same expiries, which the first request would apply.
         if let Some(document) = &base {
-            let applied = expire(document, 77).expect("expire");
+            let applied = expire(document, 77, &ROOMY).expect("expire");
             base = Some(applied.document);
         }
         let apply_both = |one: &Update, two: &Update| {

@@ -171,7 +171,7 @@ fn run(case: Value) {
             }
             Step::Expire { now, expect } => {
                 let document = current.clone().unwrap_or_default();
-                let applied = expire(&document, now).expect("expire");
+                let applied = expire(&document, now, &limits).expect("expire");
                 check_applied(&at, &mut current, applied, &expect);
             }
             Step::Get { expect } => {
@@ -856,6 +856,41 @@ fn rule_12_refusal_reasons_are_bounded() {
             "state": {"heater": {"temp": 75}},
             "expect": {"error": 400, "messageContains": ["reason", "256"]}
         }]
+    }));
+}
+
+#[test]
+fn rule_12_records_count_toward_the_size_limit_and_the_oldest_give_way() {
+    // {"reported":{},"desired":{"b":2},"refused":{"a":1}} is 51 bytes; with `b` refused
+    // too it would be 52, so the older record (`a`, at t=20) is dropped.
+    run(json!({
+        "given": null,
+        "limits": {"maxDocumentBytes": 51, "maxDepth": 6},
+        "steps": [
+            {
+                "op": "update", "section": "desired", "now": 10, "state": {"a": 1, "b": 2},
+                "expect": {"version": 1}
+            },
+            {
+                "op": "refuse", "now": 20, "reason": "", "code": 0, "state": {"a": 1},
+                "expect": {"state": {"reported": {}, "desired": {"b": 2}, "refused": {"a": 1}}}
+            },
+            {
+                "op": "refuse", "now": 30, "reason": "", "code": 0, "state": {"b": 2},
+                "expect": {
+                    "state": {"reported": {}, "desired": {}, "refused": {"b": 2}},
+                    "metadata": {
+                        "reported": {}, "desired": {},
+                        "refused": {"b": {"timestamp": 30, "reason": "", "code": 0}}
+                    }
+                }
+            },
+            {
+                // A desired write makes room the same way rather than being refused 413.
+                "op": "update", "section": "desired", "now": 40, "state": {"c": 33},
+                "expect": {"state": {"reported": {}, "desired": {"c": 33}}}
+            }
+        ]
     }));
 }
 
