@@ -219,6 +219,7 @@ fuzz_target!(|input: Input| {
                 };
                 match shadow::apply_update(current.as_ref(), &update, now, &limits, &local_wins) {
                     Ok(applied) => {
+                        check_nothing_due(&applied, now);
                         check_accepted(
                             current.as_ref(),
                             &update,
@@ -275,6 +276,7 @@ fuzz_target!(|input: Input| {
                 };
                 match shadow::refuse(current.as_ref(), &refusal, now, &limits) {
                     Ok(applied) => {
+                        check_nothing_due(&applied, now);
                         check_refused(current.as_ref(), &refusal, &applied);
                         if applied.changed {
                             current = Some(applied.document);
@@ -289,6 +291,7 @@ fuzz_target!(|input: Input| {
                 now = now.saturating_add_signed(i64::from(*clock));
                 if let Some(document) = &current {
                     let applied = shadow::expire(document, now, &limits).expect("expire");
+                    check_nothing_due(&applied, now);
                     assert_eq!(applied.delta, shadow::delta(&applied.document));
                     if applied.changed {
                         assert_eq!(applied.document.version, document.version + 1);
@@ -325,13 +328,18 @@ fuzz_target!(|input: Input| {
         }
         if let Some(document) = &current {
             check_document(document, &limits);
-            assert!(
-                shadow::next_expiry(document).is_none_or(|at| at > now),
-                "a desired leaf is left due at {now}"
-            );
         }
     }
 });
+
+/// After an accepted update, refusal or expiry at `now` (a rejection or a `get` leaves
+/// the document as it was), no desired leaf is due.
+fn check_nothing_due(applied: &Applied, now: u64) {
+    assert!(
+        shadow::next_expiry(&applied.document).is_none_or(|at| at > now),
+        "a desired leaf is left due at {now}"
+    );
+}
 
 /// A refusal takes out every refused leaf whose value desired held, into `refused`.
 fn check_refused(before: Option<&Document>, refusal: &Refusal, applied: &Applied) {

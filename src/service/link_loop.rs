@@ -8,7 +8,7 @@
 //! uplink — group commit, so a slow SD card costs one flush per batch, not one per request.
 //!
 //! The loop also wakes when the service's next desired expiry falls due; every batch
-//! expires what is due (`ShadowService::expire_due`) before it is committed.
+//! first expires what is due (`ShadowService::expire_due`), then serves its requests.
 //!
 //! The router stops feeding a link whose buffer is full and says so with
 //! `Notification::Unschedule`; the loop must then `wake()` it or it would stall (and the
@@ -128,17 +128,21 @@ fn serve_batch(
     batch: &Batch,
     out: &mut Vec<Outgoing>,
 ) {
-    let handled = batch
-        .requests
-        .iter()
-        .try_for_each(|(topic, payload)| service.handle(topic, payload, out))
+    // Expiries first: a `get` in this batch must not show a value already due.
+    let handled = service
+        .expire_due(out)
+        .and_then(|()| {
+            batch
+                .requests
+                .iter()
+                .try_for_each(|(topic, payload)| service.handle(topic, payload, out))
+        })
         .and_then(|()| {
             batch
                 .cloud_changes
                 .iter()
                 .try_for_each(|change| service.apply_from_cloud(change.clone(), out))
         })
-        .and_then(|()| service.expire_due(out))
         .and_then(|()| service.commit());
     if let Err(e) = handled {
         tracing::error!(
