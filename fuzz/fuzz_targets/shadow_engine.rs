@@ -474,13 +474,17 @@ fn check_accepted(
             "an unchanged update returns the document untouched"
         );
     }
-    // A desired leaf may have been recorded expired or superseded at once.
+    // A desired leaf may have been recorded expired or superseded at once. When only the
+    // expiry before the update changed the state, the update's leaves keep their stamps.
+    let after_expiry =
+        shadow::expire(&old, now, limits).map_or(old.state.clone(), |a| a.document.state);
+    let merged = applied.changed && document.state != after_expiry;
     let retired = [&document.state.expired, &document.state.superseded];
     check_holds(
         document.state.section(section),
         document.metadata.section(section),
         &update.state,
-        applied.changed.then_some(now),
+        merged.then_some(now),
         &mut Vec::new(),
         &retired,
     );
