@@ -341,7 +341,9 @@ fn check_nothing_due(applied: &Applied, now: u64) {
     );
 }
 
-/// A refusal takes out every refused leaf whose value desired held, into `refused`.
+/// A refusal takes out of the delta every refused leaf whose value desired held. (Its
+/// record may be gone already: under the small limits here the oldest records give way,
+/// and a leaf due at `now` expires before it can be refused.)
 fn check_refused(before: Option<&Document>, refusal: &Refusal, applied: &Applied) {
     let before = before.cloned().unwrap_or_default();
     let delta = shadow::delta_state(Some(&applied.document));
@@ -350,10 +352,6 @@ fn check_refused(before: Option<&Document>, refusal: &Refusal, applied: &Applied
             .is_some_and(|desired| !desired.is_object() && same(desired, value));
         if held && before.version > 0 {
             assert!(lookup(&delta, &path).is_none(), "refused {path:?} pending");
-            assert!(
-                lookup(&applied.document.state.refused, &path).is_some(),
-                "refused {path:?} not recorded"
-            );
         }
     }
 }
