@@ -477,14 +477,17 @@ fn check_accepted(
     let after_expiry =
         shadow::expire(&old, now, limits).map_or(old.state.clone(), |a| a.document.state);
     let merged = applied.changed && document.state != after_expiry;
-    let retired = [&document.state.expired, &document.state.superseded];
+    // A desired write already past its expiry, or older than a local change (only a
+    // write with its own time can be), leaves desired at once; its record may even have
+    // given way to the size limit.
+    let may_vanish = section == Section::Desired
+        && (update.expires_at.is_some_and(|at| at <= now) || update.changed_at.is_some());
     check_holds(
         document.state.section(section),
         document.metadata.section(section),
         &update.state,
         merged.then_some(now),
-        &mut Vec::new(),
-        &retired,
+        may_vanish,
     );
 
     // Merge is idempotent: the same update again changes nothing.
@@ -506,24 +509,17 @@ fn check_accepted(
     }
 }
 
-/// After a merge of `patch`: its leaves are in `state` (or in one of the `retired` record
-/// trees at the same `path`), its nulls are gone, and when the state changed at `now` the
-/// leaves' metadata is `{"timestamp": now, ...}`.
+/// After a merge of `patch`: its leaves are in `state` (unless they `may_vanish`), its
+/// nulls are gone, and when the state changed at `now` the leaves' metadata is
+/// `{"timestamp": now, ...}`.
 fn check_holds(
     state: &Object,
     metadata: &Object,
     patch: &Object,
     now: Option<u64>,
-    path: &mut Vec<String>,
-    retired: &[&Object],
+    may_vanish: bool,
 ) {
     for (key, wanted) in patch {
-        path.push(key.clone());
-        let is_retired = || {
-            retired
-                .iter()
-                .any(|records| lookup(records, path).is_some_and(|value| !value.is_object()))
-        };
         match wanted {
             Value::Null => {
                 assert!(!state.contains_key(key), "null left {key:?} in place");
@@ -531,19 +527,19 @@ fn check_holds(
             }
             Value::Object(inner) => match (state.get(key), metadata.get(key)) {
                 (Some(Value::Object(child)), Some(Value::Object(child_metadata))) => {
-                    check_holds(child, child_metadata, inner, now, path, retired)
+                    check_holds(child, child_metadata, inner, now, may_vanish)
                 }
                 (Some(Value::Object(_)), other) => {
                     panic!("metadata of object {key:?} is {other:?}")
                 }
                 // Nothing was merged (the patch had nothing to write), or all of it
-                // was retired at once.
+                // left at once.
                 _ => assert!(
-                    !has_leaf(inner) || !retired.is_empty(),
+                    !has_leaf(inner) || may_vanish,
                     "object patch {key:?} lost: {wanted}"
                 ),
             },
-            _ if state.get(key).is_none() && is_retired() => {}
+            _ if state.get(key).is_none() && may_vanish => {}
             leaf => {
                 assert_eq!(state.get(key), Some(leaf), "leaf {key:?} not written");
                 if let Some(now) = now {
@@ -555,7 +551,6 @@ fn check_holds(
                 }
             }
         }
-        path.pop();
     }
 }
 

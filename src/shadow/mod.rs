@@ -303,6 +303,9 @@ pub fn apply_update(
 
     let mut base = current.cloned().unwrap_or_default();
     let expired = lifecycle::expire_due(&mut base, now);
+    if expired {
+        lifecycle::trim_records(&mut base, limits.max_document_bytes);
+    }
     let mut document = base.clone();
     let section = update.section;
     let mut leaf = merge::leaf_metadata(now);
@@ -346,11 +349,11 @@ pub fn apply_update(
             lifecycle::expire_due(&mut document, now);
         }
     }
+    lifecycle::trim_records(&mut document, limits.max_document_bytes);
     if document.state == base.state {
         // Return the document as it was: the merge may have refreshed
         // timestamps of rewritten leaves, which an unchanged update must not.
         return if expired {
-            lifecycle::trim_records(&mut base, limits.max_document_bytes);
             Ok(changed(base, current_version, now)?)
         } else {
             Ok(Applied {
@@ -366,7 +369,6 @@ pub fn apply_update(
         limits,
         &format!("resulting {} state", section.as_str()),
     )?;
-    lifecycle::trim_records(&mut document, limits.max_document_bytes);
     validate::check_size(&document.state, limits)?;
     changed(document, current_version, now)
 }
