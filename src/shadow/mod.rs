@@ -344,7 +344,11 @@ pub fn apply_update(
                 &leaf,
             );
             lifecycle::clear_records(&mut document, &update.state);
-            lifecycle::after_desired(&mut document, &update.state, at, now, local_wins);
+            // Only a write with a time of its own can be older than a local change (even
+            // when the gateway's clock stepped back since that change was recorded).
+            if update.changed_at.is_some() {
+                lifecycle::after_desired(&mut document, &update.state, at, now, local_wins);
+            }
             // A write that is already past its expiry is recorded as expired at once.
             lifecycle::expire_due(&mut document, now);
         }
