@@ -36,6 +36,7 @@ build() { # sets gateway_bin loadgen double_bin
   local target_dir=${CARGO_TARGET_DIR:-$root/target}
   gateway_bin=$target_dir/release/iotsphere-gateway
   loadgen=$target_dir/release/loadgen
+  refconsumer=$target_dir/release/refconsumer
   double_bin=$target_dir/release/mongo-double
 }
 
@@ -85,22 +86,22 @@ stop() { # PID: stops it (SIGTERM, SIGKILL after 5 s) and forgets it (a pid may 
   pids=("${rest[@]}")
 }
 
-mosquitto_conf() { # PORT
+mosquitto_conf() { # PORT [MAX_QUEUED]
   cat <<EOF
 listener $1 127.0.0.1
 allow_anonymous true
 persistence false
 set_tcp_nodelay true
 max_inflight_messages 100
-max_queued_messages 10000
+max_queued_messages ${2:-10000}
 max_connections -1
 log_type error
 EOF
 }
 
-start_mosquitto() { # sets MOSQ_PORT MOSQ_PID
+start_mosquitto() { # [MAX_QUEUED]: sets MOSQ_PORT MOSQ_PID
   MOSQ_PORT=$(free_port)
-  mosquitto_conf "$MOSQ_PORT" >"$work/mosquitto-$MOSQ_PORT.conf"
+  mosquitto_conf "$MOSQ_PORT" "$@" >"$work/mosquitto-$MOSQ_PORT.conf"
   "$mosquitto_bin" -c "$work/mosquitto-$MOSQ_PORT.conf" >"$work/mosquitto-$MOSQ_PORT.log" 2>&1 &
   MOSQ_PID=$!
   pids+=("$MOSQ_PID")

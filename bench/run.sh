@@ -12,7 +12,8 @@
 # bench/RESULTS.md (+ the raw JSON lines in bench/results.jsonl). About 8 minutes on 2
 # cores once built. Everything it started is
 # stopped on exit. Knobs (environment): ROUNDS (2), IDLE_SIZES ("1000 10000"),
-# IDLE_HOLD (5 s).
+# IDLE_HOLD (5 s), ONLY (the sections to run, default all: "fanin roundtrip mongochange
+# ingest outbox fleet failover idle storm").
 set -euo pipefail
 
 bench_dir=$(cd "$(dirname "$0")" && pwd)
@@ -24,7 +25,9 @@ source "$bench_dir/common.sh"
 ROUNDS=${ROUNDS:-2}
 IDLE_SIZES=${IDLE_SIZES:-"1000 10000"}
 IDLE_HOLD=${IDLE_HOLD:-5}
-command_line="ROUNDS=$ROUNDS IDLE_SIZES=\"$IDLE_SIZES\" IDLE_HOLD=$IDLE_HOLD bash bench/run.sh"
+ONLY=${ONLY:-"fanin roundtrip mongochange ingest outbox fleet failover idle storm"}
+want() { [[ " $ONLY " == *" $1 "* ]]; }
+command_line="ROUNDS=$ROUNDS IDLE_SIZES=\"$IDLE_SIZES\" IDLE_HOLD=$IDLE_HOLD ONLY=\"$ONLY\" bash bench/run.sh"
 started_at=$(date -u +"%Y-%m-%d %H:%M:%S UTC")
 load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -61,175 +64,216 @@ fanin_modes=(
   "20k-qos1|--qos 1 --rate 20000 --messages 100000"
   "overload|--qos 1 --messages 200000"
 )
-step "fan-in: mosquitto, gateway, gateway-outbox; $ROUNDS rounds"
-start_mosquitto
-start_gateway
-plain_port=$GW_PORT plain_pid=$GW_PID
-start_gateway "$(outbox_env)"
-outbox_port=$GW_PORT outbox_pid=$GW_PID
-for round in $(seq "$ROUNDS"); do
-  for mode in "${fanin_modes[@]}"; do
-    tag=${mode%%|*}
-    # shellcheck disable=SC2206 # the flags split on spaces
-    flags=(${mode#*|})
-    for broker in "mosquitto $MOSQ_PORT $MOSQ_PID" "gateway $plain_port $plain_pid" \
-      "gateway-outbox $outbox_port $outbox_pid"; do
-      read -r label port pid <<<"$broker"
-      lg --broker "127.0.0.1:$port" --label "$label" --pid "$pid" --tag "$tag" --round "$round" \
-        --deadline 60 fanin --publishers 100 --payload 256 "${flags[@]}"
+if want fanin; then
+  step "fan-in: mosquitto, gateway, gateway-outbox; $ROUNDS rounds"
+  start_mosquitto
+  start_gateway
+  plain_port=$GW_PORT plain_pid=$GW_PID
+  start_gateway "$(outbox_env)"
+  outbox_port=$GW_PORT outbox_pid=$GW_PID
+  for round in $(seq "$ROUNDS"); do
+    for mode in "${fanin_modes[@]}"; do
+      tag=${mode%%|*}
+      # shellcheck disable=SC2206 # the flags split on spaces
+      flags=(${mode#*|})
+      for broker in "mosquitto $MOSQ_PORT $MOSQ_PID" "gateway $plain_port $plain_pid" \
+        "gateway-outbox $outbox_port $outbox_pid"; do
+        read -r label port pid <<<"$broker"
+        lg --broker "127.0.0.1:$port" --label "$label" --pid "$pid" --tag "$tag" --round "$round" \
+          --deadline 60 fanin --publishers 100 --payload 256 "${flags[@]}"
+      done
     done
   done
-done
-stop "$MOSQ_PID"
+  stop "$MOSQ_PID"
+fi
 
 # 2. Round trip, gateway only (brokers warm from the fan-in; the shadows are new).
-step "round trip: gateway, gateway-outbox"
-for round in $(seq "$ROUNDS"); do
-  for broker in "gateway $plain_port $plain_pid" "gateway-outbox $outbox_port $outbox_pid"; do
-    read -r label port pid <<<"$broker"
-    lg --broker "127.0.0.1:$port" --label "$label" --pid "$pid" --tag 1k --round "$round" \
-      --deadline 60 roundtrip --devices 1000 --rounds 3 --rate 500
+if want roundtrip; then
+  step "round trip: gateway, gateway-outbox"
+  if [ -z "${plain_pid:-}" ]; then # the fan-in's brokers, when it did not run
+    start_gateway
+    plain_port=$GW_PORT plain_pid=$GW_PID
+    start_gateway "$(outbox_env)"
+    outbox_port=$GW_PORT outbox_pid=$GW_PID
+  fi
+  for round in $(seq "$ROUNDS"); do
+    for broker in "gateway $plain_port $plain_pid" "gateway-outbox $outbox_port $outbox_pid"; do
+      read -r label port pid <<<"$broker"
+      lg --broker "127.0.0.1:$port" --label "$label" --pid "$pid" --tag 1k --round "$round" \
+        --deadline 60 roundtrip --devices 1000 --rounds 3 --rate 500
+    done
   done
-done
-stop "$plain_pid"
-stop "$outbox_pid"
+  stop "$plain_pid"
+  stop "$outbox_pid"
+fi
 
 # 3. MongoDB change → delta: the gateway with its uplink to a mongo-double (replica set,
 # so a change stream), a fresh pair each round; then once with polling
 # (change_streams = "off", poll_interval_ms as in config/gateway.toml); then once with
 # every gateway update taking 20 ms in the server (a distant MongoDB: the delta must not
 # wait for the gateway's own writes, e.g. of the change stream's resume token).
-step "MongoDB change -> delta: change stream, $ROUNDS rounds; polling once; slow MongoDB once"
-for round in $(seq "$ROUNDS") polling slow; do
-  start_double
-  if [ "$round" = slow ]; then
-    start_gateway "IOTSPHERE__MONGODB__URI=$MD_URI" IOTSPHERE__GATEWAY__ID=gw-bench
-    wait_uplink change_stream
-    lg --broker "127.0.0.1:$GW_PORT" --label gateway --pid "$GW_PID" --tag gateway-updates-20ms --round "$((ROUNDS + 2))" \
-      --deadline 90 mongochange --mongo "$MD_URI" --devices 200 --rounds 2 --rate 100 --settle-ms 5000 \
-      --slow-app iotsphere-gateway/gw-bench --slow-ms 20
-  elif [ "$round" = polling ]; then
-    start_gateway "IOTSPHERE__MONGODB__URI=$MD_URI" IOTSPHERE__MONGODB__CHANGE_STREAMS=off
-    wait_uplink polling
-    lg --broker "127.0.0.1:$GW_PORT" --label gateway --pid "$GW_PID" --tag polling --round "$((ROUNDS + 1))" \
-      --deadline 60 mongochange --mongo "$MD_URI" --devices 1000 --rounds 3 --rate 500 --settle-ms 3000
-  else
-    start_gateway "IOTSPHERE__MONGODB__URI=$MD_URI"
-    wait_uplink change_stream
-    lg --broker "127.0.0.1:$GW_PORT" --label gateway --pid "$GW_PID" --tag change-stream --round "$round" \
-      --deadline 60 mongochange --mongo "$MD_URI" --devices 1000 --rounds 3 --rate 500
-  fi
-  stop "$GW_PID"
-  stop "$MD_PID"
-done
+if want mongochange; then
+  step "MongoDB change -> delta: change stream, $ROUNDS rounds; polling once; slow MongoDB once"
+  for round in $(seq "$ROUNDS") polling slow; do
+    start_double
+    if [ "$round" = slow ]; then
+      start_gateway "IOTSPHERE__MONGODB__URI=$MD_URI" IOTSPHERE__GATEWAY__ID=gw-bench
+      wait_uplink change_stream
+      lg --broker "127.0.0.1:$GW_PORT" --label gateway --pid "$GW_PID" --tag gateway-updates-20ms --round "$((ROUNDS + 2))" \
+        --deadline 90 mongochange --mongo "$MD_URI" --devices 200 --rounds 2 --rate 100 --settle-ms 5000 \
+        --slow-app iotsphere-gateway/gw-bench --slow-ms 20
+    elif [ "$round" = polling ]; then
+      start_gateway "IOTSPHERE__MONGODB__URI=$MD_URI" IOTSPHERE__MONGODB__CHANGE_STREAMS=off
+      wait_uplink polling
+      lg --broker "127.0.0.1:$GW_PORT" --label gateway --pid "$GW_PID" --tag polling --round "$((ROUNDS + 1))" \
+        --deadline 60 mongochange --mongo "$MD_URI" --devices 1000 --rounds 3 --rate 500 --settle-ms 3000
+    else
+      start_gateway "IOTSPHERE__MONGODB__URI=$MD_URI"
+      wait_uplink change_stream
+      lg --broker "127.0.0.1:$GW_PORT" --label gateway --pid "$GW_PID" --tag change-stream --round "$round" \
+        --deadline 60 mongochange --mongo "$MD_URI" --devices 1000 --rounds 3 --rate 500
+    fi
+    stop "$GW_PID"
+    stop "$MD_PID"
+  done
+fi
 
 # 6. Telemetry ingest into MongoDB: 100 publishers, QoS 1 as fast as PUBACKs allow, no
 # subscriber; loadgen then waits until every reading is in `telemetry`. Fresh pair per round.
-step "telemetry ingest into MongoDB: $ROUNDS rounds"
-for round in $(seq "$ROUNDS"); do
-  start_double
-  start_gateway "IOTSPHERE__MONGODB__URI=$MD_URI"
-  wait_uplink change_stream
-  lg --broker "127.0.0.1:$GW_PORT" --label gateway-mongodb --pid "$GW_PID" --tag ingest --round "$round" \
-    --deadline 90 fanin --publishers 100 --payload 256 --qos 1 --messages 100000 --no-subscriber --mongo "$MD_URI"
-  stop "$GW_PID"
-  stop "$MD_PID"
-done
+# The reference in the same round: mosquitto (queueing up to a million messages for a slow
+# subscriber, so it drops none) + refconsumer writing to a fresh mongo-double.
+if want ingest; then
+  step "telemetry ingest into MongoDB: gateway and mosquitto + refconsumer, $ROUNDS rounds"
+  for round in $(seq "$ROUNDS"); do
+    start_double
+    start_mosquitto 1000000
+    "$refconsumer" --broker "127.0.0.1:$MOSQ_PORT" --mongo "$MD_URI" --deadline 120 \
+      >"$work/refconsumer-$round.json" 2>"$work/refconsumer-$round.log" &
+    ref_pid=$!
+    pids+=("$ref_pid")
+    for _ in $(seq 100); do
+      grep -q subscribed "$work/refconsumer-$round.log" && break
+      sleep 0.1
+    done
+    lg --broker "127.0.0.1:$MOSQ_PORT" --label mosquitto-refconsumer --pid "$MOSQ_PID" --tag ingest --round "$round" \
+      --deadline 90 fanin --publishers 100 --payload 256 --qos 1 --messages 100000 --no-subscriber --mongo "$MD_URI"
+    stop "$ref_pid"
+    stop "$MOSQ_PID"
+    stop "$MD_PID"
+    start_double
+    start_gateway "IOTSPHERE__MONGODB__URI=$MD_URI"
+    wait_uplink change_stream
+    lg --broker "127.0.0.1:$GW_PORT" --label gateway-mongodb --pid "$GW_PID" --tag ingest --round "$round" \
+      --deadline 90 fanin --publishers 100 --payload 256 --qos 1 --messages 100000 --no-subscriber --mongo "$MD_URI"
+    stop "$GW_PID"
+    stop "$MD_PID"
+  done
+fi
 
 # 7. Outbox: MongoDB down (the URI names a closed port) → append; then mongo-double starts on
 # that port → replay. The data_dir size and the outbox's own count are recorded between.
-step "outbox: append with MongoDB down, replay when it is back; $ROUNDS rounds"
-for round in $(seq "$ROUNDS"); do
-  closed=$(free_port)
-  start_gateway "IOTSPHERE__MONGODB__URI=mongodb://127.0.0.1:$closed/?replicaSet=rs0"
-  prefix="obx$round-$$-"
-  lg --broker "127.0.0.1:$GW_PORT" --label gateway-outbox --pid "$GW_PID" --tag outbox-append --round "$round" \
-    --id-prefix "$prefix" --deadline 60 fanin --publishers 100 --payload 256 --qos 1 --messages 100000 --no-subscriber
-  health=$(curl -fsS "http://127.0.0.1:$GW_HTTP/health/uplink" || echo '{}')
-  printf '{"scenario":"outbox-disk","broker":"gateway-outbox","tag":"outbox","round":%s,"command":"du -sb DATA_DIR; curl /health/uplink","results":{"data_dir_bytes":%s,"outbox_items":%s,"outbox_bytes":%s}}\n' \
-    "$round" "$(du -sb "$GW_DATA" | cut -f1)" \
-    "$(grep -o '"items":[0-9]*' <<<"$health" | head -1 | cut -d: -f2)" \
-    "$(grep -o '"bytes":[0-9]*' <<<"$health" | head -1 | cut -d: -f2)" >>"$results"
-  # Items that waited more than 5 s count as a replay for the gateway (paced at
-  # outbox.replay_rate), younger ones as live traffic (src/uplink/writer.rs REPLAY_AGE).
-  sleep 6
-  start_double "$closed"
-  lg --broker "127.0.0.1:$GW_PORT" --label gateway-outbox --pid "$GW_PID" --tag outbox-replay --round "$round" \
-    --id-prefix "$prefix" --deadline 120 landed --mongo "$MD_URI" --publishers 100 --messages 100000
-  stop "$GW_PID"
-  stop "$MD_PID"
-done
+if want outbox; then
+  step "outbox: append with MongoDB down, replay when it is back; $ROUNDS rounds"
+  for round in $(seq "$ROUNDS"); do
+    closed=$(free_port)
+    start_gateway "IOTSPHERE__MONGODB__URI=mongodb://127.0.0.1:$closed/?replicaSet=rs0"
+    prefix="obx$round-$$-"
+    lg --broker "127.0.0.1:$GW_PORT" --label gateway-outbox --pid "$GW_PID" --tag outbox-append --round "$round" \
+      --id-prefix "$prefix" --deadline 60 fanin --publishers 100 --payload 256 --qos 1 --messages 100000 --no-subscriber
+    health=$(curl -fsS "http://127.0.0.1:$GW_HTTP/health/uplink" || echo '{}')
+    printf '{"scenario":"outbox-disk","broker":"gateway-outbox","tag":"outbox","round":%s,"command":"du -sb DATA_DIR; curl /health/uplink","results":{"data_dir_bytes":%s,"outbox_items":%s,"outbox_bytes":%s}}\n' \
+      "$round" "$(du -sb "$GW_DATA" | cut -f1)" \
+      "$(grep -o '"items":[0-9]*' <<<"$health" | head -1 | cut -d: -f2)" \
+      "$(grep -o '"bytes":[0-9]*' <<<"$health" | head -1 | cut -d: -f2)" >>"$results"
+    # Items that waited more than 5 s count as a replay for the gateway (paced at
+    # outbox.replay_rate), younger ones as live traffic (src/uplink/writer.rs REPLAY_AGE).
+    sleep 6
+    start_double "$closed"
+    lg --broker "127.0.0.1:$GW_PORT" --label gateway-outbox --pid "$GW_PID" --tag outbox-replay --round "$round" \
+      --id-prefix "$prefix" --deadline 120 landed --mongo "$MD_URI" --publishers 100 --messages 100000
+    stop "$GW_PID"
+    stop "$MD_PID"
+  done
+fi
 
 # 8. Many gateways on one MongoDB: G simulated gateways' change streams (the gateway's own
 # pipeline, one client each) on a fresh mongo-double, 1,000 devices spread over them, 2,000
 # cloud changes; with the ownership $match and without it.
-step "many gateways on one MongoDB: 1, 10, 50 change streams, with and without the \$match"
-for gateways in 1 10 50; do
-  for filter in on off; do
-    start_double
-    flag=()
-    [ "$filter" = off ] && flag=(--no-filter)
-    lg --label mongo-double --pid "$MD_PID" --tag "$filter" --round "$gateways" \
-      --deadline 60 fleetwatch --mongo "$MD_URI" --gateways "$gateways" --devices 1000 --changes 2000 "${flag[@]}"
-    stop "$MD_PID"
+if want fleet; then
+  step "many gateways on one MongoDB: 1, 10, 50 change streams, with and without the \$match"
+  for gateways in 1 10 50; do
+    for filter in on off; do
+      start_double
+      flag=()
+      [ "$filter" = off ] && flag=(--no-filter)
+      lg --label mongo-double --pid "$MD_PID" --tag "$filter" --round "$gateways" \
+        --deadline 60 fleetwatch --mongo "$MD_URI" --gateways "$gateways" --devices 1000 --changes 2000 "${flag[@]}"
+      stop "$MD_PID"
+    done
   done
-done
+fi
 
 # 9. Active/standby failover: a fresh mongo-double; gateway A (gw-a) takes the lease
 # site-1, then gateway B (gw-b) joins as its standby; loadgen puts 1,000 devices on A, kills
 # A (SIGKILL) and measures B's takeover while a cloud service changes every device's
 # setpoint in MongoDB. Once with lease_ttl_ms 2000, once with 10000 (the default).
-step "active/standby failover: lease TTL 2000 and 10000 ms"
-for ttl in 2000 10000; do
-  start_double
-  pair=("IOTSPHERE__MONGODB__URI=$MD_URI" IOTSPHERE__MONGODB__LEASE=site-1 "IOTSPHERE__MONGODB__LEASE_TTL_MS=$ttl")
-  start_gateway "${pair[@]}" IOTSPHERE__GATEWAY__ID=gw-a
-  wait_uplink change_stream
-  wait_uplink active lease
-  active_port=$GW_PORT active_pid=$GW_PID
-  start_gateway "${pair[@]}" IOTSPHERE__GATEWAY__ID=gw-b
-  wait_uplink change_stream
-  wait_uplink standby lease
-  lg --broker "127.0.0.1:$active_port" --label gateway-pair --pid "$GW_PID" --tag "ttl-$ttl" --round 1 \
-    --deadline 90 failover --mongo "$MD_URI" --standby "127.0.0.1:$GW_PORT" --active-pid "$active_pid" \
-    --lease site-1 --lease-ttl-ms "$ttl" --devices 1000
-  stop "$active_pid" # killed by loadgen: reaped here (or stopped, if loadgen failed first)
-  stop "$GW_PID"
-  stop "$MD_PID"
-done
+if want failover; then
+  step "active/standby failover: lease TTL 2000 and 10000 ms"
+  for ttl in 2000 10000; do
+    start_double
+    pair=("IOTSPHERE__MONGODB__URI=$MD_URI" IOTSPHERE__MONGODB__LEASE=site-1 "IOTSPHERE__MONGODB__LEASE_TTL_MS=$ttl")
+    start_gateway "${pair[@]}" IOTSPHERE__GATEWAY__ID=gw-a
+    wait_uplink change_stream
+    wait_uplink active lease
+    active_port=$GW_PORT active_pid=$GW_PID
+    start_gateway "${pair[@]}" IOTSPHERE__GATEWAY__ID=gw-b
+    wait_uplink change_stream
+    wait_uplink standby lease
+    lg --broker "127.0.0.1:$active_port" --label gateway-pair --pid "$GW_PID" --tag "ttl-$ttl" --round 1 \
+      --deadline 90 failover --mongo "$MD_URI" --standby "127.0.0.1:$GW_PORT" --active-pid "$active_pid" \
+      --lease site-1 --lease-ttl-ms "$ttl" --devices 1000
+    stop "$active_pid" # killed by loadgen: reaped here (or stopped, if loadgen failed first)
+    stop "$GW_PID"
+    stop "$MD_PID"
+  done
+fi
 
 # 4. Idle memory: a fresh broker for every run, so "before" is a cold process.
-for size in $IDLE_SIZES; do
-  if [ "$size" -ge "$fd_limit" ]; then
-    echo "note: $size connections exceed the open-files limit $fd_limit; loadgen caps them" >&2
-  fi
-  step "idle: $size connections, mosquitto and gateway, $ROUNDS rounds"
-  for round in $(seq "$ROUNDS"); do
-    start_mosquitto
-    lg --broker "127.0.0.1:$MOSQ_PORT" --label mosquitto --pid "$MOSQ_PID" --tag "$size" --round "$round" \
-      --deadline 90 idle --connections "$size" --hold "$IDLE_HOLD"
-    stop "$MOSQ_PID"
-    start_gateway
-    lg --broker "127.0.0.1:$GW_PORT" --label gateway --pid "$GW_PID" --tag "$size" --round "$round" \
-      --deadline 90 idle --connections "$size" --hold "$IDLE_HOLD"
-    stop "$GW_PID"
+if want idle; then
+  for size in $IDLE_SIZES; do
+    if [ "$size" -ge "$fd_limit" ]; then
+      echo "note: $size connections exceed the open-files limit $fd_limit; loadgen caps them" >&2
+    fi
+    step "idle: $size connections, mosquitto and gateway, $ROUNDS rounds"
+    for round in $(seq "$ROUNDS"); do
+      start_mosquitto
+      lg --broker "127.0.0.1:$MOSQ_PORT" --label mosquitto --pid "$MOSQ_PID" --tag "$size" --round "$round" \
+        --deadline 90 idle --connections "$size" --hold "$IDLE_HOLD"
+      stop "$MOSQ_PID"
+      start_gateway
+      lg --broker "127.0.0.1:$GW_PORT" --label gateway --pid "$GW_PID" --tag "$size" --round "$round" \
+        --deadline 90 idle --connections "$size" --hold "$IDLE_HOLD"
+      stop "$GW_PID"
+    done
   done
-done
+fi
 
 # 5. Reconnect storm, gateway only, a fresh gateway each time; the last one after a power
 # cut (connections dropped without DISCONNECT).
-step "storm: gateway"
-for round in $(seq "$ROUNDS") abrupt; do
-  start_gateway
-  if [ "$round" = abrupt ]; then
-    lg --broker "127.0.0.1:$GW_PORT" --label gateway --pid "$GW_PID" --tag abrupt --round "$((ROUNDS + 1))" \
-      --deadline 60 storm --devices 1000 --abrupt
-  else
-    lg --broker "127.0.0.1:$GW_PORT" --label gateway --pid "$GW_PID" --tag clean --round "$round" \
-      --deadline 60 storm --devices 1000
-  fi
-  stop "$GW_PID"
-done
+if want storm; then
+  step "storm: gateway"
+  for round in $(seq "$ROUNDS") abrupt; do
+    start_gateway
+    if [ "$round" = abrupt ]; then
+      lg --broker "127.0.0.1:$GW_PORT" --label gateway --pid "$GW_PID" --tag abrupt --round "$((ROUNDS + 1))" \
+        --deadline 60 storm --devices 1000 --abrupt
+    else
+      lg --broker "127.0.0.1:$GW_PORT" --label gateway --pid "$GW_PID" --tag clean --round "$round" \
+        --deadline 60 storm --devices 1000
+    fi
+    stop "$GW_PID"
+  done
+fi
 
 step "write bench/RESULTS.md"
 cp "$results" "$bench_dir/results.jsonl"

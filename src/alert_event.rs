@@ -2,6 +2,9 @@
 //! the gateway publishes, stores and sends to owners. Plain data shared by the alert
 //! engine, the users' preferences, the configuration and the messages (serde only, no I/O).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use serde_json::Value;
 
 /// How bad an alert is; users choose which severities reach them.
@@ -35,4 +38,19 @@ pub struct AlertEvent {
     /// The value that fired or cleared it (`null` for offline).
     pub value: Value,
     pub at_ms: i64,
+}
+
+/// How many alerts are open now (for `devices/batch/status`).
+#[derive(Clone, Default)]
+pub struct OpenAlerts(Arc<AtomicUsize>);
+
+impl OpenAlerts {
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// The alert task's count, after each round of events.
+    pub fn set(&self, open: usize) {
+        self.0.store(open, Ordering::Relaxed);
+    }
 }

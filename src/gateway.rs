@@ -35,6 +35,7 @@ use crate::metrics::Metrics;
 use crate::outbox::{Outbox, OutboxLimits};
 use crate::reload::Reloader;
 use crate::service::{link_loop, ServiceSettings, ShadowService};
+use crate::status_page::StatusBoard;
 use crate::store::{ShadowStore, StoreError};
 use crate::system::SystemTask;
 use crate::systemd::Notifier;
@@ -170,6 +171,8 @@ struct Parts {
     lease: watch::Sender<LeaseState>,
     lease_role: Option<watch::Receiver<LeaseState>>,
     step_down: StepDown,
+    /// What the status page remembers of each heater (a tap of the broker).
+    board: StatusBoard,
     broker: EmbeddedBroker,
     link: GatewayLink,
 }
@@ -256,7 +259,8 @@ fn build(config: &GatewayConfig) -> Result<Parts, GatewayError> {
     let (lease, lease_role) = watch::channel(LeaseState::default());
     let lease_role = (uplink_enabled && !config.mongodb.lease.is_empty()).then_some(lease_role);
     let step_down = StepDown::default();
-    let mut taps: Vec<Box<dyn Tap>> = Vec::new();
+    let board = StatusBoard::new(&topics);
+    let mut taps: Vec<Box<dyn Tap>> = vec![Box::new(board.clone())];
     if let Some(outbox) = outbox.clone() {
         taps.push(Box::new(Ingest::new(outbox)));
     }
@@ -305,6 +309,7 @@ fn build(config: &GatewayConfig) -> Result<Parts, GatewayError> {
         lease,
         lease_role,
         step_down,
+        board,
         broker,
         link,
     })
@@ -381,6 +386,7 @@ async fn start(
         lease,
         lease_role,
         step_down,
+        board,
         broker,
         mut link,
     } = parts;
@@ -417,6 +423,7 @@ async fn start(
         uplink: uplink.as_ref().map(|u| u.status.clone()).zip(outbox),
         bridge: bridge_status,
         metrics,
+        board,
         started,
     };
     let notifier = Notifier::from_env();

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::bridge::{BridgeReport, BridgeStatus};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
-use crate::status_page::{self, StatusView, MAX_SHADOWS_SHOWN};
+use crate::status_page::{self, OutboxView, StatusBoard, StatusView};
 use crate::store::ShadowStore;
 use crate::uplink::{UplinkMode, UplinkReport, UplinkStatus};
 
@@ -118,6 +118,8 @@ pub struct HealthState {
     /// `None` when no bridge is configured.
     pub bridge: Option<BridgeStatus>,
     pub metrics: Metrics,
+    /// What the status page remembers of each heater (fed by the broker hook).
+    pub board: StatusBoard,
     pub started: Instant,
 }
 
@@ -195,31 +197,36 @@ impl HealthState {
         }
     }
 
-    /// What the status page shows.
-    async fn status_view(&self) -> StatusView {
+    /// What the status page shows for the search `query`; `token` as given in the URL.
+    async fn status_view(&self, query: String, token: Option<String>) -> StatusView {
         let health = self.summary().await;
-        let mut shadows = Vec::new();
-        for entry in self.store.iter().take(MAX_SHADOWS_SHOWN) {
-            match entry {
-                Ok((device_id, stored)) => {
-                    let delta = crate::shadow::delta_state(Some(&stored.document));
-                    shadows.push((device_id, stored.document.version, delta));
-                }
-                Err(e) => tracing::warn!(error = %e, "a shadow the status page cannot show"),
+        let now_ms = status_page::history::now_ms();
+        let (heaters, matching) =
+            status_page::heaters(&self.store, &self.metrics, &self.board, &query, now_ms);
+        let outbox = self.uplink.as_ref().map(|(_, outbox)| {
+            let stats = outbox.stats();
+            OutboxView {
+                items: stats.items + stats.shadows,
+                oldest_age_secs: stats.oldest_age_secs,
             }
-        }
+        });
         StatusView {
             gateway_id: self.gateway_id.clone(),
             version: health.version,
             uptime_secs: health.uptime_secs,
             store_problem: health.reason,
             uplink_mode: health.uplink.as_str(),
+            outbox,
+            bridge: health.bridge,
             lease: health.lease,
-            outbox_items: health.outbox_items,
-            connected: self.metrics.connected_client_ids(),
-            shadows,
+            connected_clients: usize::try_from(health.connected_clients).unwrap_or(0),
+            query,
+            token,
+            heaters,
+            matching,
             shadows_total: health.shadows,
             rejections: self.metrics.recent_rejections(),
+            now_ms,
         }
     }
 }
@@ -336,13 +343,15 @@ async fn serve_connections(listener: tokio::net::TcpListener, app: Router) {
 }
 
 #[derive(Deserialize)]
-struct TokenQuery {
+struct StatusQuery {
     token: Option<String>,
+    /// The status page's search by device id.
+    q: Option<String>,
 }
 
 async fn status(
     State(app): State<AppState>,
-    Query(query): Query<TokenQuery>,
+    Query(query): Query<StatusQuery>,
     headers: HeaderMap,
 ) -> Response {
     if let Some(expected) = &app.token {
@@ -360,7 +369,11 @@ async fn status(
                 .into_response();
         }
     }
-    let view = app.health.status_view().await;
+    let token = app.token.is_some().then_some(query.token).flatten();
+    let view = app
+        .health
+        .status_view(status_page::clean_query(query.q.as_deref()), token)
+        .await;
     (
         [(header::CACHE_CONTROL, "no-store")],
         Html(status_page::render(&view)),

@@ -6,40 +6,52 @@
 //!
 //! ## Layout
 //!
-//! The path of a message, in the order it travels:
+//! Layers, lowest first. A module imports only from its own layer or a lower one, and the
+//! features do not import each other: they meet through the shared types, channels and
+//! traits below them (`tests/layering.rs` checks every `crate::` path against this list).
+//! The design and its contracts: `docs/DESIGN.md`.
 //!
-//! - [`config`] — the TOML file and `IOTSPHERE__…` overrides, checked with line numbers.
-//! - [`auth`] — credentials (argon2), identities and the per-device topic ACL; passwords
-//!   are checked by the bounded [`verifier`], after the [`login_backoff`] of the address;
-//!   [`audit`] keeps the audit log small whatever clients send.
-//! - [`certs`] — TLS certificate checks and the lab's `certs dev`.
-//! - [`broker`] — the embedded rumqttd broker with bounded memory, and the gateway's
-//!   internal link into it ([`broker::link`] drains that link in batches).
-//! - [`topics`] — parses and formats the `ROOT/devices/{id}/…` topic tree.
-//! - [`codec`] — JSON / CBOR payloads, detected per message, and the reply envelope.
-//! - [`shadow`] — the pure shadow engine: merge, versions, metadata, delta, and the
-//!   desired lifecycle (refusal, expiry, local change wins). No I/O.
+//! **Shared data** (serde, no I/O):
+//! - [`messages`] — every publication of the gateway and its envelope; what each one adds
+//!   to the counters once it is published ([`messages::Count`]).
+//! - [`cloud`] — what goes to the cloud ([`cloud::ToCloud`]) and comes from it.
+//! - [`alert_event`], [`alert_rule`] — severities, alert events, `[[alerts]]` rules.
+//! - [`lease`] — this gateway's role in its pair; [`reports`] — what the uplink, the bridge
+//!   and the outbox report about themselves.
+//! - [`topics`] — the `ROOT/devices/{id}/…` tree; [`codec`] — JSON / CBOR, detected per
+//!   message; [`shadow`] — the pure shadow engine (with the desired lifecycle: refusal,
+//!   expiry, local change wins); [`telemetry`] — device readings;
+//!   [`users`] — users and the devices they own; [`backoff`] — retry delays.
+//!
+//! **Configuration**: [`config`] (the TOML file and `IOTSPHERE__…` overrides, checked with
+//! line numbers), [`certs`] (TLS checks, `certs dev`), [`logging`].
+//!
+//! **Infrastructure**: [`store`] (sled, the source of truth without an uplink),
+//! [`outbox`] (everything bound for the cloud, durable until it is delivered), [`metrics`]
+//! (Prometheus counters), [`auth`] (credentials, identities, the per-device ACL; passwords
+//! checked by the bounded [`verifier`] after the [`login_backoff`] of the address;
+//! [`audit`] keeps the audit log small), [`batch`] (`devices/batch/status`), [`systemd`].
+//!
+//! **Broker**: [`broker`] — the embedded rumqttd broker with bounded memory, the only module
+//! that names rumqttd; its hook parses each PUBLISH once for the ACL and the
+//! [`broker::tap::Tap`]s, and flushes sled once per router iteration.
+//!
+//! **Features**:
+//! - [`service`] — one request → engine → store → the replies to publish;
+//!   [`service::link_loop`] drains the broker link in batches (one fsync per batch) and
+//!   wakes for the next desired expiry.
 //! - [`ingest`] — telemetry and command answers into the outbox, inside the broker,
-//!   before they are acknowledged.
-//! - [`service`] — one request → engine → store → the replies to publish; [`expiries`]
-//!   is its one timer for desired leaves that expire.
-//! - [`store`] — the local sled store, the source of truth without an uplink.
-//! - [`telemetry`] — decoding device readings for the cloud.
-//! - [`outbox`] — everything bound for the cloud, durable in sled until MongoDB has it.
-//! - [`uplink`] — MongoDB: shadows mirrored, telemetry stored, commands dispatched, and
-//!   cloud changes of `desired` watched (change stream or polling).
-//! - [`alerts`] — alert rules judged on readings, reported state and presence; published
-//!   and stored, and sent to the owners of the device ([`users`]).
-//! - [`bridge`] — the optional upstream MQTT broker (rumqttc): `forward` topics sent up
-//!   through their own outbox, `subscribe` topics applied locally.
-//! - [`http`] — `/health`, `/health/uplink`, `/metrics` and the [`status_page`] at `/`;
-//!   [`metrics`] the Prometheus counters.
-//! - [`system`] — `system/status`, `system/metrics`, `devices/batch/status` ([`batch`]) and
-//!   systemd's watchdog ([`systemd`]).
+//!   before they are acknowledged (a tap).
+//! - [`uplink`] — MongoDB: shadows mirrored, telemetry stored, commands dispatched, cloud
+//!   changes of `desired` watched (change stream or polling), the active/standby lease.
+//! - [`bridge`] — the optional upstream MQTT broker (rumqttc).
+//! - [`alerts`] — alert rules judged on readings, reported state and presence.
+//! - [`http`] — `/health`, `/health/uplink`, `/metrics` and the [`status_page`] at `/`.
+//! - [`system`] — `system/status`, `system/metrics`, `devices/batch/status`, the watchdog.
 //! - [`reload`] — SIGHUP: what can change live is applied, the rest reported.
-//! - [`gateway`] — wires the above and handles shutdown; [`logging`] sets up `tracing`.
 //!
-//! - [`admin`] — offline commands on the data directory (`outbox stats|list|replay|purge`).
+//! **Wiring**: [`gateway`] — `run` as build → start → wait → stop; [`admin`] — offline
+//! commands on the data directory (`outbox stats|list|replay|purge`).
 //!
 //! `main.rs` only parses the command line and calls into these modules.
 
@@ -57,7 +69,6 @@ pub mod certs;
 pub mod cloud;
 pub mod codec;
 pub mod config;
-pub mod expiries;
 pub mod gateway;
 pub mod http;
 pub mod ingest;

@@ -148,131 +148,141 @@ impl Default for Metrics {
             bridge_catch_up: Mutex::new(()),
             registry: Registry::default(),
         };
-        registry.register(
-            "messages_in",
-            "MQTT publishes received, by topic kind",
-            inner.messages_in.clone(),
-        );
-        registry.register(
-            "messages_out",
-            "Messages the gateway published, by kind",
-            inner.messages_out.clone(),
-        );
-        registry.register(
-            "shadow_updates",
-            "Accepted shadow changes",
-            inner.shadow_updates.clone(),
-        );
-        registry.register(
-            "rejections",
-            "Refused shadow requests, by code",
-            inner.rejections.clone(),
-        );
-        registry.register(
-            "deltas_published",
-            "Deltas published to devices",
-            inner.deltas_published.clone(),
-        );
-        registry.register(
-            "broker_dropped",
-            "What the broker's per-client limits refused or did not keep (subscriptions, retained messages, QoS 2 publishes awaiting release, take-overs), by limit",
-            inner.broker_dropped.clone(),
-        );
-        registry.register(
-            "connects_refused",
-            "CONNECTs refused, by reason (bad_login, not_authorized, busy, standby)",
-            inner.connects_refused.clone(),
-        );
-        registry.register(
-            "connected_clients",
-            "MQTT clients connected now",
-            inner.connected_clients.clone(),
-        );
-        registry.register(
-            "flapping_clients",
-            format!(
-                "Client ids that connected {FLAP_CONNECTS} times or more in the last {} minutes",
-                FLAP_WINDOW.as_secs() / 60
-            ),
-            inner.flapping_clients.clone(),
-        );
-        registry.register(
-            "store_writable",
-            "1 when the last store probe could write and fsync (see /health)",
-            inner.store_writable.clone(),
-        );
-        registry.register(
-            "lease_role",
-            "1 for this gateway's role in its active/standby pair",
-            inner.lease_role.clone(),
-        );
-        registry.register(
-            "uplink_connected",
-            "1 when MongoDB answers",
-            inner.uplink_connected.clone(),
-        );
-        registry.register(
-            "uplink_mode",
-            "1 for the uplink's current mode",
-            inner.uplink_mode.clone(),
-        );
-        registry.register(
-            "outbox_items",
-            "Writes waiting for MongoDB",
-            inner.outbox_items.clone(),
-        );
-        registry.register(
-            "outbox_bytes",
-            "Bytes waiting in the outbox",
-            inner.outbox_bytes.clone(),
-        );
-        registry.register(
-            "outbox_oldest_age_seconds",
-            "Age of the oldest item waiting for MongoDB (0 when none waits)",
-            inner.outbox_oldest_age.clone(),
-        );
-        registry.register(
-            "outbox_dropped",
-            "Outbox items dropped since start, by reason",
-            inner.outbox_dropped.clone(),
-        );
-        registry.register(
-            "resident_memory_bytes",
-            "Resident memory of the gateway (VmRSS)",
-            inner.resident_memory.clone(),
-        );
-        registry.register(
-            "bridge_connected",
-            "1 when the upstream MQTT broker is connected",
-            inner.bridge_connected.clone(),
-        );
-        registry.register(
-            "bridge_reconnects",
-            "Connections to the upstream MQTT broker lost",
-            inner.bridge_reconnects.clone(),
-        );
-        registry.register(
-            "bridge_forwarded",
-            "Messages the upstream MQTT broker acknowledged",
-            inner.bridge_forwarded.clone(),
-        );
-        registry.register(
-            "bridge_received",
-            "Messages from the upstream MQTT broker published locally",
-            inner.bridge_received.clone(),
-        );
-        registry.register(
-            "bridge_queued",
-            "Messages waiting for the upstream MQTT broker",
-            inner.bridge_queued.clone(),
-        );
-        registry.register(
-            "bridge_dropped",
-            "Messages dropped from the bridge's outbox since start (full or expired)",
-            inner.bridge_dropped.clone(),
-        );
+        register_traffic(&mut registry, &inner);
+        register_health(&mut registry, &inner);
         Metrics(Arc::new(Inner { registry, ..inner }))
     }
+}
+
+/// Messages, rejections, the broker's limits and its clients.
+fn register_traffic(registry: &mut Registry, inner: &Inner) {
+    registry.register(
+        "messages_in",
+        "MQTT publishes received, by topic kind",
+        inner.messages_in.clone(),
+    );
+    registry.register(
+        "messages_out",
+        "Messages the gateway published, by kind",
+        inner.messages_out.clone(),
+    );
+    registry.register(
+        "shadow_updates",
+        "Accepted shadow changes",
+        inner.shadow_updates.clone(),
+    );
+    registry.register(
+        "rejections",
+        "Refused shadow requests, by code",
+        inner.rejections.clone(),
+    );
+    registry.register(
+        "deltas_published",
+        "Deltas published to devices",
+        inner.deltas_published.clone(),
+    );
+    registry.register(
+        "broker_dropped",
+        "What the broker's per-client limits refused or did not keep (subscriptions, retained messages, QoS 2 publishes awaiting release, take-overs), by limit",
+        inner.broker_dropped.clone(),
+    );
+    registry.register(
+        "connects_refused",
+        "CONNECTs refused, by reason (bad_login, not_authorized, busy, standby)",
+        inner.connects_refused.clone(),
+    );
+    registry.register(
+        "connected_clients",
+        "MQTT clients connected now",
+        inner.connected_clients.clone(),
+    );
+    registry.register(
+        "flapping_clients",
+        format!(
+            "Client ids that connected {FLAP_CONNECTS} times or more in the last {} minutes",
+            FLAP_WINDOW.as_secs() / 60
+        ),
+        inner.flapping_clients.clone(),
+    );
+}
+
+/// The store, the lease, the uplink, the outbox, memory and the bridge.
+fn register_health(registry: &mut Registry, inner: &Inner) {
+    registry.register(
+        "store_writable",
+        "1 when the last store probe could write and fsync (see /health)",
+        inner.store_writable.clone(),
+    );
+    registry.register(
+        "lease_role",
+        "1 for this gateway's role in its active/standby pair",
+        inner.lease_role.clone(),
+    );
+    registry.register(
+        "uplink_connected",
+        "1 when MongoDB answers",
+        inner.uplink_connected.clone(),
+    );
+    registry.register(
+        "uplink_mode",
+        "1 for the uplink's current mode",
+        inner.uplink_mode.clone(),
+    );
+    registry.register(
+        "outbox_items",
+        "Writes waiting for MongoDB",
+        inner.outbox_items.clone(),
+    );
+    registry.register(
+        "outbox_bytes",
+        "Bytes waiting in the outbox",
+        inner.outbox_bytes.clone(),
+    );
+    registry.register(
+        "outbox_oldest_age_seconds",
+        "Age of the oldest item waiting for MongoDB (0 when none waits)",
+        inner.outbox_oldest_age.clone(),
+    );
+    registry.register(
+        "outbox_dropped",
+        "Outbox items dropped since start, by reason",
+        inner.outbox_dropped.clone(),
+    );
+    registry.register(
+        "resident_memory_bytes",
+        "Resident memory of the gateway (VmRSS)",
+        inner.resident_memory.clone(),
+    );
+    registry.register(
+        "bridge_connected",
+        "1 when the upstream MQTT broker is connected",
+        inner.bridge_connected.clone(),
+    );
+    registry.register(
+        "bridge_reconnects",
+        "Connections to the upstream MQTT broker lost",
+        inner.bridge_reconnects.clone(),
+    );
+    registry.register(
+        "bridge_forwarded",
+        "Messages the upstream MQTT broker acknowledged",
+        inner.bridge_forwarded.clone(),
+    );
+    registry.register(
+        "bridge_received",
+        "Messages from the upstream MQTT broker published locally",
+        inner.bridge_received.clone(),
+    );
+    registry.register(
+        "bridge_queued",
+        "Messages waiting for the upstream MQTT broker",
+        inner.bridge_queued.clone(),
+    );
+    registry.register(
+        "bridge_dropped",
+        "Messages dropped from the bridge's outbox since start (full or expired)",
+        inner.bridge_dropped.clone(),
+    );
 }
 
 impl Metrics {

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::{interval, interval_at, Interval, MissedTickBehavior};
 
-use crate::alerts::OpenAlerts;
+use crate::alert_event::OpenAlerts;
 use crate::batch::{self, BatchStatus};
 use crate::broker::hook::StepDown;
 use crate::broker::GatewayLink;

@@ -13,6 +13,10 @@ use serde_json::Value;
 
 const GATEWAY: &str = "gateway";
 const MOSQUITTO: &str = "mosquitto";
+/// The gateway with its uplink to a mongo-double (ingest, section 6).
+const GATEWAY_MONGODB: &str = "gateway-mongodb";
+/// What a user would build instead of the gateway: mosquitto + bench's `refconsumer`.
+const REFERENCE: &str = "mosquitto-refconsumer";
 
 pub fn file(path: &Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
@@ -113,6 +117,18 @@ fn ratios_of(
     tag: &str,
     metric: &dyn Fn(&Value) -> Option<f64>,
 ) -> Vec<f64> {
+    ratios_against(runs, broker, MOSQUITTO, scenario, tag, metric)
+}
+
+/// Per round, `metric(broker) / metric(reference)` for runs of `scenario` and `tag`.
+fn ratios_against(
+    runs: &[Value],
+    broker: &str,
+    reference: &str,
+    scenario: &str,
+    tag: &str,
+    metric: &dyn Fn(&Value) -> Option<f64>,
+) -> Vec<f64> {
     let find = |broker: &str, round: f64| {
         of(runs, scenario).find(|r| {
             text(r, "/broker") == broker
@@ -130,8 +146,8 @@ fn ratios_of(
         .into_iter()
         .filter_map(|round| {
             let measured = metric(find(broker, round)?)?;
-            let mosquitto = metric(find(MOSQUITTO, round)?)?;
-            (mosquitto > 0.0).then(|| measured / mosquitto)
+            let reference = metric(find(reference, round)?)?;
+            (reference > 0.0).then(|| measured / reference)
         })
         .collect()
 }
@@ -256,15 +272,16 @@ fn idle(out: &mut String, runs: &[Value]) -> std::fmt::Result {
         out,
         "## 4. Idle connections: broker memory (each device subscribed to its own delta topic)\n"
     )?;
-    writeln!(out, "| connections | gateway / mosquitto RSS connected | gateway / mosquitto RSS growth per connection |")?;
-    writeln!(out, "|---|---|---|")?;
+    writeln!(out, "Connect storm: all N connect at once, `--connect-concurrency` (50) handshakes in flight, each CONNECT → CONNACK, SUBSCRIBE → SUBACK; the time until all are subscribed.\n")?;
+    writeln!(out, "| connections | gateway / mosquitto RSS connected | gateway / mosquitto RSS growth per connection | gateway / mosquitto connect storm time |")?;
+    writeln!(out, "|---|---|---|---|")?;
     for tag in tags(runs, "idle") {
         let n = of(runs, "idle")
             .find(|r| text(r, "/tag") == tag)
             .and_then(|r| num(r, "/results/connections"));
         writeln!(
             out,
-            "| {} | {} | {} |",
+            "| {} | {} | {} | {} |",
             int(n),
             ratio_cell(&ratios(runs, "idle", tag, |r| num(
                 r,
@@ -274,6 +291,7 @@ fn idle(out: &mut String, runs: &[Value]) -> std::fmt::Result {
                 r,
                 "/results/kib_per_connection"
             ))),
+            ratio_cell(&ratios(runs, "idle", tag, |r| num(r, "/results/connect_s"))),
         )?;
     }
     writeln!(out, "\n| connections | round | broker | RSS before MB | RSS connected MB | RSS end of hold MB | VmHWM MB | KiB per connection | connect s | RSS after close MB | errors |")?;
@@ -533,14 +551,20 @@ fn ingest(out: &mut String, runs: &[Value]) -> std::fmt::Result {
         return Ok(());
     }
     writeln!(out, "## 6. Telemetry ingest: readings published → stored in MongoDB `telemetry` (gateway + mongo-double)\n")?;
-    writeln!(out, "Publishers only (no subscriber), QoS 1, as fast as PUBACKs allow; the gateway stores each reading in its outbox (fsync before PUBACK) and the uplink writes them with `insertMany`. Stored/s = readings stored / (last one stored − first publish); exactly once = every (device, seq) once.\n")?;
-    writeln!(out, "| round | readings | PUBACKs/s | stored/s | all stored after publishing s | missing | duplicates | PUBACK p50 / p99 ms | broker CPU µs/reading |")?;
-    writeln!(out, "|---|---|---|---|---|---|---|---|---|")?;
+    writeln!(out, "Publishers only (no subscriber), QoS 1, as fast as PUBACKs allow; `{GATEWAY_MONGODB}` stores each reading in its outbox (fsync before PUBACK) and the uplink writes them with `insertMany`; `{REFERENCE}` is what a user would build instead: mosquitto (PUBACK at once, nothing on disk) and bench's `refconsumer` (rumqttc, QoS 1 subscription, the same driver's `insertMany` in batches of up to 1,000). Stored/s = readings stored / (last one stored − first publish); exactly once = every (device, seq) once.\n")?;
+    writeln!(
+        out,
+        "Gateway / reference, stored/s: {}\n",
+        ratio_cell(&ingest_ratios(runs))
+    )?;
+    writeln!(out, "| round | broker | readings | PUBACKs/s | stored/s | all stored after publishing s | missing | duplicates | PUBACK p50 / p99 ms | broker CPU µs/reading |")?;
+    writeln!(out, "|---|---|---|---|---|---|---|---|---|---|")?;
     for run in tagged(runs, "ingest") {
         writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             int(num(run, "/round")),
+            text(run, "/broker"),
             int(num(run, "/results/sent")),
             int(num(run, "/results/acked_per_s")),
             int(num(run, "/results/landed/stored_per_s")),
@@ -553,6 +577,13 @@ fn ingest(out: &mut String, runs: &[Value]) -> std::fmt::Result {
         )?;
     }
     writeln!(out)
+}
+
+/// Per round, the gateway's stored readings per second over the reference's.
+fn ingest_ratios(runs: &[Value]) -> Vec<f64> {
+    ratios_against(runs, GATEWAY_MONGODB, REFERENCE, "fanin", "ingest", &|r| {
+        num(r, "/results/landed/stored_per_s")
+    })
 }
 
 fn outbox(out: &mut String, uplink: &[Value], runs: &[Value]) -> std::fmt::Result {
@@ -653,18 +684,61 @@ fn targets(out: &mut String, runs: &[Value]) -> std::fmt::Result {
         verdict(p50.zip(p99).map(|(a, b)| a < 2000.0 && b < 10_000.0 && complete))
     )?;
 
-    for (n, limit_mb) in [(1000.0, 64.0), (10_000.0, 256.0)] {
-        let peak = of(runs, "idle")
-            .filter(|r| text(r, "/broker") == GATEWAY && num(r, "/results/connections") == Some(n))
-            .filter_map(|r| {
-                Some(num(r, "/results/connected/rss_kb")?.max(num(r, "/results/held/rss_kb")?))
+    // RSS once connected (the larger of "connected" and "end of hold"), per round.
+    let rss =
+        |r: &Value| Some(num(r, "/results/connected/rss_kb")?.max(num(r, "/results/held/rss_kb")?));
+    let excess = ratios(runs, "idle", "1000", |r| rss(r));
+    let over_bound: Vec<f64> = {
+        // gateway RSS − (1.5 × mosquitto's + 8 MB), per round, in MB.
+        let sub = |broker: &str| -> Vec<(f64, f64)> {
+            of(runs, "idle")
+                .filter(|r| text(r, "/broker") == broker && text(r, "/tag") == "1000")
+                .filter_map(|r| Some((num(r, "/round")?, rss(r)?)))
+                .collect()
+        };
+        let mosquitto = sub(MOSQUITTO);
+        sub(GATEWAY)
+            .into_iter()
+            .filter_map(|(round, gw)| {
+                let (_, m) = mosquitto.iter().find(|(r, _)| *r == round)?;
+                Some((gw - (1.5 * m + 8.0 * 1024.0)) / 1024.0)
             })
-            .fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v))));
+            .collect()
+    };
+    let worst = over_bound
+        .iter()
+        .copied()
+        .fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v))));
+    writeln!(
+        out,
+        "| gateway RSS with 1,000 connected heaters ≤ 1.5× mosquitto's + 8 MB (same round) | gateway / mosquitto {}; worst round {} MB {} the bound | {} |",
+        ratio_cell(&excess),
+        worst.map_or_else(|| "–".into(), |w| format!("{:.1}", w.abs())),
+        if worst.is_some_and(|w| w > 0.0) { "over" } else { "under" },
+        verdict(worst.map(|w| w <= 0.0))
+    )?;
+    let peak = of(runs, "idle")
+        .filter(|r| text(r, "/broker") == GATEWAY && text(r, "/tag") == "10000")
+        .filter_map(rss)
+        .fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v))));
+    writeln!(
+        out,
+        "| gateway RSS with 10,000 connected heaters ≤ 64 MB | highest VmRSS: {} MB | {} |",
+        mb(peak),
+        verdict(peak.map(|kb| kb / 1024.0 <= 64.0))
+    )?;
+    for (tag, bound) in [("1000", Some(2.0)), ("10000", None)] {
+        let storm = ratios(runs, "idle", tag, |r| num(r, "/results/connect_s"));
+        let m = median(storm.clone());
         writeln!(
             out,
-            "| gateway RSS < {limit_mb:.0} MB with {n:.0} connected devices | highest VmRSS: {} MB | {} |",
-            mb(peak),
-            verdict(peak.map(|kb| kb / 1024.0 < limit_mb))
+            "| connect storm, {tag} heaters at once (idle's connect time): {} | gateway / mosquitto {} | {} |",
+            bound.map_or_else(|| "measured, no target".into(), |b| format!("≤ {b:.0}× mosquitto")),
+            ratio_cell(&storm),
+            match bound {
+                Some(b) => verdict(m.map(|m| m <= b)),
+                None => "–",
+            }
         )?;
     }
 
@@ -722,23 +796,34 @@ fn targets(out: &mut String, runs: &[Value]) -> std::fmt::Result {
         )?;
     }
     let stored: Vec<f64> = tagged(runs, "ingest")
+        .filter(|r| text(r, "/broker") == GATEWAY_MONGODB)
         .filter(|r| {
             num(r, "/results/landed/missing") == Some(0.0)
                 && num(r, "/results/landed/duplicates") == Some(0.0)
         })
         .filter_map(|r| num(r, "/results/landed/stored_per_s"))
         .collect();
-    let complete = stored.len() == tagged(runs, "ingest").count();
+    let complete = stored.len()
+        == tagged(runs, "ingest")
+            .filter(|r| text(r, "/broker") == GATEWAY_MONGODB)
+            .count();
     let slowest = stored
         .iter()
         .copied()
         .fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.min(v))));
     writeln!(
         out,
-        "| telemetry ingest into MongoDB ≥ 20,000 readings/s, none lost or duplicated | slowest run: {} readings/s{} | {} |",
+        "| telemetry ingest into MongoDB ≥ 50,000 readings/s, none lost or duplicated | slowest run: {} readings/s{} | {} |",
         int(slowest),
         if complete { ", all exactly once" } else { ", some runs lost or duplicated readings" },
-        verdict(slowest.map(|v| v >= 20_000.0 && complete))
+        verdict(slowest.map(|v| v >= 50_000.0 && complete))
+    )?;
+    let versus = ingest_ratios(runs);
+    writeln!(
+        out,
+        "| telemetry ingest ≥ 1.5× mosquitto + a reference consumer (stored/s, same round) | {} | {} |",
+        ratio_cell(&versus),
+        verdict(median(versus.clone()).map(|m| m >= 1.5))
     )?;
     writeln!(out)
 }

@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+pub use crate::alert_event::OpenAlerts;
 pub use crate::alert_rule::{AlertRule, Severity};
 pub use engine::{AlertEvent, AlertState, Engine, Observation};
 
@@ -68,16 +69,6 @@ pub struct AlertFeed {
     dropped: Arc<AtomicUsize>,
     /// There are rules: readings and reports are worth passing on.
     judges: bool,
-}
-
-/// How many alerts are open now (for `devices/batch/status`).
-#[derive(Clone, Default)]
-pub struct OpenAlerts(Arc<AtomicUsize>);
-
-impl OpenAlerts {
-    pub fn get(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
-    }
 }
 
 /// The task's end of the feed.
@@ -271,9 +262,7 @@ impl AlertTask {
             if events.is_empty() {
                 continue;
             }
-            self.open
-                .0
-                .store(self.engine.open_alerts(), Ordering::Relaxed);
+            self.open.set(self.engine.open_alerts());
             for event in events {
                 self.announce(event);
             }

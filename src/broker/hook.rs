@@ -1,8 +1,8 @@
 //! The gateway's hook inside rumqttd's router (vendor/rumqttd `PublishHook`): for every
 //! PUBLISH and every will that fires, the topic is parsed once, then the ACL
 //! (`auth::Access`, when a secure auth mode is on, with the identity the broker keeps for
-//! the client), then every [`Tap`] sees it (the ingest of what the cloud needs, the alert
-//! feed, the bridge's capture) — all before the router routes or acknowledges the message.
+//! the client), then every [`Tap`] sees it (the ingest of what the cloud needs, the status
+//! page's board, the alert feed, the bridge's capture) — all before the router routes or acknowledges the message.
 //! Once per router iteration, before the acknowledgements, the sled database is flushed
 //! once if a tap stored something that must be durable first. Subscriptions, and those of a persistent session
 //! being resumed, pass the ACL; a session is resumed only by the identity that made it.

@@ -203,7 +203,9 @@ impl GatewayLink {
         messages: impl IntoIterator<Item = Outgoing>,
     ) -> Result<(), BrokerError> {
         for message in messages {
-            let count = message.count;
+            // Counted as it is handed to the router, not after: a subscriber may have it
+            // (and read `/metrics`) before `send` returns.
+            self.metrics.published(&message.count);
             let publish = Publish::new(
                 Bytes::from(message.topic),
                 Bytes::from(message.payload),
@@ -211,7 +213,6 @@ impl GatewayLink {
             );
             // `LinkTx::send` is async only in name: it queues and signals without awaiting.
             pollster::block_on(self.tx.send(Packet::Publish(publish, None)))?;
-            self.metrics.published(&count);
         }
         Ok(())
     }

@@ -27,16 +27,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
+mod expiries;
 pub mod link_loop;
 mod rate;
 
+use expiries::Expiries;
 use rate::RateLimiter;
 
 use crate::alerts::AlertFeed;
 use crate::cloud::{CloudDesired, FromCloud};
 use crate::codec::{self, DecodeError, Encoding, ShadowRequest};
 use crate::config::GatewayConfig;
-use crate::expiries::Expiries;
 use crate::messages::{Outgoing, Replies};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, ToCloud};

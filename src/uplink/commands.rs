@@ -30,6 +30,7 @@ use mongodb::options::FullDocumentType;
 use mongodb::Database;
 use tokio::sync::Notify;
 
+use super::mongo::COMMANDS;
 use super::status::UplinkMode;
 use crate::messages::CommandRequest;
 use crate::store::ShadowStore;
@@ -59,7 +60,7 @@ pub async fn run(
     poll_interval: Duration,
     sink: &mut dyn CommandSink,
 ) -> Result<(), mongodb::error::Error> {
-    let commands = db.collection::<BsonDocument>("commands");
+    let commands = db.collection::<BsonDocument>(COMMANDS);
     let listeners = sink.listeners();
     let mut next_due = dispatch_pending(db, store, sink).await?;
     if mode == UplinkMode::ChangeStream {
@@ -142,7 +143,7 @@ async fn dispatch_pending(
     let mut next_due = None;
     for device_ids in store.device_ids().chunks(super::DEVICE_IDS_PER_QUERY) {
         let mut cursor = db
-            .collection::<BsonDocument>("commands")
+            .collection::<BsonDocument>(COMMANDS)
             .find(doc! {"status": "pending", "deviceId": {"$in": device_ids}})
             .sort(doc! {"createdAt": 1})
             .await?;
@@ -172,7 +173,7 @@ async fn dispatch(
     let Some(id) = command.get("_id").cloned() else {
         return Ok(None);
     };
-    let commands = db.collection::<BsonDocument>("commands");
+    let commands = db.collection::<BsonDocument>(COMMANDS);
     let now = DateTime::now();
     let expired = instant(command, "expiresAt").is_some_and(|expires_at| expires_at <= now);
     let not_before = instant(command, "notBefore").or_else(|| instant(command, "delayedUntil"));

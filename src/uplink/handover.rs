@@ -47,6 +47,7 @@ use mongodb::Database;
 use serde_json::Value;
 
 use super::lease::Fence;
+use super::mongo::SHADOWS;
 use super::status::UplinkStatus;
 use super::FromCloud;
 use crate::shadow::{Document, Sections};
@@ -133,7 +134,7 @@ pub(super) async fn claim(
     fence: &Fence,
     device_id: &str,
 ) -> Result<Option<Document>, ClaimError> {
-    let shadows = db.collection::<BsonDocument>("shadows");
+    let shadows = db.collection::<BsonDocument>(SHADOWS);
     for _ in 0..CLAIM_ATTEMPTS {
         let Some(found) = shadows.find_one(doc! {"_id": device_id}).await? else {
             return Ok(None);

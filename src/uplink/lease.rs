@@ -31,6 +31,7 @@ use mongodb::options::ReturnDocument;
 use mongodb::Database;
 use tokio::sync::watch;
 
+use super::mongo::{LEASES, SHADOWS};
 use super::status::UplinkStatus;
 use super::FromCloud;
 pub use crate::lease::{LeaseRole, LeaseState};
@@ -153,7 +154,7 @@ impl Lease {
 
     /// One round; returns the epoch held afterwards, if any.
     async fn round(&self, held: Option<i64>) -> Result<Option<i64>, mongodb::error::Error> {
-        let leases = self.db.collection::<BsonDocument>("leases");
+        let leases = self.db.collection::<BsonDocument>(LEASES);
         let now = DateTime::now();
         let expires = DateTime::from_millis(
             now.timestamp_millis() + i64::try_from((self.ttl / 2).as_millis()).unwrap_or(0),
@@ -202,7 +203,7 @@ impl Lease {
         let lease = doc! {"_id": &self.name, "holder": &self.gateway_id, "epoch": 1_i64, "expiresAt": expires};
         match self
             .db
-            .collection::<BsonDocument>("leases")
+            .collection::<BsonDocument>(LEASES)
             .insert_one(lease)
             .await
         {
@@ -224,7 +225,7 @@ impl Lease {
         previous_holder: &str,
         epoch: i64,
     ) -> Result<(), mongodb::error::Error> {
-        let shadows = self.db.collection::<BsonDocument>("shadows");
+        let shadows = self.db.collection::<BsonDocument>(SHADOWS);
         let taken = shadows
             .update_many(
                 doc! {"gatewayId": previous_holder},
@@ -311,7 +312,7 @@ mod tests {
         };
         let client = mongodb::Client::with_uri_str(&uri).await.expect("client");
         let db = client.database(&format!("iotsphere_fence_{}", std::process::id()));
-        let shadows = db.collection::<BsonDocument>("shadows");
+        let shadows = db.collection::<BsonDocument>(SHADOWS);
         shadows
             .insert_many([
                 doc! {"_id": "newer", "gatewayId": "gw-b", "version": 2_i64, "lease": {"name": "site-1", "epoch": 2_i64}},

@@ -17,6 +17,7 @@
 pub mod commands;
 pub mod handover;
 pub mod lease;
+pub mod mongo;
 pub mod status;
 pub mod users;
 pub mod watcher;
@@ -40,6 +41,10 @@ use crate::backoff::Backoff;
 use crate::config::{ChangeStreams, GatewayConfig, MongoSection};
 use crate::outbox::{Outbox, OutboxStats};
 use crate::store::ShadowStore;
+use mongo::{
+    error_code, ALERTS, COMMANDS, INDEX_KEY_SPECS_CONFLICT, INDEX_OPTIONS_CONFLICT,
+    NOT_A_REPLICA_SET, SHADOWS, TELEMETRY,
+};
 
 /// How long the driver looks for a usable server before an operation fails (its default
 /// of 30 s would leave writes hanging long after the uplink is gone).
@@ -48,8 +53,6 @@ const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(15);
 /// Device ids per `$in` query about the devices this gateway serves.
 const DEVICE_IDS_PER_QUERY: usize = 1000;
-/// Error code of a change stream on a standalone server.
-const NOT_A_REPLICA_SET: i32 = 40573;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
@@ -74,7 +77,7 @@ pub async fn start(
     config: &GatewayConfig,
     store: ShadowStore,
     outbox: Outbox,
-    mut commands: Box<dyn CommandSink>,
+    commands: Box<dyn CommandSink>,
     directory: crate::users::Directory,
     lease: watch::Sender<LeaseState>,
 ) -> Result<Uplink, UplinkError> {
@@ -139,22 +142,56 @@ pub async fn start(
         poll_interval,
         to_service,
     };
-    let preference = mongo.change_streams;
-    let retention = [
-        ("telemetry", "ts", mongo.telemetry_retention_days),
-        ("alerts", "firedAt", mongo.alerts_retention_days),
-    ];
-    let supervisor_status = status.clone();
-    tokio::spawn(async move {
+    tokio::spawn(
+        Supervisor {
+            db,
+            watcher,
+            store,
+            commands,
+            directory,
+            preference: mongo.change_streams,
+            retention: [
+                (TELEMETRY, "ts", mongo.telemetry_retention_days),
+                (ALERTS, "firedAt", mongo.alerts_retention_days),
+            ],
+            poll_interval,
+            status: status.clone(),
+        }
+        .run(),
+    );
+    Ok(Uplink {
+        from_cloud,
+        claims,
+        status,
+    })
+}
+
+/// Connects to MongoDB (retrying with backoff), prepares indexes and retention, then runs
+/// the watcher, the command dispatch and the users' sync until one fails; and again.
+struct Supervisor {
+    db: Database,
+    watcher: watcher::Watcher,
+    store: ShadowStore,
+    commands: Box<dyn CommandSink>,
+    directory: crate::users::Directory,
+    preference: ChangeStreams,
+    /// `(collection, timestamp field, days)` kept by a TTL index.
+    retention: [(&'static str, &'static str, u32); 2],
+    poll_interval: Duration,
+    status: UplinkStatus,
+}
+
+impl Supervisor {
+    async fn run(mut self) {
         let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
         let mut forced_polling = false;
         loop {
-            let mode = match detect_mode(&db, preference, forced_polling).await {
+            let mode = match detect_mode(&self.db, self.preference, forced_polling).await {
                 Ok(mode) => mode,
                 Err(e) => {
                     let retry = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?retry, "MongoDB unreachable");
-                    supervisor_status.update(|r| {
+                    self.status.update(|r| {
                         r.mode = UplinkMode::Offline;
                         r.connected = false;
                         r.unreachable = true;
@@ -163,11 +200,11 @@ pub async fn start(
                     continue;
                 }
             };
-            ensure_indexes(&db).await;
-            for (collection, field, days) in retention {
-                ensure_retention(&db, collection, field, days).await;
+            ensure_indexes(&self.db).await;
+            for (collection, field, days) in self.retention {
+                ensure_retention(&self.db, collection, field, days).await;
             }
-            supervisor_status.update(|r| {
+            self.status.update(|r| {
                 r.mode = mode;
                 r.connected = true;
                 r.unreachable = false;
@@ -175,28 +212,23 @@ pub async fn start(
             tracing::info!(?mode, "MongoDB uplink connected");
             backoff.reset();
             let result = tokio::select! {
-                r = watcher.run(mode) => r,
-                r = commands::run(&db, &store, mode, poll_interval, commands.as_mut()) => r,
-                r = users::run(&db, mode, &directory) => r,
+                r = self.watcher.run(mode) => r,
+                r = commands::run(&self.db, &self.store, mode, self.poll_interval, self.commands.as_mut()) => r,
+                r = users::run(&self.db, mode, &self.directory) => r,
             };
             match result {
-                Err(e) if watcher::error_code(&e) == Some(NOT_A_REPLICA_SET) => {
+                Err(e) if error_code(&e) == Some(NOT_A_REPLICA_SET) => {
                     tracing::warn!("the server cannot do change streams (40573): polling instead");
-                    forced_polling = preference != ChangeStreams::On;
+                    forced_polling = self.preference != ChangeStreams::On;
                 }
                 Err(e) => tracing::warn!(error = %e, "MongoDB uplink interrupted; reconnecting"),
                 // A stream the server closed: reconnect too, but never in a tight loop.
                 Ok(()) => tracing::warn!("a MongoDB stream ended; reconnecting"),
             }
-            supervisor_status.update(|r| r.connected = false);
+            self.status.update(|r| r.connected = false);
             tokio::time::sleep(backoff.next_delay()).await;
         }
-    });
-    Ok(Uplink {
-        from_cloud,
-        claims,
-        status,
-    })
+    }
 }
 
 async fn connect(mongo: &MongoSection, gateway_id: &str) -> Result<Database, UplinkError> {
@@ -269,8 +301,6 @@ async fn detect_mode(
 
 /// Name of the TTL index the gateway keeps on a collection it writes.
 const RETENTION_INDEX: &str = "retention_ttl";
-const INDEX_OPTIONS_CONFLICT: i32 = 85;
-const INDEX_KEY_SPECS_CONFLICT: i32 = 86;
 
 /// Keeps `collection` for `days` (by the date in `field`) with a TTL index; 0 = for ever
 /// (the gateway's TTL index, if any, is dropped). A changed retention replaces the index
@@ -302,7 +332,7 @@ async fn ensure_retention(db: &Database, collection: &str, field: &str, days: u3
     let result = match collection.create_index(index()).await {
         Err(e)
             if matches!(
-                watcher::error_code(&e),
+                error_code(&e),
                 Some(INDEX_OPTIONS_CONFLICT | INDEX_KEY_SPECS_CONFLICT)
             ) =>
         {
@@ -333,18 +363,18 @@ async fn ensure_indexes(db: &Database) {
     };
     let wanted = [
         (
-            "shadows",
+            SHADOWS,
             named(doc! {"gatewayId": 1, "updatedAt": 1}, "gatewayId_updatedAt"),
         ),
         (
-            "commands",
+            COMMANDS,
             named(
                 doc! {"status": 1, "deviceId": 1, "createdAt": 1},
                 "status_deviceId_createdAt",
             ),
         ),
         (
-            "telemetry",
+            TELEMETRY,
             named(doc! {"deviceId": 1, "ts": 1}, "deviceId_ts"),
         ),
     ];

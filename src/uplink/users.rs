@@ -10,6 +10,7 @@ use mongodb::change_stream::event::OperationType;
 use mongodb::options::FullDocumentType;
 use mongodb::Database;
 
+use super::mongo::USERS;
 use super::status::UplinkMode;
 use crate::users::{Directory, Preferences, User};
 
@@ -22,7 +23,7 @@ pub async fn run(
     mode: UplinkMode,
     directory: &Directory,
 ) -> Result<(), mongodb::error::Error> {
-    let users = db.collection::<BsonDocument>("users");
+    let users = db.collection::<BsonDocument>(USERS);
     // Watch first, then load: a change between the two is seen twice, never missed.
     let stream = match mode {
         UplinkMode::ChangeStream => Some(
@@ -62,7 +63,7 @@ pub async fn run(
 
 async fn load_all(db: &Database, directory: &Directory) -> Result<(), mongodb::error::Error> {
     let mut cursor = db
-        .collection::<BsonDocument>("users")
+        .collection::<BsonDocument>(USERS)
         .find(BsonDocument::new())
         .await?;
     let mut users = Vec::new();
@@ -124,7 +125,7 @@ mod tests {
         assert_eq!(alice.devices.iter().collect::<Vec<_>>(), ["h1"]);
         assert_eq!(
             alice.preferences.severities,
-            Some([crate::alerts::Severity::Critical].into())
+            Some([crate::alert_event::Severity::Critical].into())
         );
         assert!(user(&doc! {"_id": 5, "devices": []}).is_none());
         assert!(user(&doc! {"_id": "bob", "devices": "h1"}).is_none());

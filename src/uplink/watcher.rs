@@ -32,12 +32,12 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use mongodb::bson::{self, doc, Bson, DateTime, Document as BsonDocument};
 use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
-use mongodb::error::ErrorKind;
 use mongodb::options::{FullDocumentType, UpdateOptions};
 use mongodb::Database;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
+use super::mongo::{error_code, HISTORY_LOST, RESUME_TOKENS, SHADOWS};
 use super::status::{UplinkMode, UplinkStatus};
 use super::writer::OwnWrites;
 use super::DEVICE_IDS_PER_QUERY;
@@ -45,8 +45,6 @@ use crate::cloud::{CloudDesired, FromCloud};
 use crate::shadow::Object;
 use crate::store::ShadowStore;
 
-/// Error code of "resume token too old" (ChangeStreamHistoryLost).
-const HISTORY_LOST: i32 = 286;
 /// Polling sees no handover events: every this many polls it looks for local devices
 /// claimed elsewhere.
 const RELEASE_CHECK_POLLS: u64 = 10;
@@ -110,7 +108,7 @@ impl Watcher {
     }
 
     async fn watch(&self) -> Result<(), mongodb::error::Error> {
-        let shadows = self.db.collection::<BsonDocument>("shadows");
+        let shadows = self.db.collection::<BsonDocument>(SHADOWS);
         let pipeline = change_stream_pipeline(&self.gateway_id);
         // The stream is opened before any resync, so a change made during the resync is
         // seen by one or the other (applying it twice is harmless: the same values).
@@ -207,7 +205,7 @@ impl Watcher {
         for ids in self.store.device_ids().chunks(DEVICE_IDS_PER_QUERY) {
             let mut cursor = self
                 .db
-                .collection::<BsonDocument>("shadows")
+                .collection::<BsonDocument>(SHADOWS)
                 .find(doc! {
                     "_id": {"$in": ids},
                     "gatewayId": {"$exists": true, "$ne": &self.gateway_id},
@@ -233,7 +231,7 @@ impl Watcher {
         filter.insert("gatewayId", &self.gateway_id);
         let mut cursor = self
             .db
-            .collection::<BsonDocument>("shadows")
+            .collection::<BsonDocument>(SHADOWS)
             .find(filter)
             .sort(doc! {"updatedAt": 1})
             .await?;
@@ -372,7 +370,7 @@ impl Watcher {
     async fn load_token(&self) -> Result<Option<ResumeToken>, mongodb::error::Error> {
         let stored = self
             .db
-            .collection::<BsonDocument>("resume_tokens")
+            .collection::<BsonDocument>(RESUME_TOKENS)
             .find_one(doc! {"_id": self.token_id()})
             .await?;
         Ok(stored
@@ -384,7 +382,7 @@ impl Watcher {
         let token =
             bson::to_bson(token).map_err(|e| mongodb::error::Error::custom(e.to_string()))?;
         self.db
-            .collection::<BsonDocument>("resume_tokens")
+            .collection::<BsonDocument>(RESUME_TOKENS)
             .update_one(
                 doc! {"_id": self.token_id()},
                 doc! {"$set": {"token": token, "lastProcessedAt": DateTime::now()}},
@@ -475,14 +473,6 @@ fn bson_u64(value: &Bson) -> Option<u64> {
         Bson::Int32(v) => u64::try_from(*v).ok(),
         Bson::Int64(v) => u64::try_from(*v).ok(),
         Bson::Double(v) if v.fract() == 0.0 && *v >= 0.0 => Some(*v as u64),
-        _ => None,
-    }
-}
-
-/// The server error code of a command error, if any.
-pub fn error_code(e: &mongodb::error::Error) -> Option<i32> {
-    match e.kind.as_ref() {
-        ErrorKind::Command(command) => Some(command.code),
         _ => None,
     }
 }

@@ -19,6 +19,7 @@ use mongodb::Database;
 use serde_json::Value;
 
 use super::lease::Fence;
+use super::mongo::{ALERTS, COMMANDS, DUPLICATE_KEY, SHADOWS, TELEMETRY, USERS};
 use super::status::UplinkStatus;
 use super::FromCloud;
 use crate::backoff::Backoff;
@@ -35,8 +36,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const REPLAY_AGE: Duration = Duration::from_secs(5);
 /// How often the writer looks at the outbox without being woken (retries, expiry).
 const IDLE_CHECK: Duration = Duration::from_secs(1);
-/// MongoDB's duplicate key error.
-const DUPLICATE_KEY: i32 = 11000;
 
 /// The versions this gateway wrote last, per device: how the watcher tells its own writes
 /// (echoes) from the cloud's.
@@ -206,7 +205,7 @@ impl Writer {
         // `release_if_owned_elsewhere`).
         let current = self
             .db
-            .collection::<BsonDocument>("shadows")
+            .collection::<BsonDocument>(SHADOWS)
             .find_one(self.owned(device_id))
             .projection(doc! {"state.desired": 1, "desiredExpiresAt": 1, "updatedAt": 1})
             .await?;
@@ -242,7 +241,7 @@ impl Writer {
     async fn release_if_owned_elsewhere(&self, device_id: &str) -> Result<(), DrainError> {
         let found = self
             .db
-            .collection::<BsonDocument>("shadows")
+            .collection::<BsonDocument>(SHADOWS)
             .find_one(doc! {"_id": device_id})
             .projection(doc! {"gatewayId": 1})
             .await?;
@@ -289,7 +288,7 @@ impl Writer {
         device_id: &str,
         document: Option<&Document>,
     ) -> Result<bool, mongodb::error::Error> {
-        let shadows = self.db.collection::<BsonDocument>("shadows");
+        let shadows = self.db.collection::<BsonDocument>(SHADOWS);
         let mut filter = self.owned(device_id);
         let Some(document) = document else {
             shadows.delete_one(filter).await?;
@@ -345,7 +344,7 @@ impl Writer {
     ) -> Result<(), mongodb::error::Error> {
         let written = self
             .db
-            .collection::<BsonDocument>("shadows")
+            .collection::<BsonDocument>(SHADOWS)
             .update_one(
                 self.owned(device_id),
                 self.ownership(doc! {
@@ -494,7 +493,7 @@ impl Writer {
         let unordered = InsertManyOptions::builder().ordered(false).build();
         let refused: HashMap<usize, String> = match self
             .db
-            .collection::<BsonDocument>("telemetry")
+            .collection::<BsonDocument>(TELEMETRY)
             .insert_many(documents)
             .with_options(unordered)
             .await
@@ -603,9 +602,9 @@ fn telemetry_document(gateway_id: &str, record: &TelemetryRecord) -> BsonDocumen
 async fn write_alert(
     db: &Database,
     gateway_id: &str,
-    event: &crate::alerts::AlertEvent,
+    event: &crate::alert_event::AlertEvent,
 ) -> Result<(), mongodb::error::Error> {
-    use crate::alerts::AlertState;
+    use crate::alert_event::AlertState;
     let at = DateTime::from_millis(event.at_ms);
     let severity = bson::to_bson(&event.severity).unwrap_or(Bson::Null);
     let update = match event.state {
@@ -624,7 +623,7 @@ async fn write_alert(
             },
         },
     };
-    db.collection::<BsonDocument>("alerts")
+    db.collection::<BsonDocument>(ALERTS)
         .update_one(doc! {"_id": &event.alert_id}, update)
         .upsert(true)
         .await?;
@@ -637,7 +636,7 @@ async fn write_preferences(
     preferences: &crate::users::Preferences,
 ) -> Result<(), mongodb::error::Error> {
     let preferences = bson::to_bson(preferences).unwrap_or(Bson::Null);
-    db.collection::<BsonDocument>("users")
+    db.collection::<BsonDocument>(USERS)
         .update_one(
             doc! {"_id": user_id},
             doc! {"$set": {"preferences": preferences}},
@@ -652,7 +651,7 @@ async fn write_command_result(
 ) -> Result<(), mongodb::error::Error> {
     let status = if result.ok { "succeeded" } else { "failed" };
     let outcome = db
-        .collection::<BsonDocument>("commands")
+        .collection::<BsonDocument>(COMMANDS)
         .update_one(
             doc! {
                 "_id": super::commands::command_id_filter(&result.command_id),

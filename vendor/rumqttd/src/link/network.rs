@@ -52,9 +52,13 @@ impl<P: Protocol> Network<P> {
         Network {
             socket,
             // iotsphere patch: 10 KiB each per connection was most of an idle device's
-            // memory; BytesMut grows when a bigger packet arrives.
+            // memory; BytesMut grows when a bigger packet arrives. The read buffer keeps
+            // 2 KiB: its initial capacity is also the size of every buffer it moves on to
+            // while packets still hold the old one, so smaller means a read per packet
+            // in a fan-in. The write buffer starts empty: it is filled and cleared within
+            // one write, and an idle heater's writes are a few bytes.
             read: BytesMut::with_capacity(2 * 1024),
-            write: BytesMut::with_capacity(2 * 1024),
+            write: BytesMut::new(),
             max_incoming_size,
             max_connection_buffer_len,
             // Overwritten by keepalive value in connect packet, otherwise we

@@ -3,6 +3,7 @@ use crate::link::network;
 use crate::link::network::Network;
 use crate::local::LinkBuilder;
 use crate::protocol::{ConnAck, Connect, ConnectReturnCode, Login, Packet, Protocol};
+use crate::router::iobufs::release_small;
 use crate::router::{Event, Notification};
 use crate::{ConnectRequest, ConnectVerdict, ConnectionId, ConnectionSettings, Peer, WillRequest};
 
@@ -112,7 +113,8 @@ impl<P: Protocol> RemoteLink<P> {
             .dynamic_filters(dynamic_filters)
             .topic_alias_max(topic_alias_max.unwrap_or(0))
             .identity(identity, peer)
-            .build()?;
+            .build_async()
+            .await?;
 
         let id = link_rx.id();
         Span::current().record("connection_id", id);
@@ -178,6 +180,8 @@ impl<P: Protocol> RemoteLink<P> {
                         }
 
                     }
+                    // iotsphere patch: the next exchange hands this buffer to the router.
+                    release_small(&mut self.notifications);
                     self.network.writev(packets).await?;
                     if unscheduled {
                         self.link_rx.wake().await?;

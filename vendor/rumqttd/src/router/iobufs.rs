@@ -17,6 +17,20 @@ use super::{Forward, IncomingMeter, OutgoingMeter};
 
 const MAX_INFLIGHT: usize = 100;
 
+/// iotsphere patch: buffers this small that ran empty give their memory back.
+const RELEASE_CAPACITY: usize = 16;
+
+/// iotsphere patch: an empty queue of at most [`RELEASE_CAPACITY`] slots is replaced by
+/// one that holds no memory. A `VecDeque` never shrinks, so every idle connection kept
+/// the slots its last few packets needed (4 × a `Packet`, a `Notification` or an `Ack`:
+/// ~0.5–1.5 KiB each); busy connections, whose queues grew beyond that, keep theirs and
+/// do not reallocate on every batch.
+pub(crate) fn release_small<T>(queue: &mut VecDeque<T>) {
+    if queue.is_empty() && queue.capacity() <= RELEASE_CAPACITY {
+        *queue = VecDeque::new();
+    }
+}
+
 #[derive(Debug)]
 pub struct Incoming {
     /// Identifier associated with connected client

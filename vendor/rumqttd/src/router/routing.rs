@@ -20,7 +20,7 @@ use tracing::{debug, error, info, trace, warn};
 
 use super::alertlog::{Alert, AlertLog};
 use super::graveyard::{Graveyard, SavedState};
-use super::iobufs::{Incoming, Outgoing};
+use super::iobufs::{release_small, Incoming, Outgoing};
 use super::logs::{AckLog, DataLog};
 use super::scheduler::{ScheduleReason, Scheduler};
 use super::shared_subs::SharedGroup;
@@ -298,7 +298,7 @@ impl Router {
                 connection,
                 incoming,
                 outgoing,
-            } => self.handle_new_connection(connection, incoming, outgoing),
+            } => self.handle_new_connection(*connection, *incoming, *outgoing),
             Event::NewMeter(tx) => self.handle_new_meter(tx),
             Event::NewAlert(tx) => self.handle_new_alert(tx),
             Event::DeviceData => self.handle_device_payload(id),
@@ -1139,6 +1139,8 @@ impl Router {
             }
         }
 
+        // iotsphere patch: this buffer goes to the next connection that sends something.
+        release_small(&mut packets);
         self.cache = Some(packets);
 
         // Prepare AcksRequest in tracker if router is operating in a
@@ -1641,6 +1643,8 @@ fn ack_device_data(ackslog: &mut AckLog, outgoing: &mut Outgoing) -> bool {
         buffer.push_back(message);
         count += 1;
     }
+    // iotsphere patch: an idle connection keeps no slots for acks (memory per heater).
+    release_small(acks);
 
     debug!(acks_count = count, "Acks sent to device");
     outgoing.handle.try_send(()).ok();

@@ -483,7 +483,12 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                 }
             };
 
-            time::sleep(delay).await;
+            // iotsphere patch: a zero delay is no delay. `sleep(0)` still waits for the next
+            // 1 ms timer tick, so every accepted connection cost ~1.1 ms and a reconnect storm
+            // of 1,000 heaters took 1.1 s (mosquitto: 0.07 s).
+            if !delay.is_zero() {
+                time::sleep(delay).await;
+            }
         }
     }
 }
