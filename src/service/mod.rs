@@ -354,6 +354,7 @@ impl ShadowService {
     pub fn pending_deltas(&mut self) -> Result<Vec<Outgoing>, StoreError> {
         let mut out = Vec::new();
         let stored: Vec<(String, StoredShadow)> = self.store.iter().collect::<Result<_, _>>()?;
+        let mut expired = false;
         for (device_id, mut stored) in stored {
             let version = stored.document.version;
             stored.document = self.expire_on_arrival(&device_id, stored.document)?;
@@ -362,6 +363,7 @@ impl ShadowService {
                     .schedule(&device_id, shadow::next_expiry(&stored.document));
             } else {
                 self.put(&device_id, &stored)?;
+                expired = true;
             }
             if let Some(delta) = shadow::delta(&stored.document) {
                 out.push(self.replies.publication(
@@ -374,7 +376,9 @@ impl ShadowService {
                 ));
             }
         }
-        self.commit()?;
+        if expired {
+            self.commit()?;
+        }
         Ok(out)
     }
 
