@@ -41,6 +41,14 @@ async fn set_desired(app: &mut Client, id: &str, request: Value) -> Value {
     document(app).await
 }
 
+/// The heater publishes a report; the document the app sees next.
+async fn report(heater: &Client, app: &mut Client, id: &str, request: Value) -> Value {
+    heater
+        .publish(&shadow_topic(id, "reported"), json(&request))
+        .await;
+    document(app).await
+}
+
 /// The next document the client sees, as its payload.
 async fn document(client: &mut Client) -> Value {
     client.expect("/shadow/document").await.payload_json()
@@ -213,13 +221,13 @@ async fn a_panel_change_made_offline_beats_an_older_app_setpoint() {
     heater.subscribe(&shadow_topic(id, "+")).await;
     let pending = heater.expect("/shadow/delta").await.payload_json();
     assert_eq!(pending["state"], json!({"targetTemp": 60}));
-    heater
-        .publish(
-            &shadow_topic(id, "reported"),
-            json(&json!({"state": {"targetTemp": 55}, "timestamp": epoch_secs()})),
-        )
-        .await;
-    let seen = document(&mut app).await;
+    let seen = report(
+        &heater,
+        &mut app,
+        id,
+        json!({"state": {"targetTemp": 55}, "timestamp": epoch_secs()}),
+    )
+    .await;
     assert_eq!(seen["state"]["reported"], json!({"targetTemp": 55}));
     assert_eq!(seen["state"]["desired"], json!({}));
     assert_eq!(seen["state"]["superseded"], json!({"targetTemp": 60}));
@@ -236,8 +244,8 @@ async fn a_newer_app_setpoint_beats_an_older_panel_change() {
     let id = "h-app-wins";
     // The heater's clock runs in the past relative to the gateway, but in order.
     let first = epoch_secs() - 1000;
-    let report = json!({"state": {"targetTemp": 50}, "timestamp": first});
-    let (heater, mut app) = heater_and_app(&gateway, id, report).await;
+    let first_report = json!({"state": {"targetTemp": 50}, "timestamp": first});
+    let (heater, mut app) = heater_and_app(&gateway, id, first_report).await;
     heater.disconnect().await;
     set_desired(&mut app, id, json!({"state": {"targetTemp": 60}})).await;
 
@@ -245,13 +253,13 @@ async fn a_newer_app_setpoint_beats_an_older_panel_change() {
     let mut heater = Client::connect(gateway.port, id).await;
     heater.subscribe(&shadow_topic(id, "+")).await;
     heater.expect("/shadow/delta").await;
-    heater
-        .publish(
-            &shadow_topic(id, "reported"),
-            json(&json!({"state": {"targetTemp": 55}, "timestamp": first + 500})),
-        )
-        .await;
-    let seen = document(&mut app).await;
+    let seen = report(
+        &heater,
+        &mut app,
+        id,
+        json!({"state": {"targetTemp": 55}, "timestamp": first + 500}),
+    )
+    .await;
     assert_eq!(seen["state"]["desired"], json!({"targetTemp": 60}));
     assert_eq!(seen["state"].get("superseded"), None);
     assert_eq!(
@@ -265,18 +273,18 @@ async fn a_newer_app_setpoint_beats_an_older_panel_change() {
 async fn without_local_wins_a_report_never_supersedes_and_a_timestamp_changes_nothing() {
     let gateway = Gateway::start();
     let id = "h-legacy";
-    let report = json!({"state": {"targetTemp": 50}, "timestamp": epoch_secs()});
-    let (mut heater, mut app) = heater_and_app(&gateway, id, report).await;
+    let first_report = json!({"state": {"targetTemp": 50}, "timestamp": epoch_secs()});
+    let (mut heater, mut app) = heater_and_app(&gateway, id, first_report).await;
     set_desired(&mut app, id, json!({"state": {"targetTemp": 60}})).await;
     heater.expect("/shadow/delta").await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    heater
-        .publish(
-            &shadow_topic(id, "reported"),
-            json(&json!({"state": {"targetTemp": 55}, "timestamp": epoch_secs()})),
-        )
-        .await;
-    let seen = document(&mut app).await;
+    let seen = report(
+        &heater,
+        &mut app,
+        id,
+        json!({"state": {"targetTemp": 55}, "timestamp": epoch_secs()}),
+    )
+    .await;
     assert_eq!(seen["state"]["desired"], json!({"targetTemp": 60}));
     assert_eq!(
         seen["metadata"]["reported"]["targetTemp"]
