@@ -406,6 +406,7 @@ async fn start(
     };
     let (open_alerts, alert_feed) =
         start_alerts(alerts, &broker, &replies, outbox.as_ref(), users, &store)?;
+    metrics.follow_open_alerts(open_alerts.clone());
     let service = match &uplink {
         Some(uplink) => service
             .claim_through(uplink.claims.clone())

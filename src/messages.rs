@@ -14,6 +14,9 @@ use crate::codec::{self, Encoding, Envelope, EnvelopeMetadata};
 use crate::shadow::{Document, ErrorCode, Rejection};
 use crate::topics::{Route, ShadowTopic, Topics};
 
+/// The envelope type of a delta.
+pub const DELTA: &str = "shadow.delta";
+
 /// A message the gateway publishes on its broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
@@ -32,12 +35,22 @@ pub enum Count {
     Nothing,
     /// One message of this envelope type (a `shadow.delta` is also a delta published).
     Message(&'static str),
+    /// The `shadow.document` of a shadow that changed: a message and an accepted shadow
+    /// change, counted once the batch that changed it was stored and the reply published.
+    ShadowUpdate,
     /// A `rejected` reply: a message, and a rejection kept among the recent ones.
     Rejection {
         device_id: String,
         code: u16,
         message: String,
     },
+}
+
+impl Count {
+    /// A delta published to a device.
+    pub fn is_delta(&self) -> bool {
+        *self == Count::Message(DELTA)
+    }
 }
 
 /// What the device receives on `commands/request`.
@@ -262,7 +275,7 @@ impl Replies {
     ) -> Outgoing {
         let topic = self.topics.shadow(device_id, kind);
         let message_type = match kind {
-            ShadowTopic::Delta => "shadow.delta",
+            ShadowTopic::Delta => DELTA,
             ShadowTopic::Rejected => "shadow.rejected",
             _ => "shadow.document",
         };

@@ -15,8 +15,10 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::alert_event::OpenAlerts;
 use crate::lease::LeaseRole;
 use crate::messages::Count;
 use crate::reports::{BridgeReport, OutboxStats, UplinkMode, UplinkReport};
@@ -80,6 +82,14 @@ struct Inner {
     shadow_updates: Counter,
     rejections: Family<CodeLabel, Counter>,
     deltas_published: Counter,
+    /// From the moment the gateway picked up a desired change to its delta handed to the
+    /// broker, in seconds.
+    delta_latency: Histogram,
+    /// Alerts open now, read from the alert task's count at scrape time.
+    alerts_open: Gauge,
+    open_alerts: Mutex<Option<OpenAlerts>>,
+    /// Bytes the process caused to be written to storage (`/proc/self/io` write_bytes).
+    store_bytes_written: Counter,
     /// What the broker's per-client limits refused or did not keep, by limit.
     broker_dropped: Family<ReasonLabel, Counter>,
     /// CONNECTs refused, by reason.
@@ -107,9 +117,9 @@ struct Inner {
     bridge_received: Counter,
     bridge_queued: Gauge,
     bridge_dropped: Gauge,
-    /// Serializes the bridge counters' catch-up, so two scrapes at once cannot both add
-    /// the same difference.
-    bridge_catch_up: Mutex<()>,
+    /// Serializes the catch-up of counters whose totals are kept elsewhere (the bridge's,
+    /// bytes written), so two scrapes at once cannot both add the same difference.
+    catch_up: Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -123,6 +133,11 @@ impl Default for Metrics {
             shadow_updates: Counter::default(),
             rejections: Family::default(),
             deltas_published: Counter::default(),
+            // 0.5 ms to ~4 s: a group commit on a fast card to a slow SD card's stall.
+            delta_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            alerts_open: Gauge::default(),
+            open_alerts: Mutex::default(),
+            store_bytes_written: Counter::default(),
             broker_dropped: Family::default(),
             connects_refused: Family::default(),
             connected_clients: Gauge::default(),
@@ -145,7 +160,7 @@ impl Default for Metrics {
             bridge_received: Counter::default(),
             bridge_queued: Gauge::default(),
             bridge_dropped: Gauge::default(),
-            bridge_catch_up: Mutex::new(()),
+            catch_up: Mutex::new(()),
             registry: Registry::default(),
         };
         register_traffic(&mut registry, &inner);
@@ -180,6 +195,16 @@ fn register_traffic(registry: &mut Registry, inner: &Inner) {
         "deltas_published",
         "Deltas published to devices",
         inner.deltas_published.clone(),
+    );
+    registry.register(
+        "delta_latency_seconds",
+        "From the gateway picking up a desired change (a device's or app's request, a change-stream event) to its delta handed to the broker; includes the batch's fsync",
+        inner.delta_latency.clone(),
+    );
+    registry.register(
+        "alerts_open",
+        "Alerts fired and not yet cleared",
+        inner.alerts_open.clone(),
     );
     registry.register(
         "broker_dropped",
@@ -254,6 +279,11 @@ fn register_health(registry: &mut Registry, inner: &Inner) {
         inner.resident_memory.clone(),
     );
     registry.register(
+        "store_bytes_written",
+        "Bytes the gateway caused to be written to storage (Linux /proc/self/io write_bytes: the store, the outbox, log files): SD-card wear",
+        inner.store_bytes_written.clone(),
+    );
+    registry.register(
         "bridge_connected",
         "1 when the upstream MQTT broker is connected",
         inner.bridge_connected.clone(),
@@ -295,8 +325,12 @@ impl Metrics {
     pub fn published(&self, count: &Count) {
         match count {
             Count::Nothing => {}
+            Count::ShadowUpdate => {
+                self.0.shadow_updates.inc();
+                self.message_out("shadow.document");
+            }
             Count::Message(kind) => {
-                if *kind == "shadow.delta" {
+                if count.is_delta() {
                     self.delta_published();
                 }
                 self.message_out(kind);
@@ -317,8 +351,16 @@ impl Metrics {
         self.0.messages_out_total.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn shadow_update(&self) {
-        self.0.shadow_updates.inc();
+    /// Deltas published `elapsed` after the gateway picked up the change that caused them.
+    pub fn deltas_after(&self, deltas: usize, elapsed: Duration) {
+        for _ in 0..deltas {
+            self.0.delta_latency.observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// The alert task's count of open alerts, shown as `iotsphere_alerts_open`.
+    pub fn follow_open_alerts(&self, open: OpenAlerts) {
+        *lock(&self.0.open_alerts) = Some(open);
     }
 
     /// Counts a refused request and keeps it among the recent ones.
@@ -444,18 +486,11 @@ impl Metrics {
         let inner = &self.0;
         if let Some(bridge) = bridge {
             inner.bridge_connected.set(i64::from(bridge.connected));
-            let _catching_up = inner
-                .bridge_catch_up
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            for (counter, total) in [
-                (&inner.bridge_reconnects, bridge.reconnects),
-                (&inner.bridge_forwarded, bridge.forwarded),
-                (&inner.bridge_received, bridge.received),
-            ] {
-                // The bridge keeps the totals; the counters catch up at scrape time.
-                counter.inc_by(total.saturating_sub(counter.get()));
-            }
+            let _catching_up = lock(&inner.catch_up);
+            // The bridge keeps the totals; the counters catch up at scrape time.
+            catch_up(&inner.bridge_reconnects, bridge.reconnects);
+            catch_up(&inner.bridge_forwarded, bridge.forwarded);
+            catch_up(&inner.bridge_received, bridge.received);
             inner.bridge_queued.set(to_i64(bridge.queued));
             inner.bridge_dropped.set(to_i64(bridge.dropped));
         }
@@ -500,6 +535,13 @@ impl Metrics {
             .flapping_clients
             .set(to_i64(self.flapping_clients(Instant::now())));
         inner.resident_memory.set(to_i64(resident_memory_bytes()));
+        if let Some(written) = storage_bytes_written() {
+            let _catching_up = lock(&inner.catch_up);
+            catch_up(&inner.store_bytes_written, written);
+        }
+        if let Some(open) = lock(&inner.open_alerts).as_ref() {
+            inner.alerts_open.set(to_i64(open.get()));
+        }
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut text, &inner.registry);
@@ -522,6 +564,21 @@ fn within_window(connects: &VecDeque<Instant>, now: Instant) -> bool {
 
 fn to_i64(value: impl TryInto<i64>) -> i64 {
     value.try_into().unwrap_or(i64::MAX)
+}
+
+/// Raises `counter` to `total`, kept elsewhere (callers hold `Inner::catch_up`, so two
+/// scrapes at once cannot both add the same difference).
+fn catch_up(counter: &Counter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
+}
+
+/// `write_bytes` of `/proc/self/io`: what this process sent to the block layer (`None`
+/// where /proc is not available).
+fn storage_bytes_written() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines()
+        .find_map(|line| line.strip_prefix("write_bytes:"))
+        .and_then(|value| value.trim().parse().ok())
 }
 
 /// VmRSS of this process in bytes (0 where /proc is not available).
@@ -700,5 +757,56 @@ mod tests {
             recent[RECENT_REJECTIONS - 1].device_id,
             format!("h{}", RECENT_REJECTIONS + 4)
         );
+    }
+
+    /// The line of `text` for the sample `name` (with its labels), e.g. `… 3`.
+    fn sample<'t>(text: &'t str, name: &str) -> Option<&'t str> {
+        text.lines()
+            .find(|line| line.starts_with(name) && line[name.len()..].starts_with(' '))
+    }
+
+    #[test]
+    fn shadow_updates_are_counted_when_their_document_is_published() {
+        let metrics = Metrics::default();
+        metrics.published(&Count::ShadowUpdate);
+        metrics.published(&Count::Message("shadow.document"));
+        let text = metrics.render(None, None, None);
+        assert_eq!(
+            sample(&text, "iotsphere_shadow_updates_total"),
+            Some("iotsphere_shadow_updates_total 1")
+        );
+        assert_eq!(metrics.message_totals(), (0, 2));
+    }
+
+    #[test]
+    fn delta_latency_open_alerts_and_bytes_written_are_rendered() {
+        let metrics = Metrics::default();
+        metrics.deltas_after(2, Duration::from_millis(3));
+        metrics.deltas_after(0, Duration::from_secs(9));
+        let open = OpenAlerts::default();
+        metrics.follow_open_alerts(open.clone());
+        open.set(4);
+        let text = metrics.render(None, None, None);
+        assert_eq!(
+            sample(&text, "iotsphere_delta_latency_seconds_count"),
+            Some("iotsphere_delta_latency_seconds_count 2")
+        );
+        // 3 ms falls in the bucket up to 4 ms (0.5 ms doubling), not in the one up to 2 ms.
+        assert!(text.contains("iotsphere_delta_latency_seconds_bucket{le=\"0.002\"} 0"));
+        assert!(text.contains("iotsphere_delta_latency_seconds_bucket{le=\"0.004\"} 2"));
+        assert_eq!(
+            sample(&text, "iotsphere_alerts_open"),
+            Some("iotsphere_alerts_open 4")
+        );
+        let written = sample(&text, "iotsphere_store_bytes_written_total")
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse::<u64>().ok())
+            .expect("bytes written rendered");
+        let again = metrics.render(None, None, None);
+        let later = sample(&again, "iotsphere_store_bytes_written_total")
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse::<u64>().ok())
+            .expect("bytes written rendered");
+        assert!(later >= written, "a counter never goes back");
     }
 }

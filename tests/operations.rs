@@ -22,6 +22,13 @@ async fn health_and_metrics_show_what_happened() {
         .publish(&shadow_topic("h-ops", "reported"), b"{".to_vec())
         .await;
     heater.expect("/shadow/rejected").await;
+    heater
+        .publish(
+            &shadow_topic("h-ops", "desired"),
+            json(&json!({"state": {"t": 55}})),
+        )
+        .await;
+    heater.expect("/shadow/delta").await;
 
     let (status, body) = http_get(gateway.http_port, "/health");
     assert_eq!(status, 200);
@@ -35,10 +42,13 @@ async fn health_and_metrics_show_what_happened() {
     let (status, text) = http_get(gateway.http_port, "/metrics");
     assert_eq!(status, 200);
     for line in [
-        "iotsphere_shadow_updates_total 1",
+        "iotsphere_shadow_updates_total 2",
         "iotsphere_rejections_total{code=\"400\"} 1",
-        "iotsphere_messages_in_total{kind=\"shadow\"} 2",
-        "iotsphere_messages_out_total{kind=\"shadow.document\"} 1",
+        "iotsphere_messages_in_total{kind=\"shadow\"} 3",
+        "iotsphere_messages_out_total{kind=\"shadow.document\"} 2",
+        "iotsphere_deltas_published_total 1",
+        "iotsphere_delta_latency_seconds_count 1",
+        "iotsphere_alerts_open 0",
         "iotsphere_connected_clients 1",
     ] {
         assert!(text.contains(line), "{line} missing in\n{text}");

@@ -75,6 +75,8 @@ pub async fn run(
             }
             change = next_cloud_change(from_cloud.as_ref()) => batch.cloud_changes.push(change),
         }
+        // Deltas are timed from here: the first request or cloud change of the batch.
+        let picked_up = Instant::now();
         // Then take only what is already there.
         while batch.requests.len() < MAX_BATCH {
             match link.rx.recv_deadline(Instant::now()) {
@@ -90,6 +92,13 @@ pub async fn run(
                 .extend(from_cloud.try_iter().take(MAX_BATCH));
         }
         serve_batch(&mut service, &replies, &batch, &mut out);
+        // Timed before they are handed over, like the counters: a device may have its
+        // delta (and read `/metrics`) before `publish_all` returns.
+        let deltas = out
+            .iter()
+            .filter(|message| message.count.is_delta())
+            .count();
+        service.metrics.deltas_after(deltas, picked_up.elapsed());
         link.publish_all(out.drain(..))?;
         service.wake_uplink();
         if batch.unscheduled {
@@ -226,5 +235,11 @@ mod tests {
         assert_eq!(metrics.message_totals().1, 2, "messages out");
         let codes: Vec<_> = metrics.recent_rejections().iter().map(|r| r.code).collect();
         assert_eq!(codes, [500, 500]);
+        assert!(
+            metrics
+                .render(None, None, None)
+                .contains("\niotsphere_shadow_updates_total 0\n"),
+            "the report that was not stored is no shadow update"
+        );
     }
 }

@@ -38,7 +38,7 @@ use crate::alerts::AlertFeed;
 use crate::cloud::{CloudDesired, FromCloud};
 use crate::codec::{self, DecodeError, Encoding, ShadowRequest};
 use crate::config::GatewayConfig;
-use crate::messages::{Outgoing, Replies};
+use crate::messages::{Count, Outgoing, Replies};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, ToCloud};
 use crate::shadow::{
@@ -644,16 +644,18 @@ impl ShadowService {
             )?;
         }
         if applied.changed {
-            self.metrics.shadow_update();
             self.to_cloud(ToCloud::Shadow {
                 device_id: device_id.to_string(),
                 document: Some(Box::new(applied.document.clone())),
             })?;
         }
-        out.push(
-            self.replies
-                .document(device_id, encoding, token, &applied.document),
-        );
+        let mut document = self
+            .replies
+            .document(device_id, encoding, token, &applied.document);
+        if applied.changed {
+            document.count = Count::ShadowUpdate;
+        }
+        out.push(document);
         if shadow::delta_state(previous) != shadow::delta_state(Some(&applied.document)) {
             out.push(match &applied.delta {
                 Some(delta) => self.replies.publication(
