@@ -26,7 +26,7 @@ mod rate;
 
 use rate::RateLimiter;
 
-use crate::alerts::AlertFeed;
+use crate::alert_event::ReleaseListener;
 use crate::cloud::{CloudDesired, FromCloud};
 use crate::codec::{self, DecodeError, Encoding, ShadowRequest};
 use crate::config::GatewayConfig;
@@ -78,7 +78,7 @@ pub struct ShadowService {
     /// answered.
     parked: HashMap<String, Vec<Parked>>,
     /// Told about devices released to another gateway (their alerts end here).
-    alerts: Option<AlertFeed>,
+    alerts: Option<Box<dyn ReleaseListener>>,
 }
 
 /// A request or a cloud change that waits for its device's claim.
@@ -112,8 +112,8 @@ impl ShadowService {
     }
 
     /// Tells the alert task which devices leave for another gateway.
-    pub fn tell_alerts(mut self, alerts: Option<AlertFeed>) -> Self {
-        self.alerts = alerts;
+    pub fn tell_alerts(mut self, alerts: Option<impl ReleaseListener + 'static>) -> Self {
+        self.alerts = alerts.map(|a| Box::new(a) as Box<dyn ReleaseListener>);
         self
     }
 
