@@ -34,7 +34,7 @@ mod rate;
 use expiries::Expiries;
 use rate::RateLimiter;
 
-use crate::alerts::AlertFeed;
+use crate::alert_event::ReleaseListener;
 use crate::cloud::{CloudDesired, FromCloud};
 use crate::codec::{self, DecodeError, Encoding, ShadowRequest};
 use crate::config::GatewayConfig;
@@ -94,7 +94,7 @@ pub struct ShadowService {
     /// answered.
     parked: HashMap<String, Vec<Parked>>,
     /// Told about devices released to another gateway (their alerts end here).
-    alerts: Option<AlertFeed>,
+    alerts: Option<Box<dyn ReleaseListener>>,
     /// When each stored shadow's next desired leaf expires.
     expiries: Expiries,
 }
@@ -131,8 +131,8 @@ impl ShadowService {
     }
 
     /// Tells the alert task which devices leave for another gateway.
-    pub fn tell_alerts(mut self, alerts: Option<AlertFeed>) -> Self {
-        self.alerts = alerts;
+    pub fn tell_alerts(mut self, alerts: Option<impl ReleaseListener + 'static>) -> Self {
+        self.alerts = alerts.map(|a| Box::new(a) as Box<dyn ReleaseListener>);
         self
     }
 

@@ -38,11 +38,11 @@ use serde_json::{Map, Value};
 use tokio::sync::watch;
 
 use super::mongo::{error_code, HISTORY_LOST, RESUME_TOKENS, SHADOWS};
-use super::status::{UplinkMode, UplinkStatus};
 use super::writer::OwnWrites;
 use super::DEVICE_IDS_PER_QUERY;
 use crate::cloud::{CloudDesired, FromCloud};
 use crate::shadow::Object;
+use crate::status::{UplinkMode, UplinkStatus};
 use crate::store::ShadowStore;
 
 /// Polling sees no handover events: every this many polls it looks for local devices

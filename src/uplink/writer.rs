@@ -20,11 +20,11 @@ use serde_json::Value;
 
 use super::lease::Fence;
 use super::mongo::{ALERTS, COMMANDS, DUPLICATE_KEY, SHADOWS, TELEMETRY, USERS};
-use super::status::UplinkStatus;
 use super::FromCloud;
 use crate::backoff::Backoff;
 use crate::outbox::{CommandResult, Outbox, Pending, TelemetryRecord, ToCloud};
 use crate::shadow::Document;
+use crate::status::UplinkStatus;
 use crate::store::{ShadowStore, StoreError};
 
 /// Writes of different devices (shadows, presence) in flight at once: with a distant
