@@ -54,3 +54,9 @@ impl OpenAlerts {
         self.0.store(open, Ordering::Relaxed);
     }
 }
+
+/// Told by the shadow service when another gateway claimed a device, so that the device's
+/// open alerts end here (the alert feed implements it; the service names no alert type).
+pub trait ReleaseListener: Send {
+    fn released(&self, device_id: &str);
+}

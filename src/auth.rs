@@ -17,7 +17,7 @@
 //!   may not publish is refused with CONNACK 5 "not authorized".
 //! - **ACL**, enforced inside the broker before a message is routed (rumqttd publish hook):
 //!   a device publishes only to its own request topics (`shadow/reported`, `shadow/get`,
-//!   `telemetry/…`, `commands/response`) and subscribes only under its own
+//!   `shadow/refused`, `telemetry/…`, `commands/response`) and subscribes only under its own
 //!   `ROOT/devices/{id}/`; a service publishes and subscribes within its configured
 //!   filters; a user's app publishes only `users/{own id}/preferences` and subscribes only
 //!   under `users/{own id}/` and to the `document`, `delta` and `telemetry` topics of the
@@ -510,7 +510,11 @@ impl Access {
             && match role {
                 Role::Device(id) => match *route {
                     Ok(Route::Shadow { device_id, kind }) => {
-                        device_id == id && matches!(kind, ShadowTopic::Reported | ShadowTopic::Get)
+                        device_id == id
+                            && matches!(
+                                kind,
+                                ShadowTopic::Reported | ShadowTopic::Get | ShadowTopic::Refused
+                            )
                     }
                     Ok(Route::Telemetry { device_id, .. })
                     | Ok(Route::CommandResponse { device_id }) => device_id == id,
@@ -1008,6 +1012,8 @@ mod tests {
         let cases = [
             (&heater, "iotsphere/devices/heater-1/shadow/reported", true),
             (&heater, "iotsphere/devices/heater-1/shadow/get", true),
+            (&heater, "iotsphere/devices/heater-1/shadow/refused", true),
+            (&heater, "iotsphere/devices/heater-2/shadow/refused", false),
             (
                 &heater,
                 "iotsphere/devices/heater-1/telemetry/temperature",

@@ -13,10 +13,11 @@ use crate::users::Preferences;
 /// A write bound for MongoDB.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToCloud {
-    /// The device's whole shadow after a change; `None` when it was deleted.
+    /// The device's whole shadow after a change; `None` when it was deleted. Boxed: a
+    /// document is far larger than the other writes.
     Shadow {
         device_id: String,
-        document: Option<Document>,
+        document: Option<Box<Document>>,
     },
     Telemetry(TelemetryRecord),
     CommandResult(CommandResult),
@@ -94,4 +95,8 @@ pub struct CloudDesired {
     /// A partial desired update, or with `replace` the whole desired section.
     pub state: Object,
     pub replace: bool,
+    /// `desiredExpiresAt` (epoch seconds): when the desired values it writes expire.
+    pub expires_at: Option<u64>,
+    /// `updatedAt` (epoch seconds): when the cloud service made the change.
+    pub changed_at: Option<u64>,
 }

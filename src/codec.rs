@@ -41,13 +41,25 @@ impl DecodeError {
     }
 }
 
-/// A decoded shadow request: `{"state": {...}, "version": 7, "clientToken": "abc"}`.
+/// A decoded shadow request: `{"state": {...}, "version": 7, "clientToken": "abc"}`, plus
+/// the optional fields of the desired lifecycle (docs/DESIGN.md §11).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ShadowRequest {
     /// Absent for `get` and `delete` requests.
     pub state: Option<Map<String, Value>>,
     pub version: Option<u64>,
     pub client_token: Option<String>,
+    /// Desired: `"expiresIn": <seconds>`, after which the leaves it writes expire.
+    pub expires_in: Option<u64>,
+    /// Desired: `"localWins": true`, the leaves it writes yield to a newer local change.
+    pub local_wins: bool,
+    /// Reported: `"timestamp": <epoch seconds>`, when the device made the change by its
+    /// clock. Anything else there (milliseconds, a date string) is ignored, as before this
+    /// field had a meaning: the arrival time counts then.
+    pub timestamp: Option<u64>,
+    /// Refused: `"reason"` and `"code"`, both required there.
+    pub reason: Option<String>,
+    pub code: Option<i64>,
 }
 
 /// Detects the encoding of a payload from its first meaningful byte.
@@ -155,30 +167,61 @@ fn request_from_object(mut object: Map<String, Value>) -> Result<ShadowRequest, 
             )))
         }
     };
-    let version = match object.remove("version") {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
-        Some(other) => {
-            return Err(DecodeError::BadShape(format!(
-                "version must be a non-negative integer, got {other}"
-            )))
-        }
-    };
-    let client_token = match object.remove("clientToken") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(token)) => Some(token),
-        Some(other) => {
-            return Err(DecodeError::BadShape(format!(
-                "clientToken must be a string, got {}",
-                type_name(&other)
-            )))
-        }
-    };
+    let version = field(
+        &mut object,
+        "version",
+        "a non-negative integer",
+        Value::as_u64,
+    )?;
+    let client_token = field(&mut object, "clientToken", "a string", |v| {
+        v.as_str().map(str::to_owned)
+    })?;
+    let expires_in = field(
+        &mut object,
+        "expiresIn",
+        "a non-negative integer of seconds",
+        Value::as_u64,
+    )?;
+    let local_wins = field(&mut object, "localWins", "a boolean", Value::as_bool)?;
+    let reason = field(&mut object, "reason", "a string", |v| {
+        v.as_str().map(str::to_owned)
+    })?;
+    let code = field(&mut object, "code", "an integer", Value::as_i64)?;
     Ok(ShadowRequest {
         state,
         version,
         client_token,
+        expires_in,
+        local_wins: local_wins.unwrap_or(false),
+        timestamp: object.get("timestamp").and_then(Value::as_u64),
+        reason,
+        code,
     })
+}
+
+/// Takes an optional field of a request: absent or `null` is `None`; anything `extract`
+/// does not accept is refused, naming what the field must be and what it got.
+fn field<T>(
+    object: &mut Map<String, Value>,
+    key: &str,
+    must_be: &str,
+    extract: impl FnOnce(&Value) -> Option<T>,
+) -> Result<Option<T>, DecodeError> {
+    match object.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => match extract(&value) {
+            Some(taken) => Ok(Some(taken)),
+            None => {
+                let got = match &value {
+                    Value::Number(_) | Value::Bool(_) => value.to_string(),
+                    other => type_name(other).to_owned(),
+                };
+                Err(DecodeError::BadShape(format!(
+                    "{key} must be {must_be}, got {got}"
+                )))
+            }
+        },
+    }
 }
 
 fn type_name(value: &Value) -> &'static str {
@@ -302,6 +345,36 @@ mod tests {
     }
 
     #[test]
+    fn decodes_the_lifecycle_fields_and_ignores_a_timestamp_that_is_not_seconds() {
+        let request = |value: Value| decode_request(&encode(Encoding::Json, &value)).map(|r| r.1);
+        let desired = request(json!({"state": {}, "expiresIn": 600, "localWins": true}));
+        let desired = desired.expect("valid");
+        assert_eq!((desired.expires_in, desired.local_wins), (Some(600), true));
+        let refusal = request(json!({"state": {}, "reason": "too hot", "code": -2}));
+        let refusal = refusal.expect("valid");
+        assert_eq!(refusal.reason.as_deref(), Some("too hot"));
+        assert_eq!(refusal.code, Some(-2));
+        let reported = request(json!({"state": {}, "timestamp": 1_764_000_000}));
+        assert_eq!(reported.expect("valid").timestamp, Some(1_764_000_000));
+        for legacy in [json!("2026-11-24T10:00:00Z"), json!(-1), json!(1.5)] {
+            let reported = request(json!({"state": {}, "timestamp": legacy}));
+            assert_eq!(reported.expect("valid").timestamp, None, "{legacy}");
+        }
+        for bad in [
+            json!({"state": {}, "expiresIn": -1}),
+            json!({"state": {}, "expiresIn": "1h"}),
+            json!({"state": {}, "localWins": "yes"}),
+            json!({"state": {}, "reason": 5}),
+            json!({"state": {}, "code": 1.5}),
+        ] {
+            assert!(
+                matches!(request(bad.clone()), Err(DecodeError::BadShape(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn decodes_the_bare_and_the_enveloped_request_alike() {
         let bare = json!({"state": {"temperature": 54.5}, "version": 7, "clientToken": "abc"});
         let wrapped = json!({"metadata": {"messageId": "m1"}, "payload": bare.clone()});
@@ -314,6 +387,7 @@ mod tests {
             ),
             version: Some(7),
             client_token: Some("abc".into()),
+            ..ShadowRequest::default()
         };
         for value in [&bare, &wrapped] {
             let json_bytes = encode(Encoding::Json, value);

@@ -27,7 +27,8 @@ use crate::broker::hook::{GatewayHook, LimitLog, StepDown};
 use crate::broker::tap::Tap;
 use crate::broker::{BrokerError, EmbeddedBroker, GatewayLink};
 use crate::config::{AuthMode, GatewayConfig};
-use crate::http::{self, HealthState, StoreProbe};
+use crate::health::{HealthState, StoreProbe};
+use crate::http;
 use crate::ingest::Ingest;
 use crate::logging::LogLevel;
 use crate::messages::Replies;
@@ -377,7 +378,7 @@ async fn start(
         outbox,
         config: config_tx,
         config_rx,
-        service,
+        mut service,
         users,
         access,
         alerts,
@@ -390,7 +391,7 @@ async fn start(
         broker,
         mut link,
     } = parts;
-    republish_pending(&service, &store, &mut link)?;
+    republish_pending(&mut service, &store, &mut link)?;
     let uplink = match outbox.clone() {
         Some(outbox) => {
             let commands = BrokerCommands {
@@ -424,7 +425,6 @@ async fn start(
         uplink: uplink.as_ref().map(|u| u.status.clone()).zip(outbox),
         bridge: bridge_status,
         metrics,
-        board,
         started,
     };
     let notifier = Notifier::from_env();
@@ -443,7 +443,7 @@ async fn start(
     };
     // Before the listeners open, so the very first client to subscribe finds it retained.
     system_task.publish_status().await;
-    let http_addr = serve_http(config, health).await?;
+    let http_addr = serve_http(config, health, board).await?;
     let listening = broker.listen()?;
     log_ready(config, listening, http_addr);
     let from_cloud = uplink.map(|u| u.from_cloud);
@@ -459,9 +459,10 @@ async fn start(
     })
 }
 
-/// Every delta still pending, retained again (the broker keeps nothing across restarts).
+/// Every delta still pending, retained again (the broker keeps nothing across restarts),
+/// once what expired meanwhile has expired.
 fn republish_pending(
-    service: &ShadowService,
+    service: &mut ShadowService,
     store: &ShadowStore,
     link: &mut GatewayLink,
 ) -> Result<(), GatewayError> {
@@ -537,12 +538,13 @@ async fn start_uplink(
 async fn serve_http(
     config: &GatewayConfig,
     health: HealthState,
+    board: StatusBoard,
 ) -> Result<Option<SocketAddr>, GatewayError> {
     if config.http.listen.is_empty() {
         return Ok(None);
     }
     let token = (!config.http.token.is_empty()).then(|| config.http.token.clone());
-    http::serve(&config.http.listen, health, token)
+    http::serve(&config.http.listen, health, board, token)
         .await
         .map(Some)
         .map_err(|e| GatewayError::Http(config.http.listen.clone(), e))

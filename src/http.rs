@@ -1,8 +1,7 @@
 //! The HTTP endpoints on `[http] listen`: the status page `/` (HTML, see [`status_page`]),
 //! `/health` and `/health/uplink` (JSON), and `/metrics` (Prometheus text format).
 //!
-//! `/health` answers 503 when the store cannot be written: a [`StoreProbe`] writes and
-//! fsyncs one small key, at most once per [`PROBE_INTERVAL`] however often it is asked.
+//! `/health` answers 503 when the store cannot be written (the probe of [`crate::health`]).
 //!
 //! Bounded against clients that open connections and never finish (slowloris): at most
 //! [`MAX_CONNECTIONS`] at once and [`MAX_PER_PEER`] from one address (more are closed at
@@ -16,25 +15,20 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::bridge::{BridgeReport, BridgeStatus};
-use crate::metrics::Metrics;
-use crate::outbox::Outbox;
+use crate::health::{Health, HealthState};
+use crate::reports::UplinkReport;
+use crate::status::{BridgeStatus, UplinkStatus};
 use crate::status_page::{self, OutboxView, StatusBoard, StatusView};
-use crate::store::ShadowStore;
-use crate::uplink::{UplinkMode, UplinkReport, UplinkStatus};
 
-/// Least time between two write probes of the store: one small fsync per interval at most,
-/// however often `/health` is polled (an SD card wears with every write).
-pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// HTTP connections served at once.
 pub const MAX_CONNECTIONS: usize = 128;
 /// HTTP connections from one address at once.
@@ -44,166 +38,29 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest life of one HTTP connection.
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 
-type ProbeFn = dyn Fn() -> Result<(), String> + Send + Sync;
-/// When the store was last probed, and what the probe said.
-type LastProbe = Option<(Instant, Result<(), String>)>;
-
-/// Checks that the store takes writes, rate-limited: answers from the last probe while it
-/// is younger than the interval.
+/// The router's state: what the handlers read, and the status page's token.
 #[derive(Clone)]
-pub struct StoreProbe {
-    probe: Arc<ProbeFn>,
-    interval: Duration,
-    last: Arc<tokio::sync::Mutex<LastProbe>>,
-}
-
-impl StoreProbe {
-    /// Probes `store` with [`ShadowStore::probe_write`].
-    pub fn new(store: ShadowStore) -> Self {
-        Self::with(
-            move || store.probe_write().map_err(|e| e.to_string()),
-            PROBE_INTERVAL,
-        )
-    }
-
-    fn with(
-        probe: impl Fn() -> Result<(), String> + Send + Sync + 'static,
-        interval: Duration,
-    ) -> Self {
-        Self {
-            probe: Arc::new(probe),
-            interval,
-            last: Arc::default(),
-        }
-    }
-
-    /// `Err(why)` when the store could not be written. Concurrent callers share one probe.
-    pub async fn check(&self) -> Result<(), String> {
-        let mut last = self.last.lock().await;
-        if let Some((at, result)) = last.as_ref() {
-            if at.elapsed() < self.interval {
-                return result.clone();
-            }
-        }
-        let probe = self.probe.clone();
-        // The probe fsyncs: off the async workers.
-        let result = tokio::task::spawn_blocking(move || probe())
-            .await
-            .unwrap_or_else(|e| Err(format!("the store probe failed: {e}")));
-        if let Err(reason) = &result {
-            tracing::error!(%reason, "the store cannot be written");
-        }
-        *last = Some((Instant::now(), result.clone()));
-        result
-    }
-
-    /// Whether the last probe could write, without probing again; `None` before the first.
-    pub async fn last_writable(&self) -> Option<bool> {
-        self.last
-            .lock()
-            .await
-            .as_ref()
-            .map(|(_, result)| result.is_ok())
-    }
-}
-
-/// What the handlers read.
-#[derive(Clone)]
-pub struct HealthState {
-    pub gateway_id: String,
-    pub store: ShadowStore,
-    pub probe: StoreProbe,
-    /// `None` when no uplink is configured.
-    pub uplink: Option<(UplinkStatus, Outbox)>,
-    /// `None` when no bridge is configured.
-    pub bridge: Option<BridgeStatus>,
-    pub metrics: Metrics,
+struct AppState {
+    health: HealthState,
     /// What the status page remembers of each heater (fed by the broker hook).
-    pub board: StatusBoard,
-    pub started: Instant,
+    board: StatusBoard,
+    /// Required for `/` when set (`[http] token`).
+    token: Option<Arc<str>>,
 }
 
-/// The gateway's summary: `/health`, and the retained `system/status` message.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Health {
-    status: &'static str,
-    broker: &'static str,
-    /// `writable`, or `unwritable` with `reason`.
-    store: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<String>,
-    uplink: UplinkMode,
-    /// `active`, `standby` or `undecided` in an active/standby pair; absent otherwise.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lease: Option<&'static str>,
-    shadows: usize,
-    connected_clients: i64,
-    outbox_items: usize,
-    /// The upstream MQTT bridge; absent when none is configured.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    bridge: Option<BridgeReport>,
-    version: &'static str,
-    uptime_secs: u64,
-}
-
-impl Health {
-    pub fn is_ok(&self) -> bool {
-        self.reason.is_none()
-    }
-
-    pub fn connected_clients(&self) -> i64 {
-        self.connected_clients
-    }
-
-    pub fn outbox_items(&self) -> usize {
-        self.outbox_items
-    }
-
-    pub fn uptime_secs(&self) -> u64 {
-        self.uptime_secs
-    }
-}
-
-impl HealthState {
-    /// The summary, with the store probed (rate-limited).
-    pub async fn summary(&self) -> Health {
-        let store = self.probe.check().await;
-        let (uplink, lease, outbox_items) = match &self.uplink {
-            Some((status, outbox)) => {
-                let stats = outbox.stats();
-                let report = status.report();
-                (report.mode, report.lease, stats.items + stats.shadows)
-            }
-            None => (UplinkMode::Offline, None, 0),
-        };
-        Health {
-            status: if store.is_ok() { "ok" } else { "unavailable" },
-            broker: "up",
-            store: if store.is_ok() {
-                "writable"
-            } else {
-                "unwritable"
-            },
-            reason: store.err().map(|e| format!("store: {e}")),
-            uplink,
-            lease,
-            shadows: self.store.len(),
-            connected_clients: self.metrics.connected_clients(),
-            outbox_items,
-            bridge: self.bridge.as_ref().map(BridgeStatus::report),
-            version: env!("CARGO_PKG_VERSION"),
-            uptime_secs: self.started.elapsed().as_secs(),
-        }
-    }
-
+impl AppState {
     /// What the status page shows for the search `query`; `token` as given in the URL.
     async fn status_view(&self, query: String, token: Option<String>) -> StatusView {
-        let health = self.summary().await;
+        let health = self.health.summary().await;
         let now_ms = status_page::history::now_ms();
-        let (heaters, matching) =
-            status_page::heaters(&self.store, &self.metrics, &self.board, &query, now_ms);
-        let outbox = self.uplink.as_ref().map(|(_, outbox)| {
+        let (heaters, matching) = status_page::heaters(
+            &self.health.store,
+            &self.health.metrics,
+            &self.board,
+            &query,
+            now_ms,
+        );
+        let outbox = self.health.uplink.as_ref().map(|(_, outbox)| {
             let stats = outbox.stats();
             OutboxView {
                 items: stats.items + stats.shadows,
@@ -211,7 +68,7 @@ impl HealthState {
             }
         });
         StatusView {
-            gateway_id: self.gateway_id.clone(),
+            gateway_id: self.health.gateway_id.clone(),
             version: health.version,
             uptime_secs: health.uptime_secs,
             store_problem: health.reason,
@@ -225,25 +82,19 @@ impl HealthState {
             heaters,
             matching,
             shadows_total: health.shadows,
-            rejections: self.metrics.recent_rejections(),
+            rejections: self.health.metrics.recent_rejections(),
             now_ms,
         }
     }
 }
 
-/// The router's state: what the handlers read, and the status page's token.
-#[derive(Clone)]
-struct AppState {
-    health: HealthState,
-    /// Required for `/` when set (`[http] token`).
-    token: Option<Arc<str>>,
-}
-
 /// Binds the listener now (a port in use is a startup error) and serves in the background.
-/// `token`: when set, the status page needs it (`?token=` or `Authorization: Bearer`).
+/// `board` feeds the status page; `token`: when set, the status page needs it (`?token=`
+/// or `Authorization: Bearer`).
 pub async fn serve(
     listen: &str,
     state: HealthState,
+    board: StatusBoard,
     token: Option<String>,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -255,6 +106,7 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .with_state(AppState {
             health: state,
+            board,
             token: token.map(Arc::from),
         });
     tokio::spawn(serve_connections(listener, app));
@@ -371,7 +223,6 @@ async fn status(
     }
     let token = app.token.is_some().then_some(query.token).flatten();
     let view = app
-        .health
         .status_view(status_page::clean_query(query.q.as_deref()), token)
         .await;
     (
@@ -432,70 +283,6 @@ async fn uplink(State(app): State<AppState>) -> Json<UplinkReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
-    /// A probe that counts its runs and fails while `broken` is set.
-    fn counting_probe(interval: Duration) -> (StoreProbe, Arc<AtomicUsize>, Arc<AtomicBool>) {
-        let (runs, broken) = (
-            Arc::new(AtomicUsize::new(0)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let (r, b) = (runs.clone(), broken.clone());
-        let probe = StoreProbe::with(
-            move || {
-                r.fetch_add(1, Ordering::SeqCst);
-                if b.load(Ordering::SeqCst) {
-                    Err("No space left on device".into())
-                } else {
-                    Ok(())
-                }
-            },
-            interval,
-        );
-        (probe, runs, broken)
-    }
-
-    #[tokio::test]
-    async fn the_probe_runs_at_most_once_per_interval() {
-        let (probe, runs, broken) = counting_probe(Duration::from_secs(3600));
-        assert_eq!(probe.check().await, Ok(()));
-        broken.store(true, Ordering::SeqCst);
-        // Within the interval: the last answer, no new write.
-        assert_eq!(probe.check().await, Ok(()));
-        assert_eq!(runs.load(Ordering::SeqCst), 1);
-    }
-
-    #[tokio::test]
-    async fn the_last_answer_is_read_without_probing() {
-        let (probe, runs, broken) = counting_probe(Duration::ZERO);
-        assert_eq!(probe.last_writable().await, None, "nothing probed yet");
-        broken.store(true, Ordering::SeqCst);
-        assert!(probe.check().await.is_err());
-        assert_eq!(probe.last_writable().await, Some(false));
-        assert_eq!(
-            runs.load(Ordering::SeqCst),
-            1,
-            "reading the answer wrote nothing"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_failing_probe_is_reported_and_recovery_seen() {
-        let (probe, runs, broken) = counting_probe(Duration::ZERO);
-        broken.store(true, Ordering::SeqCst);
-        assert_eq!(probe.check().await, Err("No space left on device".into()));
-        broken.store(false, Ordering::SeqCst);
-        assert_eq!(probe.check().await, Ok(()));
-        assert_eq!(runs.load(Ordering::SeqCst), 2);
-    }
-
-    #[tokio::test]
-    async fn a_real_store_passes_the_probe() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = ShadowStore::open(dir.path(), 1 << 20).expect("open");
-        assert_eq!(StoreProbe::new(store.clone()).check().await, Ok(()));
-        assert!(store.is_empty(), "the probe must not add a shadow");
-    }
 
     #[test]
     fn tokens_compare_whole() {

@@ -15,11 +15,13 @@
 //! - [`messages`] — every publication of the gateway and its envelope; what each one adds
 //!   to the counters once it is published ([`messages::Count`]).
 //! - [`cloud`] — what goes to the cloud ([`cloud::ToCloud`]) and comes from it.
-//! - [`alert_event`], [`alert_rule`] — severities, alert events, `[[alerts]]` rules.
+//! - [`alert_event`], [`alert_rule`] — severities, alert events, `[[alerts]]` rules, and
+//!   [`alert_event::ReleaseListener`] (what the shadow service tells the alerts).
 //! - [`lease`] — this gateway's role in its pair; [`reports`] — what the uplink, the bridge
 //!   and the outbox report about themselves.
 //! - [`topics`] — the `ROOT/devices/{id}/…` tree; [`codec`] — JSON / CBOR, detected per
-//!   message; [`shadow`] — the pure shadow engine; [`telemetry`] — device readings;
+//!   message; [`shadow`] — the pure shadow engine (with the desired lifecycle: refusal,
+//!   expiry, local change wins); [`telemetry`] — device readings;
 //!   [`users`] — users and the devices they own; [`backoff`] — retry delays.
 //!
 //! **Configuration**: [`config`] (the TOML file and `IOTSPHERE__…` overrides, checked with
@@ -29,7 +31,9 @@
 //! [`outbox`] (everything bound for the cloud, durable until it is delivered), [`metrics`]
 //! (Prometheus counters), [`auth`] (credentials, identities, the per-device ACL; passwords
 //! checked by the bounded [`verifier`] after the [`login_backoff`] of the address;
-//! [`audit`] keeps the audit log small), [`batch`] (`devices/batch/status`), [`systemd`].
+//! [`audit`] keeps the audit log small), [`batch`] (`devices/batch/status`), [`systemd`],
+//! [`health`] (the store probe and the summary of `/health` and `system/status`),
+//! [`status`] (the live status handles the uplink and the bridge fill).
 //!
 //! **Broker**: [`broker`] — the embedded rumqttd broker with bounded memory, the only module
 //! that names rumqttd; its hook parses each PUBLISH once for the ACL and the
@@ -37,7 +41,8 @@
 //!
 //! **Features**:
 //! - [`service`] — one request → engine → store → the replies to publish;
-//!   [`service::link_loop`] drains the broker link in batches (one fsync per batch).
+//!   [`service::link_loop`] drains the broker link in batches (one fsync per batch) and
+//!   wakes for the next desired expiry.
 //! - [`ingest`] — telemetry and command answers into the outbox, inside the broker,
 //!   before they are acknowledged (a tap).
 //! - [`uplink`] — MongoDB: shadows mirrored, telemetry stored, commands dispatched, cloud
@@ -68,6 +73,7 @@ pub mod cloud;
 pub mod codec;
 pub mod config;
 pub mod gateway;
+pub mod health;
 pub mod http;
 pub mod ingest;
 pub mod lease;
@@ -80,6 +86,7 @@ pub mod reload;
 pub mod reports;
 pub mod service;
 pub mod shadow;
+pub mod status;
 pub mod status_page;
 pub mod store;
 pub mod system;

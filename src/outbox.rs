@@ -441,10 +441,10 @@ mod tests {
     fn shadow(device_id: &str, version: u64) -> ToCloud {
         ToCloud::Shadow {
             device_id: device_id.into(),
-            document: Some(Document {
+            document: Some(Box::new(Document {
                 version,
                 ..Document::default()
-            }),
+            })),
         }
     }
 

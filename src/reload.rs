@@ -1,6 +1,6 @@
 //! SIGHUP: re-read the configuration file and apply what can change while running.
 //!
-//! Applied live: `log.level`, `shadow.*` (limits and rate), `auth.services` (ACL roles),
+//! Applied live: `log.level`, `shadow.*` (limits, rate, local_wins), `auth.services` (ACL roles),
 //! `gateway.metrics_interval_secs`, and the credentials file's contents. Everything else
 //! (listen addresses, `data_dir`, the uplink, …) is compared with the running
 //! configuration and each changed key is logged as needing a restart; the running value

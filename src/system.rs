@@ -20,7 +20,7 @@ use crate::batch::{self, BatchStatus};
 use crate::broker::hook::StepDown;
 use crate::broker::GatewayLink;
 use crate::config::GatewayConfig;
-use crate::http::HealthState;
+use crate::health::HealthState;
 use crate::lease::{LeaseRole, LeaseState};
 use crate::messages::Replies;
 use crate::systemd::{self, Notifier};

@@ -14,6 +14,8 @@ pub enum ShadowTopic {
     Get,
     /// Remove the shadow (AWS `delete`).
     Delete,
+    /// Device → gateway: desired leaves the device will not apply, with a reason.
+    Refused,
     /// Gateway → device: desired fields that differ from reported.
     Delta,
     /// Gateway → everyone: whole document after a change, and the answer to `get`.
@@ -24,22 +26,24 @@ pub enum ShadowTopic {
 
 impl ShadowTopic {
     /// Every kind, in the order of docs/DESIGN.md §5.
-    pub const ALL: [ShadowTopic; 7] = [
+    pub const ALL: [ShadowTopic; 8] = [
         ShadowTopic::Reported,
         ShadowTopic::Desired,
         ShadowTopic::Get,
         ShadowTopic::Delete,
+        ShadowTopic::Refused,
         ShadowTopic::Delta,
         ShadowTopic::Document,
         ShadowTopic::Rejected,
     ];
 
     /// The requests the gateway answers (the others are its own publications).
-    pub const REQUESTS: [ShadowTopic; 4] = [
+    pub const REQUESTS: [ShadowTopic; 5] = [
         ShadowTopic::Reported,
         ShadowTopic::Desired,
         ShadowTopic::Get,
         ShadowTopic::Delete,
+        ShadowTopic::Refused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +52,7 @@ impl ShadowTopic {
             ShadowTopic::Desired => "desired",
             ShadowTopic::Get => "get",
             ShadowTopic::Delete => "delete",
+            ShadowTopic::Refused => "refused",
             ShadowTopic::Delta => "delta",
             ShadowTopic::Document => "document",
             ShadowTopic::Rejected => "rejected",

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{http_get, json, shadow_topic, Client, Gateway};
-use iotsphere_gateway::http;
+use iotsphere_gateway::health;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -181,7 +181,7 @@ async fn health_is_503_while_the_store_cannot_be_written() {
     // sled keeps its first I/O error for the life of the process: freeing the space is not
     // enough, a restart is (under systemd the watchdog, no longer fed, does it).
     std::fs::remove_file(filler).expect("free the space");
-    tokio::time::sleep(http::PROBE_INTERVAL).await;
+    tokio::time::sleep(health::PROBE_INTERVAL).await;
     assert_eq!(http_get(gateway.http_port, "/health").0, 503);
     let mut gateway = gateway;
     let status = gateway.terminate();

@@ -892,3 +892,187 @@ async fn telemetry_ids_are_per_device() {
         .expect("count");
     assert_eq!(count, 1);
 }
+
+/// A document's `state.<section>` (empty when absent).
+fn section(stored: &BsonDocument, name: &str) -> BsonDocument {
+    stored
+        .get_document("state")
+        .and_then(|s| s.get_document(name))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// An integer field of a BSON document, whichever width the server stored.
+fn int(document: &BsonDocument, key: &str) -> Option<i64> {
+    document
+        .get_i32(key)
+        .map(i64::from)
+        .or(document.get_i64(key))
+        .ok()
+}
+
+fn now_plus_ms(ms: i64) -> mongodb::bson::DateTime {
+    mongodb::bson::DateTime::from_millis(mongodb::bson::DateTime::now().timestamp_millis() + ms)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusal_is_recorded_in_mongodb_where_the_cloud_service_wrote() {
+    let mongo = Mongo::start().await;
+    let gateway = Gateway::start_with(&mongo.config(""));
+    let mut heater = reported_device(&gateway, &mongo, "h-refused").await;
+    shadows(&mongo)
+        .update_one(
+            doc! {"_id": "h-refused"},
+            doc! {"$set": {"state.desired.targetTemp": 80, "state.desired.mode": "eco", "updatedAt": mongodb::bson::DateTime::now()}},
+        )
+        .await
+        .expect("cloud update");
+    delta_with_target(&mut heater, 80).await;
+    heater
+        .publish(
+            &shadow_topic("h-refused", "refused"),
+            json(&json!({"state": {"targetTemp": 80}, "reason": "above 70 °C", "code": 1001})),
+        )
+        .await;
+    let stored = mongo
+        .wait_for("shadows", doc! {"_id": "h-refused"}, |d| {
+            int(&section(d, "refused"), "targetTemp") == Some(80)
+        })
+        .await;
+    assert_eq!(section(&stored, "desired"), doc! {"mode": "eco"});
+    let why = stored
+        .get_document("metadata")
+        .and_then(|m| m.get_document("refused"))
+        .and_then(|r| r.get_document("targetTemp"))
+        .expect("metadata.refused.targetTemp");
+    assert_eq!(why.get_str("reason"), Ok("above 70 °C"));
+    assert_eq!(int(why, "code"), Some(1001));
+    let delta = heater.expect("/shadow/delta").await.payload_json();
+    assert_eq!(delta["state"], json!({"mode": "eco"}));
+    // The gateway's own write is not a cloud change: the refused value does not return.
+    heater
+        .expect_none("/shadow/delta", Duration::from_millis(700))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cloud_expiry_passes_while_the_heater_is_offline_across_a_restart() {
+    let mongo = Mongo::start().await;
+    let mut gateway = Gateway::start_with(&mongo.config(""));
+    let heater = reported_device(&gateway, &mongo, "h-expires").await;
+    heater.disconnect().await;
+    let expires = now_plus_ms(2000);
+    shadows(&mongo)
+        .update_one(
+            doc! {"_id": "h-expires"},
+            doc! {"$set": {
+                "state.desired.targetTemp": 70,
+                "desiredExpiresAt": expires,
+                "updatedAt": mongodb::bson::DateTime::now(),
+            }},
+        )
+        .await
+        .expect("cloud update");
+    // The gateway took the change (and its expiry) and wrote it back without the field.
+    let stored = mongo
+        .wait_for("shadows", doc! {"_id": "h-expires"}, |d| {
+            d.get_i64("version") == Ok(2)
+        })
+        .await;
+    assert!(!stored.contains_key("desiredExpiresAt"), "{stored}");
+    let leaf = stored
+        .get_document("metadata")
+        .and_then(|m| m.get_document("desired"))
+        .and_then(|d| d.get_document("targetTemp"))
+        .expect("metadata.desired.targetTemp");
+    assert_eq!(
+        int(leaf, "expiresAt"),
+        Some(expires.timestamp_millis() / 1000)
+    );
+
+    // The gateway is down when the value expires.
+    assert!(gateway.terminate().success());
+    // Past the second it expires in (the engine counts whole seconds).
+    while now_plus_ms(-1000) <= expires {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    gateway.spawn(&[]);
+    let stored = mongo
+        .wait_for("shadows", doc! {"_id": "h-expires"}, |d| {
+            int(&section(d, "expired"), "targetTemp") == Some(70)
+        })
+        .await;
+    assert_eq!(section(&stored, "desired"), doc! {});
+    let mut heater = Client::connect(gateway.port, "h-expires").await;
+    heater.subscribe(&shadow_topic("h-expires", "delta")).await;
+    heater
+        .expect_none("/shadow/delta", Duration::from_millis(700))
+        .await;
+}
+
+/// After an outage of the uplink the cloud's change is replayed (change stream resumed,
+/// or the writer's three-way merge); with `local_wins` it is judged by the cloud's
+/// `updatedAt`: a change made at the heater's panel during the outage, after it, stands,
+/// and the cloud's value is recorded superseded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panel_change_during_an_uplink_outage_beats_an_older_cloud_setpoint() {
+    let Some(mongo) = small_oplog_double("needs the double's per-client fail points").await else {
+        return;
+    };
+    let config = mongo.config("\n[shadow]\nlocal_wins = [\"targetTemp\"]\n");
+    let gateway = Gateway::start_with(&config);
+    let mut heater = reported_device(&gateway, &mongo, "h-outage").await;
+    let admin = mongo.client.database("admin");
+    admin
+        .run_command(doc! {
+            "configureFailPoint": "failCommand",
+            "mode": "alwaysOn",
+            "data": {
+                "failCommands": ["update", "find", "aggregate", "getMore"],
+                "closeConnection": true,
+                "appName": "iotsphere-gateway/gw-test",
+            },
+        })
+        .await
+        .expect("fail point");
+    let started = std::time::Instant::now();
+    while !gateway
+        .log()
+        .contains("MongoDB uplink interrupted; reconnecting")
+    {
+        assert!(started.elapsed() < common::WAIT, "{}", gateway.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The cloud sets 66; the gateway cannot see it.
+    shadows(&mongo)
+        .update_one(
+            doc! {"_id": "h-outage"},
+            doc! {"$set": {"state.desired.targetTemp": 66, "updatedAt": mongodb::bson::DateTime::now()}},
+        )
+        .await
+        .expect("cloud update");
+    // A second later the tenant turns the panel to 55; the heater reports it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    heater
+        .publish(
+            &shadow_topic("h-outage", "reported"),
+            json(&json!({"state": {"targetTemp": 55}})),
+        )
+        .await;
+    heater.expect("/shadow/document").await;
+    admin
+        .run_command(doc! {"configureFailPoint": "failCommand", "mode": "off"})
+        .await
+        .expect("fail point off");
+
+    let stored = mongo
+        .wait_for("shadows", doc! {"_id": "h-outage"}, |d| {
+            int(&section(d, "superseded"), "targetTemp") == Some(66)
+        })
+        .await;
+    assert_eq!(int(&section(&stored, "reported"), "targetTemp"), Some(55));
+    assert_eq!(section(&stored, "desired"), doc! {});
+    heater
+        .expect_none("/shadow/delta", Duration::from_millis(700))
+        .await;
+}

@@ -24,6 +24,7 @@ pub use crate::alert_event::OpenAlerts;
 pub use crate::alert_rule::{AlertRule, Severity};
 pub use engine::{AlertEvent, AlertState, Engine, Observation};
 
+use crate::alert_event::ReleaseListener;
 use crate::broker::tap::{Seen, Tap};
 use crate::broker::GatewayLink;
 use crate::messages::Replies;
@@ -131,17 +132,19 @@ impl Tap for AlertFeed {
     }
 }
 
-impl AlertFeed {
+impl ReleaseListener for AlertFeed {
     /// Another gateway claimed the device (the shadow service released it): a heater
     /// that moved would otherwise leave an `offline` alert here that nothing clears.
-    pub fn released(&self, device_id: &str) {
+    fn released(&self, device_id: &str) {
         if self.judges {
             self.send(Raw::Released {
                 device_id: device_id.to_string(),
             });
         }
     }
+}
 
+impl AlertFeed {
     fn send(&self, raw: Raw) {
         if self.tx.try_send(raw).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;

@@ -9,18 +9,18 @@
 //!   locally without the prefix, through the bridge's internal link: a desired update goes
 //!   through the shadow engine like any other, a command request reaches the device.
 //! - [`options`] builds the rumqttc options (TLS with rustls/ring), [`crate::backoff`]
-//!   paces reconnects, [`echo`] drops our own messages coming back, [`status`] is for `/health`.
+//!   paces reconnects, [`echo`] drops our own messages coming back; the [`BridgeStatus`]
+//!   it fills is read by `/health`.
 
 pub mod capture;
 pub mod echo;
 pub mod options;
 pub mod session;
-pub mod status;
 
 use rumqttc::MqttOptions;
 
+pub use crate::status::{BridgeReport, BridgeStatus};
 pub use capture::{Capture, BRIDGE_CLIENT_ID};
-pub use status::{BridgeReport, BridgeStatus};
 
 use crate::broker::GatewayLink;
 use crate::config::GatewayConfig;

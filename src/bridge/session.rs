@@ -21,13 +21,13 @@ use rumqttc::{
 use tokio::sync::mpsc;
 
 use super::echo::Echoes;
-use super::status::BridgeStatus;
 use crate::auth::filter_matches;
 use crate::backoff::Backoff;
 use crate::broker::GatewayLink;
 use crate::config::BridgeSection;
 use crate::messages::{Count, Outgoing as LocalMessage};
 use crate::outbox::{Outbox, Pending, ToCloud};
+use crate::status::BridgeStatus;
 
 /// Publishes awaiting their PUBACK at most.
 const WINDOW: usize = 64;

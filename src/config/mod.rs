@@ -185,6 +185,9 @@ pub struct ShadowSection {
     pub rate_per_sec: u32,
     /// Requests a device may send in a burst above the sustained rate.
     pub rate_burst: u32,
+    /// Dotted leaf paths (`"schedule.mode"`) where a newer reported value supersedes a
+    /// pending desired one (README "The desired lifecycle"); empty = desired always waits.
+    pub local_wins: Vec<String>,
 }
 
 impl Default for ShadowSection {
@@ -194,6 +197,7 @@ impl Default for ShadowSection {
             max_depth: 6,
             rate_per_sec: 20,
             rate_burst: 50,
+            local_wins: Vec::new(),
         }
     }
 }

@@ -75,6 +75,18 @@ fn every_problem_is_reported_with_line_and_column() {
 }
 
 #[test]
+fn local_wins_paths_must_name_non_empty_keys() {
+    let text = "[shadow]\nlocal_wins = [\"targetTemp\", \"schedule.mode\"]\n";
+    assert_eq!(problem_lines(text, &[]), Vec::<String>::new());
+    let lines = problem_lines("[shadow]\nlocal_wins = [\"ok\", \"schedule.\"]\n", &[]);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("shadow.local_wins: local_wins entry \"schedule.\""),
+        "{lines:?}"
+    );
+}
+
+#[test]
 fn a_status_page_reachable_from_the_network_needs_a_token() {
     let lines = problem_lines("[http]\nlisten = \"0.0.0.0:9090\"\n", &[]);
     assert_eq!(lines.len(), 1, "{lines:?}");

@@ -196,6 +196,9 @@ fn check_shadow(config: &GatewayConfig, problem: &mut impl FnMut(&str, String)) 
     if config.shadow.rate_burst < config.shadow.rate_per_sec {
         problem("shadow.rate_burst", "must be at least rate_per_sec".into());
     }
+    if let Err(bad) = crate::shadow::LocalWins::new(&config.shadow.local_wins) {
+        problem("shadow.local_wins", bad.to_string());
+    }
 }
 
 /// The MongoDB uplink.

@@ -7,11 +7,14 @@
 //! with one fsync, and only then are the replies published and the writes handed to the
 //! uplink — group commit, so a slow SD card costs one flush per batch, not one per request.
 //!
+//! The loop also wakes when the service's next desired expiry falls due; every batch
+//! first expires what is due (`ShadowService::expire_due`), then serves its requests.
+//!
 //! The router stops feeding a link whose buffer is full and says so with
 //! `Notification::Unschedule`; the loop must then `wake()` it or it would stall (and the
 //! broker's commit log would eventually overwrite what the gateway never read).
 
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use rumqttd::local::LinkError;
@@ -61,8 +64,10 @@ pub async fn run(
     let mut out: Vec<Outgoing> = Vec::new();
     loop {
         let mut batch = Batch::default();
+        let expiry = until(service.next_expiry());
         tokio::select! {
             _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
+            () = expiry => {}
             notification = link.rx.next() => {
                 if let Some(notification) = notification? {
                     batch.add(notification);
@@ -102,6 +107,17 @@ pub async fn run(
     }
 }
 
+/// Sleeps until `at` (epoch seconds); for ever without one.
+async fn until(at: Option<u64>) {
+    let Some(at) = at else {
+        return std::future::pending().await;
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    tokio::time::sleep(Duration::from_secs(at).saturating_sub(now)).await;
+}
+
 async fn next_cloud_change(from_cloud: Option<&flume::Receiver<FromCloud>>) -> FromCloud {
     match from_cloud {
         Some(from_cloud) => match from_cloud.recv_async().await {
@@ -121,10 +137,15 @@ fn serve_batch(
     batch: &Batch,
     out: &mut Vec<Outgoing>,
 ) {
-    let handled = batch
-        .requests
-        .iter()
-        .try_for_each(|(topic, payload)| service.handle(topic, payload, out))
+    // Expiries first: a `get` in this batch must not show a value already due.
+    let handled = service
+        .expire_due(out)
+        .and_then(|()| {
+            batch
+                .requests
+                .iter()
+                .try_for_each(|(topic, payload)| service.handle(topic, payload, out))
+        })
         .and_then(|()| {
             batch
                 .cloud_changes

@@ -11,6 +11,12 @@
 //! delta becomes empty a zero-length retained message clears it (MQTT's way of deleting a
 //! retained message; subscribers see one empty message, meaning "nothing pending").
 //!
+//! The desired lifecycle (`shadow`'s module doc): a device's `refused` request is served
+//! like an update; desired leaves that expire are expired by one timer for the whole
+//! gateway ([`Expiries`]: the link loop sleeps until [`ShadowService::next_expiry`] and
+//! calls [`ShadowService::expire_due`]), and at start before any delta is published, so a
+//! heater that was offline across the expiry (and a gateway restart) never sees it.
+//!
 //! With a MongoDB uplink, a device this store does not hold is claimed first (see
 //! `uplink::handover`): its requests are parked until the uplink answers with MongoDB's
 //! shadow, which is imported before they are served; a device claimed by another gateway
@@ -21,19 +27,23 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
+mod expiries;
 pub mod link_loop;
 mod rate;
 
+use expiries::Expiries;
 use rate::RateLimiter;
 
-use crate::alerts::AlertFeed;
+use crate::alert_event::ReleaseListener;
 use crate::cloud::{CloudDesired, FromCloud};
 use crate::codec::{self, DecodeError, Encoding, ShadowRequest};
 use crate::config::GatewayConfig;
 use crate::messages::{Count, Outgoing, Replies};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, ToCloud};
-use crate::shadow::{self, Document, ErrorCode, Limits, Rejection, Section, Update};
+use crate::shadow::{
+    self, Applied, Document, ErrorCode, Limits, LocalWins, Refusal, Rejection, Section, Update,
+};
 use crate::store::{ShadowStore, StoreError, StoredShadow};
 use crate::topics::{Route, ShadowTopic, Topics};
 
@@ -42,6 +52,7 @@ use crate::topics::{Route, ShadowTopic, Topics};
 pub struct ServiceSettings {
     pub gateway_id: String,
     pub limits: Limits,
+    pub local_wins: LocalWins,
     pub rate_per_sec: u32,
     pub rate_burst: u32,
 }
@@ -54,6 +65,11 @@ impl ServiceSettings {
                 max_document_bytes: config.shadow.max_document_bytes,
                 max_depth: config.shadow.max_depth,
             },
+            // `check` refused a bad path before the gateway started or reloaded.
+            local_wins: LocalWins::new(&config.shadow.local_wins).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "shadow.local_wins ignored");
+                LocalWins::default()
+            }),
             rate_per_sec: config.shadow.rate_per_sec,
             rate_burst: config.shadow.rate_burst,
         }
@@ -78,7 +94,9 @@ pub struct ShadowService {
     /// answered.
     parked: HashMap<String, Vec<Parked>>,
     /// Told about devices released to another gateway (their alerts end here).
-    alerts: Option<AlertFeed>,
+    alerts: Option<Box<dyn ReleaseListener>>,
+    /// When each stored shadow's next desired leaf expires.
+    expiries: Expiries,
 }
 
 /// A request or a cloud change that waits for its device's claim.
@@ -108,12 +126,13 @@ impl ShadowService {
             claims: None,
             parked: HashMap::new(),
             alerts: None,
+            expiries: Expiries::default(),
         }
     }
 
     /// Tells the alert task which devices leave for another gateway.
-    pub fn tell_alerts(mut self, alerts: Option<AlertFeed>) -> Self {
-        self.alerts = alerts;
+    pub fn tell_alerts(mut self, alerts: Option<impl ReleaseListener + 'static>) -> Self {
+        self.alerts = alerts.map(|a| Box::new(a) as Box<dyn ReleaseListener>);
         self
     }
 
@@ -201,6 +220,7 @@ impl ShadowService {
     ) -> Result<(), StoreError> {
         let parked = self.parked.remove(device_id).unwrap_or_default();
         if let Some(document) = shadow.filter(|_| !self.has(device_id)) {
+            let document = self.expire_on_arrival(device_id, document)?;
             let encoding = parked
                 .iter()
                 .find_map(|item| match item {
@@ -225,8 +245,7 @@ impl ShadowService {
             );
             self.store
                 .set_cloud_base(device_id, &document.state.desired)?;
-            self.store
-                .put(device_id, &StoredShadow { document, encoding })?;
+            self.put(device_id, &StoredShadow { document, encoding })?;
         }
         for item in parked {
             match item {
@@ -294,6 +313,15 @@ impl ShadowService {
             .as_ref()
             .map(|s| s.document.state.desired.clone())
             .unwrap_or_default();
+        // MongoDB's desired now holds this change: the writer's three-way merge must not
+        // replay it over what the lifecycle did with it since (a refusal, an expiry).
+        let mut cloud = self.store.cloud_base(device_id);
+        if change.replace {
+            cloud.clone_from(&change.state);
+        } else {
+            shadow::merge_section(&mut cloud, &change.state);
+        }
+        self.store.set_cloud_base(device_id, &cloud)?;
         let state = if change.replace {
             shadow::replacement_patch(&local, &change.state)
         } else {
@@ -304,12 +332,12 @@ impl ShadowService {
                 tracing::info!(device_id, field, local = %overridden, cloud = %cloud, "cloud desired overrides a local desired value");
             }
         }
-        let request = ShadowRequest {
-            state: Some(state),
-            version: None,
-            client_token: None,
+        let update = Update {
+            expires_at: change.expires_at,
+            changed_at: change.changed_at,
+            ..Update::new(Section::Desired, state)
         };
-        match self.update(device_id, Section::Desired, encoding, stored, request, out) {
+        match self.update(device_id, encoding, stored, &update, epoch_secs(), out) {
             Ok(()) => Ok(()),
             Err(ServiceError::Rejected(rejection)) => {
                 tracing::warn!(device_id, code = rejection.code.as_u16(), message = %rejection.message, "a cloud desired change was refused");
@@ -320,11 +348,23 @@ impl ShadowService {
     }
 
     /// The retained deltas of every stored shadow with something pending; published at
-    /// startup because the broker keeps retained messages in memory only.
-    pub fn pending_deltas(&self) -> Result<Vec<Outgoing>, StoreError> {
+    /// startup because the broker keeps retained messages in memory only. Desired leaves
+    /// that expired while the gateway was down expire first (stored and sent to the
+    /// cloud), so no delta holds them; the expiry timer starts from what is left.
+    pub fn pending_deltas(&mut self) -> Result<Vec<Outgoing>, StoreError> {
         let mut out = Vec::new();
-        for entry in self.store.iter() {
-            let (device_id, stored) = entry?;
+        let stored: Vec<(String, StoredShadow)> = self.store.iter().collect::<Result<_, _>>()?;
+        let mut expired = false;
+        for (device_id, mut stored) in stored {
+            let version = stored.document.version;
+            stored.document = self.expire_on_arrival(&device_id, stored.document)?;
+            if stored.document.version == version {
+                self.expiries
+                    .schedule(&device_id, shadow::next_expiry(&stored.document));
+            } else {
+                self.put(&device_id, &stored)?;
+                expired = true;
+            }
             if let Some(delta) = shadow::delta(&stored.document) {
                 out.push(self.replies.publication(
                     &device_id,
@@ -336,7 +376,68 @@ impl ShadowService {
                 ));
             }
         }
+        if expired {
+            self.commit()?;
+        }
         Ok(out)
+    }
+
+    /// When the link loop must call [`Self::expire_due`] next (epoch seconds).
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.expiries.next()
+    }
+
+    /// Expires the desired leaves that are due: each such shadow is stored, its document
+    /// and delta published and its write queued for the cloud, as for any change.
+    pub fn expire_due(&mut self, out: &mut Vec<Outgoing>) -> Result<(), StoreError> {
+        let now = epoch_secs();
+        for device_id in self.expiries.take_due(now) {
+            let Some(stored) = self.store.get(&device_id)? else {
+                continue;
+            };
+            match shadow::expire(&stored.document, now, &self.settings.limits) {
+                Ok(applied) if applied.changed => {
+                    tracing::info!(device_id, "desired values expired");
+                    let encoding = stored.encoding;
+                    self.publish(&device_id, encoding, Some(&stored), applied, None, out)?;
+                }
+                Ok(_) => self
+                    .expiries
+                    .schedule(&device_id, shadow::next_expiry(&stored.document)),
+                Err(rejection) => {
+                    tracing::error!(device_id, message = %rejection.message, "could not expire desired values");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A shadow that comes from elsewhere (the store at start, a claim from MongoDB) with
+    /// its due leaves expired; the cloud gets the change.
+    fn expire_on_arrival(
+        &mut self,
+        device_id: &str,
+        document: Document,
+    ) -> Result<Document, StoreError> {
+        match shadow::expire(&document, epoch_secs(), &self.settings.limits) {
+            Ok(applied) if applied.changed => {
+                tracing::info!(device_id, "desired values expired while nobody served them");
+                self.to_cloud(ToCloud::Shadow {
+                    device_id: device_id.to_string(),
+                    document: Some(Box::new(applied.document.clone())),
+                })?;
+                Ok(applied.document)
+            }
+            _ => Ok(document),
+        }
+    }
+
+    /// Stores a shadow and schedules its next expiry.
+    fn put(&mut self, device_id: &str, stored: &StoredShadow) -> Result<(), StoreError> {
+        self.store.put(device_id, stored)?;
+        self.expiries
+            .schedule(device_id, shadow::next_expiry(&stored.document));
+        Ok(())
     }
 
     /// Handles one request and appends what to publish once the batch is committed.
@@ -435,14 +536,24 @@ impl ShadowService {
         }
         let token = request.client_token.clone();
         let token = token.as_deref();
+        let now = epoch_secs();
 
         let result = match kind {
-            ShadowTopic::Reported => {
-                self.update(device_id, Section::Reported, encoding, stored, request, out)
+            ShadowTopic::Reported | ShadowTopic::Desired => {
+                let section = if kind == ShadowTopic::Reported {
+                    Section::Reported
+                } else {
+                    Section::Desired
+                };
+                match update_of(section, request, now) {
+                    Ok(update) => self.update(device_id, encoding, stored, &update, now, out),
+                    Err(rejection) => Err(ServiceError::Rejected(rejection)),
+                }
             }
-            ShadowTopic::Desired => {
-                self.update(device_id, Section::Desired, encoding, stored, request, out)
-            }
+            ShadowTopic::Refused => match refusal_of(request) {
+                Ok(refusal) => self.refuse(device_id, encoding, stored, &refusal, now, out),
+                Err(rejection) => Err(ServiceError::Rejected(rejection)),
+            },
             ShadowTopic::Get => self.get(device_id, encoding, stored.as_ref(), token, out),
             _ => self.delete(device_id, encoding, stored.as_ref(), &request, out),
         };
@@ -468,32 +579,63 @@ impl ShadowService {
     fn update(
         &mut self,
         device_id: &str,
-        section: Section,
         encoding: Encoding,
         stored: Option<StoredShadow>,
-        request: ShadowRequest,
+        update: &Update,
+        now: u64,
         out: &mut Vec<Outgoing>,
     ) -> Result<(), ServiceError> {
-        let Some(state) = request.state else {
-            return Err(ServiceError::Rejected(Rejection {
-                code: ErrorCode::BadRequest,
-                message: "missing state".into(),
-            }));
-        };
-        let update = Update {
-            section,
-            state,
-            version: request.version,
-            client_token: request.client_token.clone(),
-        };
         let previous = stored.as_ref().map(|s| &s.document);
-        let applied = shadow::apply_update(previous, &update, epoch_secs(), &self.settings.limits)
-            .map_err(ServiceError::Rejected)?;
-        let token = request.client_token.as_deref();
+        let applied = shadow::apply_update(
+            previous,
+            update,
+            now,
+            &self.settings.limits,
+            &self.settings.local_wins,
+        )
+        .map_err(ServiceError::Rejected)?;
+        let token = update.client_token.as_deref();
+        self.publish(device_id, encoding, stored.as_ref(), applied, token, out)?;
+        Ok(())
+    }
 
-        let encoding_changed = stored.as_ref().is_some_and(|s| s.encoding != encoding);
+    /// A device refuses desired leaves: they leave the delta, recorded in the document
+    /// (and so in MongoDB) for the app or cloud service that set them.
+    fn refuse(
+        &mut self,
+        device_id: &str,
+        encoding: Encoding,
+        stored: Option<StoredShadow>,
+        refusal: &Refusal,
+        now: u64,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), ServiceError> {
+        let previous = stored.as_ref().map(|s| &s.document);
+        let applied = shadow::refuse(previous, refusal, now, &self.settings.limits)
+            .map_err(ServiceError::Rejected)?;
+        if applied.changed {
+            tracing::info!(device_id, reason = %refusal.reason, code = refusal.code, "the device refused desired values");
+        }
+        let token = refusal.client_token.as_deref();
+        self.publish(device_id, encoding, stored.as_ref(), applied, token, out)?;
+        Ok(())
+    }
+
+    /// Stores an accepted change (or a device's new encoding), queues it for the cloud,
+    /// and appends the document and, when it changed, the retained delta.
+    fn publish(
+        &mut self,
+        device_id: &str,
+        encoding: Encoding,
+        stored: Option<&StoredShadow>,
+        applied: Applied,
+        token: Option<&str>,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), StoreError> {
+        let previous = stored.map(|s| &s.document);
+        let encoding_changed = stored.is_some_and(|s| s.encoding != encoding);
         if applied.changed || encoding_changed {
-            self.store.put(
+            self.put(
                 device_id,
                 &StoredShadow {
                     document: applied.document.clone(),
@@ -504,7 +646,7 @@ impl ShadowService {
         if applied.changed {
             self.to_cloud(ToCloud::Shadow {
                 device_id: device_id.to_string(),
-                document: Some(applied.document.clone()),
+                document: Some(Box::new(applied.document.clone())),
             })?;
         }
         let mut document = self
@@ -575,6 +717,39 @@ enum ServiceError {
 impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         ServiceError::Store(e)
+    }
+}
+
+/// The engine's update for a `reported` or `desired` request received at `now`: a
+/// desired `expiresIn` becomes an absolute expiry; a report's `timestamp` is the device's
+/// time of the change (a desired request counts on arrival, whatever an app's clock says).
+fn update_of(section: Section, request: ShadowRequest, now: u64) -> Result<Update, Rejection> {
+    let Some(state) = request.state else {
+        return Err(Rejection::new(ErrorCode::BadRequest, "missing state"));
+    };
+    Ok(Update {
+        version: request.version,
+        client_token: request.client_token,
+        expires_at: request.expires_in.map(|secs| now.saturating_add(secs)),
+        local_wins: request.local_wins,
+        changed_at: request.timestamp.filter(|_| section == Section::Reported),
+        ..Update::new(section, state)
+    })
+}
+
+/// The engine's refusal for a `refused` request: state, reason and code are required.
+fn refusal_of(request: ShadowRequest) -> Result<Refusal, Rejection> {
+    match (request.state, request.reason, request.code) {
+        (Some(state), Some(reason), Some(code)) => Ok(Refusal {
+            state,
+            reason,
+            code,
+            client_token: request.client_token,
+        }),
+        _ => Err(Rejection::new(
+            ErrorCode::BadRequest,
+            "a refusal needs state, reason and code",
+        )),
     }
 }
 

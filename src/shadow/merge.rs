@@ -6,10 +6,10 @@ use serde_json::Value;
 use super::Object;
 
 /// The metadata leaf recorded for a state leaf written at `now`.
-pub(crate) fn leaf_metadata(now: u64) -> Value {
+pub(crate) fn leaf_metadata(now: u64) -> Object {
     let mut leaf = Object::new();
     leaf.insert("timestamp".to_owned(), Value::from(now));
-    Value::Object(leaf)
+    leaf
 }
 
 /// Merges `update` into `state`, mirroring every change into `metadata`.
@@ -19,27 +19,39 @@ pub(crate) fn leaf_metadata(now: u64) -> Value {
 ///   old value only if something is left after the merge, so an update made of
 ///   nulls and empty objects never destroys or creates anything;
 /// - `null` removes the key and its metadata;
-/// - scalars and arrays replace whatever was there, and get `{"timestamp": now}`;
+/// - scalars and arrays replace whatever was there, and get the metadata leaf `leaf`
+///   (`{"timestamp": now}` plus the update's lifecycle fields);
 /// - an object emptied by the merge is removed, so the tree never holds `{}`.
 ///
 /// Recursion depth is that of `update`, which the caller has already bounded.
-pub(crate) fn merge_into(state: &mut Object, metadata: &mut Object, update: &Object, now: u64) {
+pub(crate) fn merge_into(
+    state: &mut Object,
+    metadata: &mut Object,
+    update: &Object,
+    leaf: &Object,
+) {
     for (key, patch) in update {
         match patch {
             Value::Null => {
                 state.remove(key);
                 metadata.remove(key);
             }
-            Value::Object(patch) => merge_object_at(state, metadata, key, patch, now),
-            leaf => {
-                state.insert(key.clone(), leaf.clone());
-                metadata.insert(key.clone(), leaf_metadata(now));
+            Value::Object(patch) => merge_object_at(state, metadata, key, patch, leaf),
+            value => {
+                state.insert(key.clone(), value.clone());
+                metadata.insert(key.clone(), Value::Object(leaf.clone()));
             }
         }
     }
 }
 
-fn merge_object_at(state: &mut Object, metadata: &mut Object, key: &str, patch: &Object, now: u64) {
+fn merge_object_at(
+    state: &mut Object,
+    metadata: &mut Object,
+    key: &str,
+    patch: &Object,
+    leaf: &Object,
+) {
     if let Some(Value::Object(child_state)) = state.get_mut(key) {
         // Metadata of an object must be an object; repair a stored document
         // whose metadata disagrees rather than fail the device's update.
@@ -47,7 +59,7 @@ fn merge_object_at(state: &mut Object, metadata: &mut Object, key: &str, patch: 
             metadata.insert(key.to_owned(), Value::Object(Object::new()));
         }
         if let Some(Value::Object(child_metadata)) = metadata.get_mut(key) {
-            merge_into(child_state, child_metadata, patch, now);
+            merge_into(child_state, child_metadata, patch, leaf);
         }
         if child_state.is_empty() {
             state.remove(key);
@@ -57,7 +69,7 @@ fn merge_object_at(state: &mut Object, metadata: &mut Object, key: &str, patch: 
     }
     let mut fresh_state = Object::new();
     let mut fresh_metadata = Object::new();
-    merge_into(&mut fresh_state, &mut fresh_metadata, patch, now);
+    merge_into(&mut fresh_state, &mut fresh_metadata, patch, leaf);
     if !fresh_state.is_empty() {
         state.insert(key.to_owned(), Value::Object(fresh_state));
         metadata.insert(key.to_owned(), Value::Object(fresh_metadata));
@@ -74,7 +86,12 @@ mod tests {
     fn merged(state: Value, metadata: Value, update: Value) -> (Value, Value) {
         let mut state = object(state);
         let mut metadata = object(metadata);
-        merge_into(&mut state, &mut metadata, &object(update), 9);
+        merge_into(
+            &mut state,
+            &mut metadata,
+            &object(update),
+            &leaf_metadata(9),
+        );
         (Value::Object(state), Value::Object(metadata))
     }
 

@@ -1,6 +1,8 @@
 //! Properties of the engine over small random JSON trees. Keys come from a
 //! tiny alphabet (including `timestamp`, the metadata leaf's own key) so that
-//! updates collide; leaves include nulls, integral floats and arrays.
+//! updates collide; leaves include nulls, integral floats and arrays. The
+//! lifecycle properties add refusals, expiries, request times and flags, and a
+//! random `local_wins` policy over the same keys.
 
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
@@ -12,6 +14,9 @@ const ROOMY: Limits = Limits {
     max_document_bytes: 1 << 20,
     max_depth: 16,
 };
+
+/// No `[shadow] local_wins` paths: today's behaviour.
+static NONE: std::sync::LazyLock<LocalWins> = std::sync::LazyLock::new(LocalWins::default);
 
 fn key() -> impl Strategy<Value = String> {
     prop::sample::select(vec!["a", "b", "c", "timestamp"]).prop_map(str::to_owned)
@@ -48,12 +53,82 @@ fn section() -> impl Strategy<Value = Section> {
 }
 
 fn update() -> impl Strategy<Value = Update> {
-    (section(), tree()).prop_map(|(section, state)| Update {
-        section,
-        state,
-        version: None,
-        client_token: None,
-    })
+    (section(), tree()).prop_map(|(section, state)| Update::new(section, state))
+}
+
+/// A desired update with random lifecycle fields, or a report with a random device
+/// time; times are near the clock of [`play_ops`] (10 per step) so that they collide.
+fn lifecycle_update() -> impl Strategy<Value = Update> {
+    (
+        update(),
+        prop::option::of(0_u64..120),
+        any::<bool>(),
+        prop::option::of(0_u64..120),
+    )
+        .prop_map(|(update, expires_at, local_wins, changed_at)| {
+            let desired = update.section == Section::Desired;
+            Update {
+                expires_at: expires_at.filter(|_| desired),
+                local_wins: local_wins && desired,
+                changed_at,
+                ..update
+            }
+        })
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Update(Update),
+    Refuse(Object),
+    Expire,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => lifecycle_update().prop_map(Op::Update),
+        2 => tree().prop_map(Op::Refuse),
+        1 => Just(Op::Expire),
+    ]
+}
+
+/// A `[shadow] local_wins` over the generated keys.
+fn local_wins() -> impl Strategy<Value = LocalWins> {
+    vec(vec(key(), 1..3).prop_map(|keys| keys.join(".")), 0..3)
+        .prop_map(|paths| LocalWins::new(&paths).expect("generated paths are valid"))
+}
+
+/// Applies `op` at `now`, returning the accepted result.
+fn apply_op(
+    current: Option<&Document>,
+    op: &Op,
+    now: u64,
+    local_wins: &LocalWins,
+) -> Result<Applied, Rejection> {
+    match op {
+        Op::Update(update) => apply_update(current, update, now, &ROOMY, local_wins),
+        Op::Refuse(state) => {
+            let refusal = Refusal {
+                state: state.clone(),
+                reason: "cannot".to_owned(),
+                code: 422,
+                client_token: None,
+            };
+            refuse(current, &refusal, now, &ROOMY)
+        }
+        Op::Expire => expire(&current.cloned().unwrap_or_default(), now, &ROOMY),
+    }
+}
+
+/// Every leaf path of a tree.
+fn leaf_paths(tree: &Object) -> Vec<Vec<&str>> {
+    let mut out = Vec::new();
+    leaves(tree, &mut Vec::new(), &mut out);
+    out.into_iter().map(|(path, _)| path).collect()
+}
+
+/// Whether one path is a prefix of the other (or both are the same).
+fn overlap(left: &[&str], right: &[&str]) -> bool {
+    left.iter().zip(right).all(|(l, r)| l == r)
 }
 
 /// Applies updates in order at times 1, 2, ... the way the gateway would,
@@ -61,7 +136,7 @@ fn update() -> impl Strategy<Value = Update> {
 fn play(updates: &[Update], limits: &Limits) -> Option<Document> {
     let mut current = None;
     for (now, update) in (1..).zip(updates) {
-        if let Ok(applied) = apply_update(current.as_ref(), update, now, limits) {
+        if let Ok(applied) = apply_update(current.as_ref(), update, now, limits, &NONE) {
             if applied.changed {
                 current = Some(applied.document);
             }
@@ -71,7 +146,8 @@ fn play(updates: &[Update], limits: &Limits) -> Option<Document> {
 }
 
 /// Asserts that `metadata` has exactly the paths of `state`, each state leaf
-/// mirrored by `{"timestamp": <u64>}`, and that the state holds no `{}`.
+/// mirrored by `{"timestamp": <u64>, ...}` (with only lifecycle fields besides),
+/// and that the state holds no `{}`.
 fn assert_mirrors(state: &Object, metadata: &Object) {
     let state_keys: Vec<&String> = state.keys().collect();
     let metadata_keys: Vec<&String> = metadata.keys().collect();
@@ -83,7 +159,18 @@ fn assert_mirrors(state: &Object, metadata: &Object) {
                 assert_mirrors(state, metadata);
             }
             (_, Value::Object(leaf)) => {
-                assert_eq!(leaf.len(), 1, "metadata leaf at {key}: {leaf:?}");
+                let known = [
+                    "timestamp",
+                    "expiresAt",
+                    "localWins",
+                    "changedAt",
+                    "reason",
+                    "code",
+                ];
+                assert!(
+                    leaf.keys().all(|k| known.contains(&k.as_str())),
+                    "metadata leaf at {key}: {leaf:?}"
+                );
                 assert!(
                     leaf["timestamp"].is_u64(),
                     "metadata leaf at {key}: {leaf:?}"
@@ -143,13 +230,9 @@ proptest! {
     fn reporting_the_desired_tree_empties_the_delta(updates in vec(update(), 0..6)) {
         let document = play(&updates, &ROOMY);
         let desired = document.as_ref().map(|d| d.state.desired.clone()).unwrap_or_default();
-        let report = Update {
-            section: Section::Reported,
-            state: desired,
-            version: None,
-            client_token: None,
-        };
-        let applied = apply_update(document.as_ref(), &report, 100, &ROOMY).expect("accepted");
+        let report = Update::new(Section::Reported, desired);
+        let applied =
+            apply_update(document.as_ref(), &report, 100, &ROOMY, &NONE).expect("accepted");
         prop_assert_eq!(applied.delta, None);
         prop_assert!(delta_state(Some(&applied.document)).is_empty());
     }
@@ -158,7 +241,8 @@ proptest! {
     fn versions_grow_by_one_per_change_and_hold_otherwise(updates in vec(update(), 1..8)) {
         let mut current: Option<Document> = None;
         for (now, update) in (1..).zip(&updates) {
-            let applied = apply_update(current.as_ref(), update, now, &ROOMY).expect("accepted");
+            let applied =
+                apply_update(current.as_ref(), update, now, &ROOMY, &NONE).expect("accepted");
             let before = current.as_ref().map_or(0, |d| d.version);
             if applied.changed {
                 prop_assert_eq!(applied.document.version, before + 1);
@@ -176,9 +260,10 @@ proptest! {
         update in update(),
     ) {
         let current = play(&history, &ROOMY);
-        let first = apply_update(current.as_ref(), &update, 50, &ROOMY).expect("accepted");
+        let first = apply_update(current.as_ref(), &update, 50, &ROOMY, &NONE).expect("accepted");
         let after_first = if first.changed { Some(first.document) } else { current };
-        let second = apply_update(after_first.as_ref(), &update, 60, &ROOMY).expect("accepted");
+        let second =
+            apply_update(after_first.as_ref(), &update, 60, &ROOMY, &NONE).expect("accepted");
         prop_assert!(!second.changed);
         prop_assert_eq!(Some(second.document), after_first.or(Some(Document::default())));
     }
@@ -234,7 +319,7 @@ proptest! {
                 client_token: token_len.map(|len| "t".repeat(len)),
                 ..update
             };
-            match apply_update(current.as_ref(), &update, now, &limits) {
+            match apply_update(current.as_ref(), &update, now, &limits, &NONE) {
                 Ok(applied) if applied.changed => {
                     let document = applied.document;
                     for section in [&document.state.reported, &document.state.desired] {
@@ -265,7 +350,7 @@ proptest! {
         let stale = if stale == document.version { stale.wrapping_add(1) } else { stale };
 
         let write = Update { version: Some(stale), ..updates[0].clone() };
-        let rejection = apply_update(Some(&document), &write, 99, &ROOMY).unwrap_err();
+        let rejection = apply_update(Some(&document), &write, 99, &ROOMY, &NONE).unwrap_err();
         prop_assert_eq!(rejection.code, ErrorCode::Conflict);
         prop_assert!(rejection.message.contains(&stale.to_string()));
         prop_assert!(rejection.message.contains(&document.version.to_string()));
@@ -293,7 +378,7 @@ proptest! {
             let mut current = base.clone();
             for update in [one, two] {
                 let applied =
-                    apply_update(current.as_ref(), update, 77, &ROOMY).expect("accepted");
+                    apply_update(current.as_ref(), update, 77, &ROOMY, &NONE).expect("accepted");
                 if applied.changed {
                     current = Some(applied.document);
                 }
@@ -311,13 +396,111 @@ proptest! {
         let current = play(&from, &ROOMY);
         let target = play(&to, &ROOMY).map(|d| d.state.desired).unwrap_or_default();
         let have = current.as_ref().map(|d| d.state.desired.clone()).unwrap_or_default();
-        let patch = Update {
-            section: Section::Desired,
-            state: replacement_patch(&have, &target),
-            version: None,
-            client_token: None,
-        };
-        let applied = apply_update(current.as_ref(), &patch, 99, &ROOMY).expect("accepted");
+        let patch = Update::new(Section::Desired, replacement_patch(&have, &target));
+        let applied = apply_update(current.as_ref(), &patch, 99, &ROOMY, &NONE).expect("accepted");
         prop_assert_eq!(applied.document.state.desired, target);
+    }
+
+    #[test]
+    fn refused_and_expired_leaves_never_appear_in_a_delta(
+        ops in vec(op(), 1..12),
+        local_wins in local_wins(),
+    ) {
+        let mut current: Option<Document> = None;
+        for (step, op) in (1..).zip(&ops) {
+            let now = step * 10;
+            let Ok(applied) = apply_op(current.as_ref(), op, now, &local_wins) else {
+                continue;
+            };
+            let document = &applied.document;
+            let delta = delta_state(Some(document));
+            // Nothing due is left pending: the next expiry is in the future.
+            prop_assert!(next_expiry(document).is_none_or(|at| at > now));
+            for records in [
+                &document.state.refused,
+                &document.state.expired,
+                &document.state.superseded,
+            ] {
+                for recorded in leaf_paths(records) {
+                    for pending in leaf_paths(&delta) {
+                        prop_assert!(!overlap(&recorded, &pending), "{:?} pending", recorded);
+                    }
+                    for wanted in leaf_paths(&document.state.desired) {
+                        prop_assert!(!overlap(&recorded, &wanted), "{:?} desired", recorded);
+                    }
+                }
+            }
+            if let Op::Refuse(state) = op {
+                // A refusal of the value desired held takes it out; a stale one is moot.
+                let before = current.as_ref().map(|d| d.state.desired.clone()).unwrap_or_default();
+                for (path, value) in lifecycle::leaves(state) {
+                    let path: Vec<&str> = path.iter().map(String::as_str).collect();
+                    if lookup(&before, &path).is_some_and(|held| same(held, value)) {
+                        prop_assert!(lookup(&delta, &path).is_none(), "refused {:?} pending", path);
+                        prop_assert!(lookup(&document.state.refused, &path).is_some());
+                    }
+                }
+            }
+            assert_mirrors(&document.state.reported, &document.metadata.reported);
+            assert_mirrors(&document.state.desired, &document.metadata.desired);
+            assert_mirrors(&document.state.refused, &document.metadata.refused);
+            assert_mirrors(&document.state.expired, &document.metadata.expired);
+            assert_mirrors(&document.state.superseded, &document.metadata.superseded);
+            if applied.changed {
+                current = Some(applied.document);
+            }
+        }
+    }
+
+    #[test]
+    fn disjoint_updates_still_commute_under_the_lifecycle_rules(
+        history in vec(op(), 0..6),
+        first in lifecycle_update(),
+        second in lifecycle_update(),
+        local_wins in local_wins(),
+    ) {
+        let (mut first, mut second) = (first, second);
+        if first.section == second.section {
+            second.state.retain(|key, _| !first.state.contains_key(key));
+        } else {
+            // Across sections, order is the point of local wins when the two carry
+            // different times or a request flag; with one clock and no flag they commute.
+            for update in [&mut first, &mut second] {
+                update.changed_at = None;
+                update.local_wins = false;
+            }
+        }
+        // A device's own times are a sequence: one before the newest already applied
+        // is out of order by definition, so reports commute only on the gateway's clock.
+        for update in [&mut first, &mut second] {
+            if update.section == Section::Reported {
+                update.changed_at = None;
+            }
+        }
+        let mut base: Option<Document> = None;
+        for (step, op) in (1..).zip(&history) {
+            if let Ok(applied) = apply_op(base.as_ref(), op, step * 10, &local_wins) {
+                if applied.changed {
+                    base = Some(applied.document);
+                }
+            }
+        }
+        // Both orders start from the same expiries, which the first request would apply.
+        if let Some(document) = &base {
+            let applied = expire(document, 77, &ROOMY).expect("expire");
+            base = Some(applied.document);
+        }
+        let apply_both = |one: &Update, two: &Update| {
+            let mut current = base.clone();
+            for update in [one, two] {
+                let applied = apply_update(current.as_ref(), update, 77, &ROOMY, &local_wins)
+                    .expect("accepted");
+                if applied.changed {
+                    current = Some(applied.document);
+                }
+            }
+            current
+        };
+        prop_assert_eq!(apply_both(&first, &second), apply_both(&second, &first));
     }
 }

@@ -2,9 +2,9 @@
 //! of the mongodb/specifications tests, so a cloud team can read the expected
 //! behaviour without reading Rust.
 //!
-//! A case is `{"given": <document or null>, "limits": {...}?, "steps": [...]}`.
-//! Each step is an `update`, `get`, `delete` or `delta` operation with an
-//! `expect` object whose present fields are checked. The runner plays the
+//! A case is `{"given": <document or null>, "limits": {...}?, "localWins": [...]?,
+//! "steps": [...]}`. Each step is an `update`, `refuse`, `expire`, `get`, `delete` or
+//! `delta` operation with an `expect` object whose present fields are checked. The runner plays the
 //! gateway: it keeps the document of a changed update, keeps the old one on a
 //! rejection, and drops it after a delete.
 
@@ -19,6 +19,9 @@ struct Case {
     given: Option<Document>,
     #[serde(default)]
     limits: Option<LimitsSpec>,
+    /// `[shadow] local_wins`.
+    #[serde(default, rename = "localWins")]
+    local_wins: Vec<String>,
     steps: Vec<Step>,
 }
 
@@ -40,6 +43,23 @@ enum Step {
         version: Option<u64>,
         #[serde(default)]
         client_token: Option<String>,
+        #[serde(default)]
+        expires_at: Option<u64>,
+        #[serde(default)]
+        local_wins: bool,
+        #[serde(default)]
+        changed_at: Option<u64>,
+        now: u64,
+        expect: Expect,
+    },
+    Refuse {
+        state: Object,
+        reason: String,
+        code: i64,
+        now: u64,
+        expect: Expect,
+    },
+    Expire {
         now: u64,
         expect: Expect,
     },
@@ -76,6 +96,9 @@ struct Expect {
     /// Whether `delta_state` differs between the previous and the new document.
     delta_state_changed: Option<bool>,
     deleted_version: Option<u64>,
+    /// `null` expects no pending expiry.
+    #[serde(default, deserialize_with = "present")]
+    next_expiry: Option<Value>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
@@ -93,6 +116,7 @@ fn run(case: Value) {
         max_document_bytes: limits.max_document_bytes,
         max_depth: limits.max_depth,
     });
+    let local_wins = LocalWins::new(&case.local_wins).expect("malformed localWins");
     let mut current = case.given;
     for (index, step) in case.steps.into_iter().enumerate() {
         let at = format!("step {index}");
@@ -102,6 +126,9 @@ fn run(case: Value) {
                 state,
                 version,
                 client_token,
+                expires_at,
+                local_wins: flag,
+                changed_at,
                 now,
                 expect,
             } => {
@@ -115,27 +142,37 @@ fn run(case: Value) {
                     state,
                     version,
                     client_token,
+                    expires_at,
+                    local_wins: flag,
+                    changed_at,
                 };
-                let result = apply_update(current.as_ref(), &update, now, &limits);
-                let Some(applied) = check_result(&at, result, &expect) else {
-                    continue;
+                let result = apply_update(current.as_ref(), &update, now, &limits, &local_wins);
+                if let Some(applied) = check_result(&at, result, &expect) {
+                    check_applied(&at, &mut current, applied, &expect);
+                }
+            }
+            Step::Refuse {
+                state,
+                reason,
+                code,
+                now,
+                expect,
+            } => {
+                let refusal = Refusal {
+                    state,
+                    reason,
+                    code,
+                    client_token: None,
                 };
-                check_document(&at, &applied.document, &expect);
-                if let Some(changed) = expect.changed {
-                    assert_eq!(applied.changed, changed, "{at}: changed");
+                let result = refuse(current.as_ref(), &refusal, now, &limits);
+                if let Some(applied) = check_result(&at, result, &expect) {
+                    check_applied(&at, &mut current, applied, &expect);
                 }
-                if let Some(expected) = &expect.delta {
-                    assert_eq!(&to_json(&applied.delta), expected, "{at}: delta");
-                }
-                assert_eq!(applied.delta, delta(&applied.document), "{at}: delta");
-                if let Some(expected) = expect.delta_state_changed {
-                    let changed =
-                        delta_state(current.as_ref()) != delta_state(Some(&applied.document));
-                    assert_eq!(changed, expected, "{at}: delta state changed");
-                }
-                if applied.changed {
-                    current = Some(applied.document);
-                }
+            }
+            Step::Expire { now, expect } => {
+                let document = current.clone().unwrap_or_default();
+                let applied = expire(&document, now, &limits).expect("expire");
+                check_applied(&at, &mut current, applied, &expect);
             }
             Step::Get { expect } => {
                 if let Some(document) = check_result(&at, get(current.as_ref()), &expect) {
@@ -157,6 +194,32 @@ fn run(case: Value) {
                 assert_eq!(to_json(&delta(&document)), expected, "{at}: delta");
             }
         }
+    }
+}
+
+/// Checks an accepted change and keeps its document when it changed.
+fn check_applied(at: &str, current: &mut Option<Document>, applied: Applied, expect: &Expect) {
+    check_document(at, &applied.document, expect);
+    if let Some(changed) = expect.changed {
+        assert_eq!(applied.changed, changed, "{at}: changed");
+    }
+    if let Some(expected) = &expect.delta {
+        assert_eq!(&to_json(&applied.delta), expected, "{at}: delta");
+    }
+    assert_eq!(applied.delta, delta(&applied.document), "{at}: delta");
+    if let Some(expected) = expect.delta_state_changed {
+        let changed = delta_state(current.as_ref()) != delta_state(Some(&applied.document));
+        assert_eq!(changed, expected, "{at}: delta state changed");
+    }
+    if let Some(expected) = &expect.next_expiry {
+        assert_eq!(
+            &to_json(&next_expiry(&applied.document)),
+            expected,
+            "{at}: next expiry"
+        );
+    }
+    if applied.changed {
+        *current = Some(applied.document);
     }
 }
 
@@ -713,6 +776,397 @@ fn rule_11_empty_key_is_bad_request_any_other_key_is_allowed() {
                             " ": {"timestamp": 10}
                         },
                         "desired": {}
+                    }
+                }
+            }
+        ]
+    }));
+}
+
+/// The heater of [`heater`] with a pending desired `temp` of 75 set at t=150.
+fn heater_asked_for_75() -> Value {
+    let mut document = heater();
+    document["state"]["desired"] = json!({"heater": {"temp": 75, "mode": "boost"}});
+    document["metadata"]["desired"] =
+        json!({"heater": {"temp": {"timestamp": 150}, "mode": {"timestamp": 150}}});
+    document["version"] = json!(2);
+    document["timestamp"] = json!(150);
+    document
+}
+
+#[test]
+fn rule_12_refused_leaves_leave_desired_for_refused_until_desired_is_written_again() {
+    run(json!({
+        "given": heater_asked_for_75(),
+        "steps": [
+            {
+                // 75.0 is the value desired holds; `fw` is not desired: ignored.
+                "op": "refuse", "now": 200, "reason": "above the 70 °C limit", "code": 422,
+                "state": {"heater": {"temp": 75.0}, "fw": "1.0"},
+                "expect": {
+                    "changed": true, "version": 3, "timestamp": 200,
+                    "state": {
+                        "reported": {"heater": {"temp": 50, "mode": "eco", "schedule": [6, 22]}, "fw": "1.0"},
+                        "desired": {"heater": {"mode": "boost"}},
+                        "refused": {"heater": {"temp": 75}}
+                    },
+                    "delta": {
+                        "state": {"heater": {"mode": "boost"}},
+                        "metadata": {"heater": {"mode": {"timestamp": 150}}},
+                        "version": 3, "timestamp": 200
+                    }
+                }
+            },
+            {
+                "op": "get",
+                "expect": {"metadata": {
+                    "reported": heater()["metadata"]["reported"],
+                    "desired": {"heater": {"mode": {"timestamp": 150}}},
+                    "refused": {"heater": {"temp": {
+                        "timestamp": 200, "reason": "above the 70 °C limit", "code": 422
+                    }}}
+                }}
+            },
+            {
+                // A stale refusal (75 is no longer desired) changes nothing.
+                "op": "refuse", "now": 210, "reason": "again", "code": 422,
+                "state": {"heater": {"temp": 75, "mode": "eco"}},
+                "expect": {"changed": false, "version": 3}
+            },
+            {
+                "op": "update", "section": "desired", "now": 300, "state": {"heater": {"temp": 65}},
+                "expect": {
+                    "changed": true,
+                    "state": {
+                        "reported": heater()["state"]["reported"],
+                        "desired": {"heater": {"temp": 65, "mode": "boost"}}
+                    }
+                }
+            }
+        ]
+    }));
+}
+
+#[test]
+fn rule_12_refusal_reasons_are_bounded() {
+    run(json!({
+        "given": heater_asked_for_75(),
+        "steps": [{
+            "op": "refuse", "now": 200, "reason": "r".repeat(MAX_REASON_BYTES + 1), "code": 1,
+            "state": {"heater": {"temp": 75}},
+            "expect": {"error": 400, "messageContains": ["reason", "256"]}
+        }]
+    }));
+}
+
+#[test]
+fn rule_12_records_count_toward_the_size_limit_and_the_oldest_give_way() {
+    // {"reported":{},"desired":{"b":2},"refused":{"a":1}} is 51 bytes; with `b` refused
+    // too it would be 52, so the older record (`a`, at t=20) is dropped.
+    run(json!({
+        "given": null,
+        "limits": {"maxDocumentBytes": 51, "maxDepth": 6},
+        "steps": [
+            {
+                "op": "update", "section": "desired", "now": 10, "state": {"a": 1, "b": 2},
+                "expect": {"version": 1}
+            },
+            {
+                "op": "refuse", "now": 20, "reason": "", "code": 0, "state": {"a": 1},
+                "expect": {"state": {"reported": {}, "desired": {"b": 2}, "refused": {"a": 1}}}
+            },
+            {
+                "op": "refuse", "now": 30, "reason": "", "code": 0, "state": {"b": 2},
+                "expect": {
+                    "state": {"reported": {}, "desired": {}, "refused": {"b": 2}},
+                    "metadata": {
+                        "reported": {}, "desired": {},
+                        "refused": {"b": {"timestamp": 30, "reason": "", "code": 0}}
+                    }
+                }
+            },
+            {
+                // A desired write makes room the same way rather than being refused 413.
+                "op": "update", "section": "desired", "now": 40, "state": {"c": 33},
+                "expect": {"state": {"reported": {}, "desired": {"c": 33}}}
+            }
+        ]
+    }));
+}
+
+#[test]
+fn rule_13_leaves_expire_at_expires_at_and_leave_the_delta_for_expired() {
+    run(json!({
+        "given": heater(),
+        "steps": [
+            {
+                "op": "update", "section": "desired", "now": 200, "expiresAt": 500,
+                "state": {"heater": {"temp": 60}, "led": "on"},
+                "expect": {
+                    "nextExpiry": 500,
+                    "metadata": {
+                        "reported": heater()["metadata"]["reported"],
+                        "desired": {
+                            "heater": {"temp": {"timestamp": 200, "expiresAt": 500}},
+                            "led": {"timestamp": 200, "expiresAt": 500}
+                        }
+                    }
+                }
+            },
+            {
+                // Rewritten without an expiry: `led` no longer expires.
+                "op": "update", "section": "desired", "now": 300, "state": {"led": "on"},
+                "expect": {"changed": false}
+            },
+            {
+                "op": "update", "section": "desired", "now": 300, "state": {"led": "off"},
+                "expect": {"changed": true, "nextExpiry": 500}
+            },
+            {"op": "expire", "now": 499, "expect": {"changed": false}},
+            {
+                "op": "expire", "now": 500,
+                "expect": {
+                    "changed": true, "version": 4, "timestamp": 500, "nextExpiry": null,
+                    "state": {
+                        "reported": heater()["state"]["reported"],
+                        "desired": {"led": "off"},
+                        "expired": {"heater": {"temp": 60}}
+                    },
+                    "delta": {
+                        "state": {"led": "off"},
+                        "metadata": {"led": {"timestamp": 300}},
+                        "version": 4, "timestamp": 500
+                    }
+                }
+            },
+            {
+                "op": "get",
+                "expect": {"metadata": {
+                    "reported": heater()["metadata"]["reported"],
+                    "desired": {"led": {"timestamp": 300}},
+                    "expired": {"heater": {"temp": {"timestamp": 500, "expiresAt": 500}}}
+                }}
+            },
+            {
+                // Setting the leaf again clears its record.
+                "op": "update", "section": "desired", "now": 600, "state": {"heater": {"temp": 61}},
+                "expect": {"state": {
+                    "reported": heater()["state"]["reported"],
+                    "desired": {"led": "off", "heater": {"temp": 61}}
+                }}
+            }
+        ]
+    }));
+}
+
+#[test]
+fn rule_13_due_leaves_expire_before_any_update_and_a_past_expiry_expires_at_once() {
+    run(json!({
+        "given": heater(),
+        "steps": [
+            {
+                "op": "update", "section": "desired", "now": 200, "expiresAt": 250,
+                "state": {"heater": {"temp": 60}},
+                "expect": {"version": 2}
+            },
+            {
+                // A report long after the expiry: the delta it sees is already empty.
+                "op": "update", "section": "reported", "now": 900, "state": {"fw": "1.1"},
+                "expect": {
+                    "version": 3, "delta": null,
+                    "state": {
+                        "reported": {"heater": {"temp": 50, "mode": "eco", "schedule": [6, 22]}, "fw": "1.1"},
+                        "desired": {},
+                        "expired": {"heater": {"temp": 60}}
+                    }
+                }
+            },
+            {
+                "op": "update", "section": "desired", "now": 950, "expiresAt": 960,
+                "state": {"led": "on"},
+                "expect": {"version": 4}
+            },
+            {
+                // A report that changes nothing still stores the expiry that fell due.
+                "op": "update", "section": "reported", "now": 970, "state": {"fw": "1.1"},
+                "expect": {"changed": true, "version": 5, "state": {
+                    "reported": {"heater": {"temp": 50, "mode": "eco", "schedule": [6, 22]}, "fw": "1.1"},
+                    "desired": {},
+                    "expired": {"heater": {"temp": 60}, "led": "on"}
+                }}
+            },
+            {
+                "op": "update", "section": "desired", "now": 1000, "expiresAt": 990,
+                "state": {"led": "off"},
+                "expect": {"changed": true, "delta": null, "state": {
+                    "reported": {"heater": {"temp": 50, "mode": "eco", "schedule": [6, 22]}, "fw": "1.1"},
+                    "desired": {},
+                    "expired": {"heater": {"temp": 60}, "led": "off"}
+                }}
+            },
+            {
+                "op": "update", "section": "reported", "now": 1000, "expiresAt": 2000,
+                "state": {"fw": "1.2"},
+                "expect": {"error": 400, "messageContains": ["desired"]}
+            }
+        ]
+    }));
+}
+
+#[test]
+fn rule_14_a_newer_local_change_supersedes_a_pending_desired_leaf_an_older_one_does_not() {
+    run(json!({
+        "given": heater_asked_for_75(),
+        "localWins": ["heater.temp"],
+        "steps": [
+            {
+                // The heater's panel set 55 at t=120, before the app's 75 (t=150): the
+                // app's setpoint stays pending. The report's clock is kept as changedAt.
+                "op": "update", "section": "reported", "now": 200, "changedAt": 120,
+                "state": {"heater": {"temp": 55}},
+                "expect": {
+                    "delta": {
+                        "state": {"heater": {"temp": 75, "mode": "boost"}},
+                        "metadata": {"heater": {"temp": {"timestamp": 150}, "mode": {"timestamp": 150}}},
+                        "version": 3, "timestamp": 200
+                    }
+                }
+            },
+            {
+                // Re-reported unchanged: its change time stays 120, still older.
+                "op": "update", "section": "reported", "now": 300, "changedAt": 290,
+                "state": {"heater": {"temp": 55, "mode": "eco"}, "fw": "1.1"},
+                "expect": {"metadata": {
+                    "reported": {
+                        "heater": {
+                            "temp": {"timestamp": 300, "changedAt": 120},
+                            "mode": {"timestamp": 300},
+                            "schedule": {"timestamp": 100}
+                        },
+                        "fw": {"timestamp": 300}
+                    },
+                    "desired": {"heater": {"temp": {"timestamp": 150}, "mode": {"timestamp": 150}}}
+                }}
+            },
+            {
+                // The panel changed it again at t=350, after the app: local wins.
+                "op": "update", "section": "reported", "now": 400, "changedAt": 350,
+                "state": {"heater": {"temp": 58}},
+                "expect": {
+                    "state": {
+                        "reported": {"heater": {"temp": 58, "mode": "eco", "schedule": [6, 22]}, "fw": "1.1"},
+                        "desired": {"heater": {"mode": "boost"}},
+                        "superseded": {"heater": {"temp": 75}}
+                    },
+                    "delta": {
+                        "state": {"heater": {"mode": "boost"}},
+                        "metadata": {"heater": {"mode": {"timestamp": 150}}},
+                        "version": 5, "timestamp": 400
+                    }
+                }
+            },
+            {
+                "op": "get",
+                "expect": {"metadata": {
+                    "reported": {
+                        "heater": {
+                            "temp": {"timestamp": 400, "changedAt": 350},
+                            "mode": {"timestamp": 300},
+                            "schedule": {"timestamp": 100}
+                        },
+                        "fw": {"timestamp": 300}
+                    },
+                    "desired": {"heater": {"mode": {"timestamp": 150}}},
+                    "superseded": {"heater": {"temp": {"timestamp": 400, "changedAt": 350}}}
+                }}
+            },
+            {
+                // `mode` is not in local_wins: a differing report never supersedes it.
+                "op": "update", "section": "reported", "now": 500, "state": {"heater": {"mode": "off"}},
+                "expect": {"delta": {
+                    "state": {"heater": {"mode": "boost"}},
+                    "metadata": {"heater": {"mode": {"timestamp": 150}}},
+                    "version": 6, "timestamp": 500
+                }}
+            }
+        ]
+    }));
+}
+
+#[test]
+fn rule_14_a_wrong_device_clock_falls_back_to_arrival_order() {
+    run(json!({
+        "given": heater_asked_for_75(),
+        "localWins": ["heater"],
+        "steps": [
+            {
+                // 61 s in the future: not trusted, the arrival (200) counts instead,
+                // which is after the app's 75.
+                "op": "update", "section": "reported", "now": 200, "changedAt": 261,
+                "state": {"heater": {"temp": 55}},
+                "expect": {
+                    "state": {
+                        "reported": {"heater": {"temp": 55, "mode": "eco", "schedule": [6, 22]}, "fw": "1.0"},
+                        "desired": {"heater": {"mode": "boost"}},
+                        "superseded": {"heater": {"temp": 75}}
+                    }
+                }
+            },
+            {
+                // Before the newest change already applied (200): arrival again.
+                "op": "update", "section": "desired", "now": 300, "state": {"heater": {"schedule": [1]}},
+                "expect": {"version": 4}
+            },
+            {
+                "op": "update", "section": "reported", "now": 400, "changedAt": 10,
+                "state": {"heater": {"schedule": [2]}},
+                "expect": {"state": {
+                    "reported": {"heater": {"temp": 55, "mode": "eco", "schedule": [2]}, "fw": "1.0"},
+                    "desired": {"heater": {"mode": "boost"}},
+                    "superseded": {"heater": {"temp": 75, "schedule": [1]}}
+                }}
+            }
+        ]
+    }));
+}
+
+#[test]
+fn rule_14_a_late_desired_write_older_than_the_local_change_is_superseded_on_arrival() {
+    // After an uplink outage the cloud's setpoint of t=150 arrives at t=500, but the
+    // panel changed the value at t=300: the request flag (no local_wins path here)
+    // makes it yield. A write without a time of its own counts as made on arrival.
+    let mut given = heater();
+    given["metadata"]["reported"]["heater"]["temp"] = json!({"timestamp": 300});
+    run(json!({
+        "given": given,
+        "steps": [
+            {
+                "op": "update", "section": "desired", "now": 500, "changedAt": 150, "localWins": true,
+                "state": {"heater": {"temp": 75}},
+                "expect": {
+                    "delta": null,
+                    "state": {
+                        "reported": heater()["state"]["reported"],
+                        "desired": {},
+                        "superseded": {"heater": {"temp": 75}}
+                    }
+                }
+            },
+            {
+                "op": "update", "section": "desired", "now": 600, "localWins": true,
+                "state": {"heater": {"temp": 75}},
+                "expect": {
+                    "state": {"reported": heater()["state"]["reported"], "desired": {"heater": {"temp": 75}}},
+                    "metadata": {
+                        "reported": {
+                            "heater": {
+                                "temp": {"timestamp": 300},
+                                "mode": {"timestamp": 100},
+                                "schedule": {"timestamp": 100}
+                            },
+                            "fw": {"timestamp": 100}
+                        },
+                        "desired": {"heater": {"temp": {"timestamp": 600, "localWins": true}}}
                     }
                 }
             }

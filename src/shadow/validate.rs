@@ -7,6 +7,22 @@ use super::{ErrorCode, Limits, Object, Rejection, Sections};
 /// Longest `clientToken` accepted, in bytes (the AWS shadow limit).
 pub const MAX_CLIENT_TOKEN_BYTES: usize = 64;
 
+/// Longest refusal `reason` accepted, in bytes: a reason is for a person to read.
+pub const MAX_REASON_BYTES: usize = 256;
+
+pub(crate) fn check_reason(reason: &str) -> Result<(), Rejection> {
+    if reason.len() > MAX_REASON_BYTES {
+        return Err(Rejection::new(
+            ErrorCode::BadRequest,
+            format!(
+                "reason is {} bytes; the limit is {MAX_REASON_BYTES}",
+                reason.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn check_client_token(token: Option<&str>) -> Result<(), Rejection> {
     match token {
         Some(token) if token.len() > MAX_CLIENT_TOKEN_BYTES => Err(Rejection::new(

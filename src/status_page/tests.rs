@@ -257,6 +257,7 @@ fn a_card_takes_the_setpoint_and_last_report_from_the_shadow() {
         state: crate::shadow::Sections {
             reported: object(json!({"temperature": 51, "targetTemp": 55})),
             desired: object(json!({"targetTemp": 60})),
+            ..Default::default()
         },
         metadata: crate::shadow::Sections {
             reported: object(json!({
@@ -264,6 +265,7 @@ fn a_card_takes_the_setpoint_and_last_report_from_the_shadow() {
                 "heater": {"on": {"timestamp": 1_764_000_100u64}}
             })),
             desired: object(json!({"targetTemp": {"timestamp": 1_764_000_200u64}})),
+            ..Default::default()
         },
         version: 3,
         timestamp: 1_764_000_200,

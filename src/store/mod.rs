@@ -152,7 +152,8 @@ impl ShadowStore {
             .unwrap_or_default()
     }
 
-    /// Records what MongoDB now holds as `device_id`'s desired section (after our write).
+    /// Records what MongoDB now holds as `device_id`'s desired section (after our write, or
+    /// after a cloud change the shadow service applied).
     pub fn set_cloud_base(&self, device_id: &str, desired: &Object) -> Result<(), StoreError> {
         self.cloud_base
             .insert(device_id, crate::codec::encode(Encoding::Cbor, desired))?;

@@ -31,8 +31,8 @@ use mongodb::Database;
 use tokio::sync::Notify;
 
 use super::mongo::COMMANDS;
-use super::status::UplinkMode;
 use crate::messages::CommandRequest;
+use crate::status::UplinkMode;
 use crate::store::ShadowStore;
 
 /// Publishes a command request to a device (the uplink's broker link).

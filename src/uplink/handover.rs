@@ -48,9 +48,9 @@ use serde_json::Value;
 
 use super::lease::Fence;
 use super::mongo::SHADOWS;
-use super::status::UplinkStatus;
 use super::FromCloud;
 use crate::shadow::{Document, Sections};
+use crate::status::UplinkStatus;
 
 /// How long a device's first requests may wait for its claim.
 pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(3);

@@ -32,9 +32,9 @@ use mongodb::Database;
 use tokio::sync::watch;
 
 use super::mongo::{LEASES, SHADOWS};
-use super::status::UplinkStatus;
 use super::FromCloud;
 pub use crate::lease::{LeaseRole, LeaseState};
+use crate::status::UplinkStatus;
 
 /// The epoch condition and stamp of a pair member's writes; inert without a lease.
 #[derive(Debug, Clone, Default)]

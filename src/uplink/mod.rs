@@ -10,7 +10,7 @@
 //!   old one's devices.
 //! - [`commands`] — pending commands → `devices/{id}/commands/request`.
 //! - [`users`] — the `users` collection mirrored into [`crate::users::Directory`].
-//! - [`status`] — mode / connected / last event, for `/health/uplink`.
+//! - [`UplinkStatus`] — mode / connected / last event, filled here for `/health/uplink`.
 //!
 //! The uplink talks to MongoDB only through the official `mongodb` driver.
 
@@ -18,7 +18,6 @@ pub mod commands;
 pub mod handover;
 pub mod lease;
 pub mod mongo;
-pub mod status;
 pub mod users;
 pub mod watcher;
 pub mod writer;
@@ -32,9 +31,9 @@ use tokio::sync::watch;
 
 pub use crate::cloud::{CloudDesired, FromCloud};
 pub use crate::messages::CommandRequest;
+pub use crate::status::{UplinkMode, UplinkReport, UplinkStatus};
 pub use commands::CommandSink;
 pub use lease::{Fence, LeaseRole, LeaseState};
-pub use status::{UplinkMode, UplinkReport, UplinkStatus};
 pub use writer::OwnWrites;
 
 use crate::backoff::Backoff;

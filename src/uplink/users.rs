@@ -11,7 +11,7 @@ use mongodb::options::FullDocumentType;
 use mongodb::Database;
 
 use super::mongo::USERS;
-use super::status::UplinkMode;
+use crate::status::UplinkMode;
 use crate::users::{Directory, Preferences, User};
 
 /// Without change streams the whole collection is read again this often.

@@ -20,6 +20,13 @@
 //! insert/replace carrying the version this gateway last wrote) is the gateway's own and
 //! is skipped. Conflicts: for desired, the cloud wins on the fields it changed; changes to
 //! `state.reported` from the cloud are ignored (the device is the truth) and logged.
+//!
+//! The desired lifecycle: a cloud service may set `desiredExpiresAt` (a date) in the same
+//! write as the desired values that expire then, and sets `updatedAt` to the time of its
+//! change, which is what "newer" means for `[shadow] local_wins` when the change arrives
+//! late (after an outage). From a change stream's update both are taken only from that
+//! update's own fields; from a whole document (insert, replace, polling, a merge) from
+//! the document, which the gateway's writes clear of `desiredExpiresAt` (see `writer`).
 
 use std::time::Duration;
 
@@ -32,16 +39,38 @@ use serde_json::{Map, Value};
 use tokio::sync::watch;
 
 use super::mongo::{error_code, HISTORY_LOST, RESUME_TOKENS, SHADOWS, TOKEN_NOT_FOUND};
-use super::status::{UplinkMode, UplinkStatus};
 use super::writer::OwnWrites;
 use super::DEVICE_IDS_PER_QUERY;
 use crate::cloud::{CloudDesired, FromCloud};
 use crate::shadow::Object;
+use crate::status::{UplinkMode, UplinkStatus};
 use crate::store::ShadowStore;
 
 /// Polling sees no handover events: every this many polls it looks for local devices
 /// claimed elsewhere.
 const RELEASE_CHECK_POLLS: u64 = 10;
+
+/// A desired change read from the whole shadow document `document`.
+pub(super) fn cloud_desired_of(
+    device_id: &str,
+    state: Object,
+    replace: bool,
+    document: &BsonDocument,
+) -> CloudDesired {
+    CloudDesired {
+        device_id: device_id.to_string(),
+        state,
+        replace,
+        expires_at: epoch_secs_at(document, "desiredExpiresAt"),
+        changed_at: epoch_secs_at(document, "updatedAt"),
+    }
+}
+
+/// A date field of a document in epoch seconds (a date before 1970 counts as none).
+fn epoch_secs_at(document: &BsonDocument, field: &str) -> Option<u64> {
+    let millis = document.get_datetime(field).ok()?.timestamp_millis();
+    u64::try_from(millis / 1000).ok()
+}
 
 /// Everything the watcher needs.
 pub struct Watcher {
@@ -245,17 +274,10 @@ impl Watcher {
             // cloud's own changes win on their fields; local changes elsewhere are kept.
             let base = self.store.cloud_base(device_id);
             let cloud_changes = crate::shadow::replacement_patch(&base, &cloud_desired);
-            return (!cloud_changes.is_empty()).then(|| CloudDesired {
-                device_id: device_id.to_string(),
-                state: cloud_changes,
-                replace: false,
-            });
+            return (!cloud_changes.is_empty())
+                .then(|| cloud_desired_of(device_id, cloud_changes, false, document));
         }
-        Some(CloudDesired {
-            device_id: device_id.to_string(),
-            state: cloud_desired,
-            replace: true,
-        })
+        Some(cloud_desired_of(device_id, cloud_desired, true, document))
     }
 
     /// An update that gives the device to another gateway (a claim, see `handover`).
@@ -291,11 +313,13 @@ impl Watcher {
                 if stateless || version.is_some_and(|v| self.own_writes.is_own(&device_id, v)) {
                     return None;
                 }
-                Some(FromCloud::Desired(CloudDesired {
-                    device_id,
-                    state: full.map(desired_of).unwrap_or_default(),
-                    replace: true,
-                }))
+                let full = full?;
+                Some(FromCloud::Desired(cloud_desired_of(
+                    &device_id,
+                    desired_of(full),
+                    true,
+                    full,
+                )))
             }
             OperationType::Update => {
                 let update = event.update_description.as_ref()?;
@@ -315,10 +339,14 @@ impl Watcher {
                         "ignored a cloud change to state.reported: the device is the truth"
                     );
                 }
+                // This update's own fields only: the document may hold older ones.
+                let fields = &update.updated_fields;
                 (!state.is_empty() || replace).then_some(FromCloud::Desired(CloudDesired {
                     device_id,
                     state,
                     replace,
+                    expires_at: epoch_secs_at(fields, "desiredExpiresAt"),
+                    changed_at: epoch_secs_at(fields, "updatedAt"),
                 }))
             }
             _ => None,

@@ -20,12 +20,11 @@ use serde_json::Value;
 
 use super::lease::Fence;
 use super::mongo::{ALERTS, COMMANDS, DUPLICATE_KEY, SHADOWS, TELEMETRY, USERS};
-use super::status::UplinkStatus;
 use super::FromCloud;
 use crate::backoff::Backoff;
-use crate::cloud::CloudDesired;
 use crate::outbox::{CommandResult, Outbox, Pending, TelemetryRecord, ToCloud};
 use crate::shadow::Document;
+use crate::status::UplinkStatus;
 use crate::store::{ShadowStore, StoreError};
 
 /// Writes of different devices (shadows, presence) in flight at once: with a distant
@@ -176,7 +175,7 @@ impl Writer {
                 // The merged version replaces this pending write.
                 return Ok(false);
             }
-            match self.write_shadow(device_id, document.as_ref()).await {
+            match self.write_shadow(device_id, document.as_deref()).await {
                 Ok(true) => {
                     if let Some(document) = document {
                         self.store
@@ -208,7 +207,7 @@ impl Writer {
             .db
             .collection::<BsonDocument>(SHADOWS)
             .find_one(self.owned(device_id))
-            .projection(doc! {"state.desired": 1})
+            .projection(doc! {"state.desired": 1, "desiredExpiresAt": 1, "updatedAt": 1})
             .await?;
         let Some(current) = current else {
             return Ok(false);
@@ -223,11 +222,7 @@ impl Writer {
             device_id,
             "desired changed in the cloud since the last sync; merging before writing"
         );
-        let merge = CloudDesired {
-            device_id: device_id.to_string(),
-            state: changes,
-            replace: false,
-        };
+        let merge = super::watcher::cloud_desired_of(device_id, changes, false, &current);
         if self.to_service.send(merge.into()).is_ok() {
             self.store.set_cloud_base(device_id, &cloud_desired)?;
         } else {
@@ -307,12 +302,16 @@ impl Writer {
                 doc! {"version": {"$exists": false}},
             ],
         );
-        let update = self.ownership(doc! {
+        let mut update = self.ownership(doc! {
             "state": to_bson(&document.state)?,
             "metadata": to_bson(&document.metadata)?,
             "version": version,
             "updatedAt": DateTime::now(),
         });
+        // A cloud service's `desiredExpiresAt` was for the change it came with, which
+        // `cloud_changes_first` merged before this write; each leaf's `expiresAt` is in
+        // `metadata.desired` now, and the field must not stick to the cloud's next change.
+        update.insert("$unset", doc! {"desiredExpiresAt": ""});
         self.own_writes.record(device_id, document.version);
         let upsert = UpdateOptions::builder().upsert(true).build();
         match shadows

@@ -1,10 +1,45 @@
-//! What the bridge is doing, shared with `/health` and `/metrics`.
+//! The live status handles of the uplink and the bridge: each feature fills its own, and
+//! `/health`, `/metrics`, `system/status` and the status page read them, so none of those
+//! readers imports the feature that fills it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::outbox::Outbox;
-pub use crate::reports::BridgeReport;
+use crate::reports::OutboxStats;
+pub use crate::reports::{BridgeReport, UplinkMode, UplinkReport};
+
+/// The uplink's report, filled by the uplink; shared, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct UplinkStatus(Arc<Mutex<UplinkReport>>);
+
+impl Default for UplinkStatus {
+    fn default() -> Self {
+        Self(Arc::new(Mutex::new(UplinkReport {
+            mode: UplinkMode::Offline,
+            connected: false,
+            last_event_at: None,
+            outbox: OutboxStats::default(),
+            lease: None,
+            unreachable: false,
+        })))
+    }
+}
+
+impl UplinkStatus {
+    pub fn report(&self) -> UplinkReport {
+        self.update(|r| r.clone())
+    }
+
+    /// Changes the report under the lock; a poisoned lock still holds a usable report.
+    pub fn update<T>(&self, change: impl FnOnce(&mut UplinkReport) -> T) -> T {
+        let mut guard = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        change(&mut guard)
+    }
+}
 
 #[derive(Debug, Default)]
 struct Counters {
@@ -14,7 +49,7 @@ struct Counters {
     received: AtomicU64,
 }
 
-/// Handle to the bridge's state; cheap to clone.
+/// Handle to the bridge's state, filled by the bridge; cheap to clone.
 #[derive(Clone)]
 pub struct BridgeStatus {
     counters: Arc<Counters>,
