@@ -2,8 +2,10 @@
 //! run with the gateway stopped (sled allows one process per database; a running gateway
 //! holds it). `--bridge` selects the upstream bridge's queue instead of MongoDB's.
 
+use serde_json::Value;
+
 use crate::config::GatewayConfig;
-use crate::outbox::{Outbox, OutboxLimits, OutboxStats};
+use crate::outbox::{Outbox, OutboxItem, OutboxLimits, OutboxStats, ToBridge, ToCloud};
 use crate::store::{ShadowStore, StoreError};
 use crate::uplink::{self, ReplayError};
 
@@ -30,13 +32,37 @@ pub enum Queue {
     Bridge,
 }
 
+/// What the offline commands do with a queue, whichever items it holds.
+pub trait QueueAdmin {
+    fn stats(&self) -> OutboxStats;
+    fn list(&self, limit: usize) -> Result<Vec<Value>, StoreError>;
+    fn purge(&self, dead_only: bool) -> Result<usize, StoreError>;
+}
+
+impl<T: OutboxItem> QueueAdmin for Outbox<T> {
+    fn stats(&self) -> OutboxStats {
+        Outbox::stats(self)
+    }
+
+    fn list(&self, limit: usize) -> Result<Vec<Value>, StoreError> {
+        Outbox::list(self, limit)
+    }
+
+    fn purge(&self, dead_only: bool) -> Result<usize, StoreError> {
+        Outbox::purge(self, dead_only)
+    }
+}
+
 /// Opens one outbox of the configured data directory.
-pub fn open_outbox(config: &GatewayConfig, queue: Queue) -> Result<Outbox, AdminError> {
+pub fn open_outbox(
+    config: &GatewayConfig,
+    queue: Queue,
+) -> Result<Box<dyn QueueAdmin>, AdminError> {
     let store = open_store(config)?;
     let limits = OutboxLimits::from(&config.outbox);
     Ok(match queue {
-        Queue::Uplink => Outbox::open(store.db(), limits)?,
-        Queue::Bridge => Outbox::open_bridge(store.db(), limits)?,
+        Queue::Uplink => Box::new(Outbox::<ToCloud>::open(store.db(), limits)?),
+        Queue::Bridge => Box::new(Outbox::<ToBridge>::open(store.db(), limits)?),
     })
 }
 

@@ -1,6 +1,6 @@
 //! What crosses between the gateway and the cloud, as plain data (serde only, no I/O):
-//! the writes bound for MongoDB or the upstream broker ([`ToCloud`], kept in the outboxes)
-//! and what the uplink hands to the shadow service ([`FromCloud`]).
+//! the writes bound for MongoDB ([`ToCloud`]) or the upstream broker ([`ToBridge`]), each
+//! kept in its own outbox, and what the uplink hands to the shadow service ([`FromCloud`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -34,7 +34,14 @@ pub enum ToCloud {
         user_id: String,
         preferences: Preferences,
     },
-    /// A local publication for the upstream MQTT broker (the bridge's outbox only).
+}
+
+/// A write bound for the upstream MQTT broker (the bridge's outbox). One variant, named
+/// as the uplink's enum once named it, so the bridge queues of existing data directories
+/// still decode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToBridge {
+    /// A local publication for the upstream MQTT broker.
     Forward(Forwarded),
 }
 

@@ -540,14 +540,13 @@ async fn serve_http(
     health: HealthState,
     board: StatusBoard,
 ) -> Result<Option<SocketAddr>, GatewayError> {
-    if config.http.listen.is_empty() {
+    let Some(listen) = &config.http.listen else {
         return Ok(None);
-    }
-    let token = (!config.http.token.is_empty()).then(|| config.http.token.clone());
-    http::serve(&config.http.listen, health, board, token)
+    };
+    http::serve(listen, health, board, config.http.token.clone())
         .await
         .map(Some)
-        .map_err(|e| GatewayError::Http(config.http.listen.clone(), e))
+        .map_err(|e| GatewayError::Http(listen.clone(), e))
 }
 
 fn log_ready(

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::lease::LeaseRole;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::reports::{BridgeReport, UplinkMode};
@@ -108,7 +109,7 @@ pub struct Health {
     pub uplink: UplinkMode,
     /// `active`, `standby` or `undecided` in an active/standby pair; absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub lease: Option<&'static str>,
+    pub lease: Option<LeaseRole>,
     pub shadows: usize,
     pub connected_clients: i64,
     pub outbox_items: usize,

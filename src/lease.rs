@@ -2,7 +2,8 @@
 //! and the broker, the system task, the metrics and the status page read it. Plain data.
 
 /// What this gateway is in its pair.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LeaseRole {
     /// MongoDB has not answered (yet, or for a whole TTL): serve whoever comes.
     #[default]

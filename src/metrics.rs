@@ -498,10 +498,11 @@ impl Metrics {
             inner.uplink_connected.set(i64::from(report.connected));
             if let Some(current) = report.lease {
                 for role in [LeaseRole::Active, LeaseRole::Standby, LeaseRole::Undecided] {
-                    let role = role.as_str();
                     inner
                         .lease_role
-                        .get_or_create(&RoleLabel { role })
+                        .get_or_create(&RoleLabel {
+                            role: role.as_str(),
+                        })
                         .set(i64::from(role == current));
                 }
             }
@@ -651,7 +652,7 @@ mod tests {
         assert!(!text.contains("iotsphere_lease_role{"), "no pair, no role");
         metrics.store_probed(false);
         let report = UplinkReport {
-            lease: Some(LeaseRole::Standby.as_str()),
+            lease: Some(LeaseRole::Standby),
             ..crate::uplink::UplinkStatus::default().report()
         };
         let stats = OutboxStats {

@@ -17,15 +17,17 @@
 //!   `max_age`; items that keep failing for a non-transient reason move to `outbox_dead`
 //!   after `max_attempts`, with the error. Every drop is counted and logged.
 
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sled::IVec;
 
-pub use crate::cloud::{CommandResult, Forwarded, TelemetryRecord, ToCloud};
+pub use crate::cloud::{CommandResult, Forwarded, TelemetryRecord, ToBridge, ToCloud};
 use crate::codec::{self, Encoding};
 use crate::config::{OutboxSection, WhenFull};
 pub use crate::reports::OutboxStats;
@@ -44,18 +46,50 @@ const BRIDGE_TREES: TreeNames = TreeNames {
     dead: "bridge_outbox_dead",
 };
 
-struct TreeNames {
-    items: &'static str,
-    shadows: &'static str,
-    dead: &'static str,
+/// The sled trees of one outbox: its items in order, its coalesced items (one per device),
+/// its dead letters.
+pub struct TreeNames {
+    pub items: &'static str,
+    pub shadows: &'static str,
+    pub dead: &'static str,
+}
+
+/// What an outbox holds: each outbox has its own item type, so a reader never meets
+/// another queue's items.
+pub trait OutboxItem: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
+    /// Where this outbox lives in the sled database.
+    const TREES: TreeNames;
+
+    /// The device whose previous item of this kind this one replaces (kept in the
+    /// coalesced tree, never refused when full); `None` for an item kept in order.
+    fn coalesces(&self) -> Option<&str>;
+}
+
+impl OutboxItem for ToCloud {
+    const TREES: TreeNames = UPLINK_TREES;
+
+    fn coalesces(&self) -> Option<&str> {
+        match self {
+            ToCloud::Shadow { device_id, .. } => Some(device_id),
+            _ => None,
+        }
+    }
+}
+
+impl OutboxItem for ToBridge {
+    const TREES: TreeNames = BRIDGE_TREES;
+
+    fn coalesces(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// One stored write with its bookkeeping.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Entry {
+pub struct Entry<T = ToCloud> {
     pub enqueued_ms: i64,
     pub attempts: u32,
-    pub write: ToCloud,
+    pub write: T,
     /// The last error, for dead letters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -63,10 +97,10 @@ pub struct Entry {
 
 /// A stored item as the writer sees it: its key (to remove it) and its entry.
 #[derive(Debug, Clone)]
-pub struct Pending {
+pub struct Pending<T = ToCloud> {
     pub key: IVec,
     pub raw: IVec,
-    pub entry: Entry,
+    pub entry: Entry<T>,
 }
 
 #[derive(Debug, Default)]
@@ -77,9 +111,9 @@ struct Counters {
     dead_lettered: AtomicU64,
 }
 
-/// Handle to the outbox; cheap to clone.
+/// Handle to an outbox of `T` items (the uplink's by default); cheap to clone.
 #[derive(Clone)]
-pub struct Outbox {
+pub struct Outbox<T: OutboxItem = ToCloud> {
     db: sled::Db,
     items: sled::Tree,
     shadows: sled::Tree,
@@ -87,6 +121,7 @@ pub struct Outbox {
     limits: OutboxLimits,
     counters: Arc<Counters>,
     wakeup: Arc<tokio::sync::Notify>,
+    item: PhantomData<fn() -> T>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -110,22 +145,10 @@ impl From<&OutboxSection> for OutboxLimits {
     }
 }
 
-impl Outbox {
-    /// Opens the uplink's outbox trees in the store's sled database.
-    pub fn open(db: &sled::Db, limits: OutboxLimits) -> Result<Outbox, StoreError> {
-        Self::open_trees(db, limits, &UPLINK_TREES)
-    }
-
-    /// Opens the bridge's outbox: [`ToCloud::Forward`] items for the upstream MQTT broker.
-    pub fn open_bridge(db: &sled::Db, limits: OutboxLimits) -> Result<Outbox, StoreError> {
-        Self::open_trees(db, limits, &BRIDGE_TREES)
-    }
-
-    fn open_trees(
-        db: &sled::Db,
-        limits: OutboxLimits,
-        names: &TreeNames,
-    ) -> Result<Outbox, StoreError> {
+impl<T: OutboxItem> Outbox<T> {
+    /// Opens the trees of `T`'s outbox ([`OutboxItem::TREES`]) in the store's sled database.
+    pub fn open(db: &sled::Db, limits: OutboxLimits) -> Result<Self, StoreError> {
+        let names = &T::TREES;
         let outbox = Outbox {
             items: db.open_tree(names.items)?,
             shadows: db.open_tree(names.shadows)?,
@@ -134,6 +157,7 @@ impl Outbox {
             limits,
             counters: Arc::default(),
             wakeup: Arc::default(),
+            item: PhantomData,
         };
         let bytes: u64 = [&outbox.items, &outbox.shadows]
             .into_iter()
@@ -148,7 +172,7 @@ impl Outbox {
     /// Adds a write; durable with the next flush of the database. Returns false when the
     /// outbox is full and `when_full = "reject_new"` refused it (counted and logged;
     /// shadow writes are never refused).
-    pub fn push(&self, write: ToCloud) -> Result<bool, StoreError> {
+    pub fn push(&self, write: T) -> Result<bool, StoreError> {
         let entry = Entry {
             enqueued_ms: now_ms(),
             attempts: 0,
@@ -157,20 +181,20 @@ impl Outbox {
         };
         let bytes = codec::encode(Encoding::Cbor, &entry);
         let size = bytes.len() as u64;
-        // Coalesced shadows are bounded by the number of devices: never refused.
-        let refusable = !matches!(entry.write, ToCloud::Shadow { .. });
-        if !self.make_room(size, refusable)? {
+        // Coalesced items are bounded by the number of devices: never refused.
+        let coalesces = entry.write.coalesces();
+        if !self.make_room(size, coalesces.is_none())? {
             return Ok(false);
         }
-        match &entry.write {
-            ToCloud::Shadow { device_id, .. } => {
+        match coalesces {
+            Some(device_id) => {
                 if let Some(old) = self.shadows.insert(device_id.as_bytes(), bytes)? {
                     self.counters
                         .bytes
                         .fetch_sub(old.len() as u64, Ordering::Relaxed);
                 }
             }
-            _ => {
+            None => {
                 let key = self.db.generate_id()?.to_be_bytes();
                 self.items.insert(key, bytes)?;
             }
@@ -230,7 +254,7 @@ impl Outbox {
     }
 
     /// The coalesced shadow writes waiting, in device order.
-    pub fn pending_shadows(&self) -> Result<Vec<Pending>, StoreError> {
+    pub fn pending_shadows(&self) -> Result<Vec<Pending<T>>, StoreError> {
         self.shadows
             .iter()
             .map(|entry| {
@@ -245,7 +269,7 @@ impl Outbox {
     }
 
     /// Removes a shadow write unless a newer one replaced it meanwhile.
-    pub fn remove_shadow(&self, pending: &Pending) -> Result<(), StoreError> {
+    pub fn remove_shadow(&self, pending: &Pending<T>) -> Result<(), StoreError> {
         if self
             .shadows
             .compare_and_swap(&pending.key, Some(&pending.raw), None as Option<&[u8]>)?
@@ -259,7 +283,7 @@ impl Outbox {
     }
 
     /// Up to `max` oldest items; items older than `max_age` are dropped on the way.
-    pub fn next_items(&self, max: usize) -> Result<Vec<Pending>, StoreError> {
+    pub fn next_items(&self, max: usize) -> Result<Vec<Pending<T>>, StoreError> {
         self.next_items_after(None, max)
     }
 
@@ -269,7 +293,7 @@ impl Outbox {
         &self,
         after: Option<&[u8]>,
         max: usize,
-    ) -> Result<Vec<Pending>, StoreError> {
+    ) -> Result<Vec<Pending<T>>, StoreError> {
         let oldest_allowed =
             now_ms() - i64::try_from(self.limits.max_age.as_millis()).unwrap_or(i64::MAX);
         let mut out = Vec::with_capacity(max);
@@ -301,7 +325,7 @@ impl Outbox {
         Ok(out)
     }
 
-    pub fn remove_item(&self, pending: &Pending) -> Result<(), StoreError> {
+    pub fn remove_item(&self, pending: &Pending<T>) -> Result<(), StoreError> {
         if self.items.remove(&pending.key)?.is_some() {
             self.counters
                 .bytes
@@ -312,7 +336,7 @@ impl Outbox {
 
     /// Records a non-transient failure; after `max_attempts` the item moves to the dead
     /// letters with its error. Returns true when it did.
-    pub fn fail_item(&self, pending: &Pending, error: &str) -> Result<bool, StoreError> {
+    pub fn fail_item(&self, pending: &Pending<T>, error: &str) -> Result<bool, StoreError> {
         let mut entry = pending.entry.clone();
         entry.attempts += 1;
         entry.error = Some(error.to_string());
@@ -328,7 +352,16 @@ impl Outbox {
             );
             return Ok(true);
         }
-        self.items.insert(&pending.key, bytes)?;
+        // The entry grew by its error and count: the byte counter follows what is stored,
+        // or the dead letter's removal would later subtract more than was ever added.
+        let size = bytes.len() as u64;
+        let old = self.items.insert(&pending.key, bytes)?;
+        self.counters.bytes.fetch_add(size, Ordering::Relaxed);
+        if let Some(old) = old {
+            self.counters
+                .bytes
+                .fetch_sub(old.len() as u64, Ordering::Relaxed);
+        }
         Ok(false)
     }
 
@@ -344,7 +377,7 @@ impl Outbox {
             .first()
             .ok()
             .flatten()
-            .and_then(|(key, raw)| decode_entry(&key, &raw).ok())
+            .and_then(|(key, raw)| decode_entry::<T>(&key, &raw).ok())
             .map(|entry| u64::try_from((now_ms() - entry.enqueued_ms).max(0) / 1000).unwrap_or(0));
         OutboxStats {
             items: self.items.len(),
@@ -371,7 +404,7 @@ impl Outbox {
                     return Ok(out);
                 }
                 let (key, raw) = entry?;
-                let entry = decode_entry(&key, &raw)?;
+                let entry = decode_entry::<T>(&key, &raw)?;
                 out.push(serde_json::json!({"tree": name, "entry": entry}));
             }
         }
@@ -393,7 +426,7 @@ impl Outbox {
     }
 }
 
-fn decode_entry(key: &[u8], raw: &[u8]) -> Result<Entry, StoreError> {
+fn decode_entry<T: OutboxItem>(key: &[u8], raw: &[u8]) -> Result<Entry<T>, StoreError> {
     ciborium::from_reader(raw).map_err(|e| StoreError::Corrupt {
         device_id: format!("outbox entry {}", String::from_utf8_lossy(key)),
         reason: e.to_string(),
@@ -446,6 +479,13 @@ mod tests {
                 ..Document::default()
             })),
         }
+    }
+
+    fn forward(seq: i64) -> ToBridge {
+        ToBridge::Forward(Forwarded {
+            topic: format!("iotsphere/devices/h1/telemetry/{seq}"),
+            payload: b"{}".to_vec(),
+        })
     }
 
     fn open(dir: &std::path::Path, limits: OutboxLimits) -> Outbox {
@@ -550,23 +590,62 @@ mod tests {
     fn the_bridge_outbox_is_its_own_queue_read_after_a_key() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = sled::open(dir.path()).expect("sled");
-        let uplink = Outbox::open(&db, limits(1 << 20, WhenFull::DropOldest)).expect("outbox");
+        let uplink =
+            Outbox::<ToCloud>::open(&db, limits(1 << 20, WhenFull::DropOldest)).expect("outbox");
         let bridge =
-            Outbox::open_bridge(&db, limits(1 << 20, WhenFull::DropOldest)).expect("outbox");
+            Outbox::<ToBridge>::open(&db, limits(1 << 20, WhenFull::DropOldest)).expect("outbox");
         for seq in 0..5 {
-            bridge.push(reading("h1", seq)).expect("push");
+            bridge.push(forward(seq)).expect("push");
         }
         assert!(uplink.is_empty());
         let first = bridge.next_items(2).expect("items");
         let rest = bridge
             .next_items_after(Some(&first[1].key), 10)
             .expect("items");
-        let after: Vec<ToCloud> = rest.iter().map(|p| p.entry.write.clone()).collect();
-        assert_eq!(
-            after,
-            (2..5).map(|seq| reading("h1", seq)).collect::<Vec<_>>()
-        );
+        let after: Vec<ToBridge> = rest.iter().map(|p| p.entry.write.clone()).collect();
+        assert_eq!(after, (2..5).map(forward).collect::<Vec<_>>());
         assert!(bridge.next_items_after(None, 0).expect("items").is_empty());
+    }
+
+    #[test]
+    fn the_bytes_count_follows_failed_and_dead_lettered_items() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outbox = open(dir.path(), limits(1 << 20, WhenFull::DropOldest));
+        outbox.push(reading("h1", 1)).expect("push");
+        for _ in 0..3 {
+            let item = outbox.next_items(1).expect("items").remove(0);
+            outbox
+                .fail_item(&item, "document failed validation")
+                .expect("fail");
+            let stored: u64 = outbox
+                .items
+                .iter()
+                .values()
+                .map(|v| v.expect("value").len() as u64)
+                .sum();
+            assert_eq!(outbox.stats().bytes, stored, "the count is what is stored");
+        }
+        assert_eq!(outbox.stats().dead, 1);
+        assert_eq!(outbox.stats().bytes, 0, "nothing waits: no underflow");
+    }
+
+    #[test]
+    fn a_bridge_entry_is_stored_as_the_forward_variant_of_before() {
+        let entry = Entry {
+            enqueued_ms: 1,
+            attempts: 0,
+            write: forward(1),
+            error: None,
+        };
+        let raw = codec::encode(Encoding::Cbor, &entry);
+        let value: ciborium::Value = ciborium::from_reader(raw.as_slice()).expect("cbor");
+        let write = value
+            .as_map()
+            .and_then(|map| map.iter().find(|(k, _)| k.as_text() == Some("write")))
+            .and_then(|(_, write)| write.as_map())
+            .expect("a write map");
+        assert_eq!(write.len(), 1);
+        assert_eq!(write[0].0.as_text(), Some("Forward"), "tagged as before");
     }
 
     #[test]

@@ -193,7 +193,7 @@ mod tests {
         let mut fresh = running.clone();
         fresh.shadow.max_depth = 3;
         fresh.gateway.metrics_interval_secs = 5;
-        fresh.http.listen = "127.0.0.1:1".into();
+        fresh.http.listen = Some("127.0.0.1:1".into());
         let next = with_live_parts(&running, &fresh);
         assert_eq!(next.shadow.max_depth, 3);
         assert_eq!(next.gateway.metrics_interval_secs, 5);

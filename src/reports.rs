@@ -4,6 +4,8 @@
 
 use serde::Serialize;
 
+use crate::lease::LeaseRole;
+
 /// Counts for `/health/uplink` and `outbox stats`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -55,7 +57,7 @@ pub struct UplinkReport {
     pub outbox: OutboxStats,
     /// This gateway's role in its active/standby pair (`[mongodb] lease`), if in one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub lease: Option<&'static str>,
+    pub lease: Option<LeaseRole>,
     /// The last attempt to reach MongoDB failed (not merely "not connected yet"): claims
     /// do not wait for it then.
     #[serde(skip)]

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, ToBridge};
 use crate::reports::OutboxStats;
 pub use crate::reports::{BridgeReport, UplinkMode, UplinkReport};
 
@@ -53,11 +53,11 @@ struct Counters {
 #[derive(Clone)]
 pub struct BridgeStatus {
     counters: Arc<Counters>,
-    outbox: Outbox,
+    outbox: Outbox<ToBridge>,
 }
 
 impl BridgeStatus {
-    pub fn new(outbox: Outbox) -> Self {
+    pub fn new(outbox: Outbox<ToBridge>) -> Self {
         Self {
             counters: Arc::default(),
             outbox,

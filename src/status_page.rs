@@ -16,6 +16,7 @@ use serde_json::Value;
 
 pub use history::{HeaterHistory, StatusBoard};
 
+use crate::lease::LeaseRole;
 use crate::metrics::{Metrics, RecentRejection};
 use crate::reports::BridgeReport;
 use crate::shadow::{Document, Object};
@@ -78,7 +79,7 @@ pub struct StatusView {
     /// `None` when no bridge is configured.
     pub bridge: Option<BridgeReport>,
     /// The role in an active/standby pair, if in one.
-    pub lease: Option<&'static str>,
+    pub lease: Option<LeaseRole>,
     pub connected_clients: usize,
     /// The search as given (`?q=`), empty for none.
     pub query: String,
@@ -328,13 +329,13 @@ fn render_board(html: &mut String, view: &StatusView) {
     }
     match view.lease {
         None => {}
-        Some("standby") => tile(
+        Some(LeaseRole::Standby) => tile(
             "lease",
             "warn",
             "Pair",
             "standby: the other gateway of the pair serves the devices".into(),
         ),
-        Some(role) => tile("lease", "", "Pair", role.into()),
+        Some(role) => tile("lease", "", "Pair", role.as_str().into()),
     }
     tile(
         "clients",

@@ -10,20 +10,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::auth::filter_matches;
 use crate::broker::tap::{Seen, Tap};
-use crate::outbox::{Forwarded, Outbox, ToCloud};
+use crate::outbox::{Forwarded, Outbox, ToBridge};
 
 /// The client id of the bridge's internal link (the `iotsphere:` prefix marks internal links).
 pub const BRIDGE_CLIENT_ID: &str = "iotsphere:bridge";
 
 pub struct Capture {
     forward: Vec<String>,
-    outbox: Outbox,
+    outbox: Outbox<ToBridge>,
     /// Something was added since the drain was last woken.
     added: AtomicBool,
 }
 
 impl Capture {
-    pub fn new(forward: Vec<String>, outbox: Outbox) -> Self {
+    pub fn new(forward: Vec<String>, outbox: Outbox<ToBridge>) -> Self {
         Self {
             forward,
             outbox,
@@ -40,7 +40,7 @@ impl Tap for Capture {
         {
             return false;
         }
-        let write = ToCloud::Forward(Forwarded {
+        let write = ToBridge::Forward(Forwarded {
             topic: topic.to_string(),
             payload: seen.payload.to_vec(),
         });

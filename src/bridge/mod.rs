@@ -24,7 +24,7 @@ pub use capture::{Capture, BRIDGE_CLIENT_ID};
 
 use crate::broker::GatewayLink;
 use crate::config::GatewayConfig;
-use crate::outbox::{Outbox, OutboxLimits};
+use crate::outbox::{Outbox, OutboxLimits, ToBridge};
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +42,7 @@ pub enum BridgeError {
 pub struct Bridge {
     options: MqttOptions,
     config: crate::config::BridgeSection,
-    outbox: Outbox,
+    outbox: Outbox<ToBridge>,
 }
 
 impl Bridge {
@@ -50,7 +50,7 @@ impl Bridge {
     /// database; returns the bridge and the capture for the broker hook.
     pub fn new(config: &GatewayConfig, db: &sled::Db) -> Result<(Bridge, Capture), BridgeError> {
         let options = options::mqtt_options(&config.bridge, config.mqtt.max_payload_bytes)?;
-        let outbox = Outbox::open_bridge(db, OutboxLimits::from(&config.outbox))?;
+        let outbox = Outbox::open(db, OutboxLimits::from(&config.outbox))?;
         let capture = Capture::new(config.bridge.forward.clone(), outbox.clone());
         let stats = outbox.stats();
         if stats.items > 0 {

@@ -26,7 +26,7 @@ use crate::backoff::Backoff;
 use crate::broker::GatewayLink;
 use crate::config::BridgeSection;
 use crate::messages::{Count, Outgoing as LocalMessage};
-use crate::outbox::{Outbox, Pending, ToCloud};
+use crate::outbox::{Outbox, Pending, ToBridge};
 use crate::status::BridgeStatus;
 
 /// Publishes awaiting their PUBACK at most.
@@ -45,7 +45,7 @@ pub struct Session {
     prefix: String,
     forward: Vec<String>,
     subscribe: Vec<String>,
-    outbox: Outbox,
+    outbox: Outbox<ToBridge>,
     link: GatewayLink,
     status: BridgeStatus,
     echoes: Echoes,
@@ -60,8 +60,8 @@ pub struct Session {
 #[derive(Default)]
 struct Inflight {
     /// Handed over, packet id not known yet (rumqttc reports ids in request order).
-    unsent: VecDeque<Pending>,
-    sent: HashMap<u16, Pending>,
+    unsent: VecDeque<Pending<ToBridge>>,
+    sent: HashMap<u16, Pending<ToBridge>>,
     /// The newest message handed over: the next ones come after it.
     last_key: Option<sled::IVec>,
 }
@@ -76,7 +76,7 @@ impl Session {
     pub fn new(
         options: MqttOptions,
         config: &BridgeSection,
-        outbox: Outbox,
+        outbox: Outbox<ToBridge>,
         link: GatewayLink,
         status: BridgeStatus,
     ) -> Self {
@@ -240,13 +240,7 @@ impl Session {
             .map_err(|e| format!("the bridge's outbox: {e}"))?;
         for pending in next {
             inflight.last_key = Some(pending.key.clone());
-            let ToCloud::Forward(message) = &pending.entry.write else {
-                tracing::warn!(
-                    "removed an item that is not a forwarded message from the bridge's outbox"
-                );
-                let _ = self.outbox.remove_item(&pending);
-                continue;
-            };
+            let ToBridge::Forward(message) = &pending.entry.write;
             client
                 .try_publish(
                     self.upstream_topic(&message.topic),

@@ -464,16 +464,20 @@ impl BridgeSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct HttpSection {
-    pub listen: String,
-    /// Required for the status page when `listen` is not a loopback address.
-    pub token: String,
+    /// `None`: no HTTP endpoints (`listen = ""` in the file).
+    #[serde(with = "off_if_empty")]
+    pub listen: Option<String>,
+    /// Required for the status page when `listen` is not a loopback address; `None`
+    /// (`token = ""`): no token.
+    #[serde(with = "off_if_empty")]
+    pub token: Option<String>,
 }
 
 impl Default for HttpSection {
     fn default() -> Self {
         Self {
-            listen: "127.0.0.1:9090".into(),
-            token: String::new(),
+            listen: Some("127.0.0.1:9090".into()),
+            token: None,
         }
     }
 }
@@ -481,13 +485,36 @@ impl Default for HttpSection {
 impl HttpSection {
     /// True when only this machine can reach `listen` (an IP loopback or `localhost`).
     pub fn is_loopback(&self) -> bool {
-        match self.listen.parse::<SocketAddr>() {
+        let Some(listen) = &self.listen else {
+            return true;
+        };
+        match listen.parse::<SocketAddr>() {
             Ok(addr) => addr.ip().is_loopback(),
-            Err(_) => self
-                .listen
+            Err(_) => listen
                 .rsplit_once(':')
                 .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost")),
         }
+    }
+}
+
+/// A key whose empty string means "off" for the field techs (`listen = ""`): read as
+/// `None`, so the code asks `is_some()` rather than comparing with `""`, and written back
+/// as `""`, so the key stays known (env overrides, `known_keys`) and reads the same.
+mod off_if_empty {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<String>, D::Error> {
+        let value = Option::<String>::deserialize(deserializer)?;
+        Ok(value.filter(|v| !v.is_empty()))
+    }
+
+    pub fn serialize<S: Serializer>(
+        value: &Option<String>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(value.as_deref().unwrap_or_default())
     }
 }
 

@@ -282,3 +282,21 @@ fn certificate_mode_needs_a_client_ca_and_no_plain_listener() {
     let text = "[mqtt]\nlisten = \"\"\ntls_listen = \"0.0.0.0:8883\"\nclient_ca = \"ca.crt\"\n\n[auth]\nmode = \"certificate\"\n";
     assert_eq!(problem_lines(text, &[]), Vec::<String>::new());
 }
+
+#[test]
+fn an_empty_string_reads_as_off() {
+    let config = load_str("[http]\nlisten = \"\"\ntoken = \"\"\n", &[]).expect("loads");
+    assert_eq!((config.http.listen, config.http.token), (None, None));
+    let config = load_str(
+        "[http]\nlisten = \"127.0.0.1:9091\"\n",
+        &[("IOTSPHERE__HTTP__LISTEN", "")],
+    )
+    .expect("loads");
+    assert_eq!(
+        config.http.listen, None,
+        "an empty override turns it off too"
+    );
+    let config = load_str("", &[("IOTSPHERE__HTTP__TOKEN", "long-random")]).expect("loads");
+    assert_eq!(config.http.listen.as_deref(), Some("127.0.0.1:9090"));
+    assert_eq!(config.http.token.as_deref(), Some("long-random"));
+}

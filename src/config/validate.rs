@@ -307,16 +307,16 @@ fn check_outbox(config: &GatewayConfig, problem: &mut impl FnMut(&str, String)) 
 
 /// The HTTP listener and its token, and the log filter.
 fn check_http_and_log(config: &GatewayConfig, problem: &mut impl FnMut(&str, String)) {
-    if !config.http.listen.is_empty() {
-        if let Err(message) = check_listen_address(&config.http.listen) {
+    if let Some(listen) = &config.http.listen {
+        if let Err(message) = check_listen_address(listen) {
             problem("http.listen", message);
-        } else if !config.http.is_loopback() && config.http.token.is_empty() {
+        } else if !config.http.is_loopback() && config.http.token.is_none() {
             problem(
                 "http.token",
                 format!(
                     "required when http.listen ({}) is not a loopback address: the status \
                      page shows every device; set a long random token",
-                    config.http.listen
+                    listen
                 ),
             );
         }

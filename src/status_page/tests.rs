@@ -3,6 +3,7 @@
 use super::history::{OpenAlert, Point, BUCKET_MS};
 use super::*;
 use crate::alert_event::Severity;
+use crate::lease::LeaseRole;
 use crate::store::StoredShadow;
 use serde_json::json;
 
@@ -102,7 +103,7 @@ fn device_text_is_escaped() {
 fn a_standby_says_so() {
     assert!(!render(&view()).contains("Pair"));
     let standby = StatusView {
-        lease: Some("standby"),
+        lease: Some(LeaseRole::Standby),
         ..view()
     };
     assert!(render(&standby).contains("standby: the other gateway of the pair serves the devices"));

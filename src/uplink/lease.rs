@@ -140,7 +140,7 @@ impl Lease {
     }
 
     fn set_role(&self, role: LeaseRole, epoch: Option<i64>) {
-        self.status.update(|r| r.lease = Some(role.as_str()));
+        self.status.update(|r| r.lease = Some(role));
         self.state.send_if_modified(|state| {
             let before = *state;
             state.role = role;
