@@ -81,7 +81,7 @@ fn open_store(config: &GatewayConfig) -> Result<ShadowStore, AdminError> {
 
 /// Replays the outbox into MongoDB once; returns what is left.
 pub async fn replay(config: &GatewayConfig) -> Result<OutboxStats, AdminError> {
-    if config.mongodb.uri.is_empty() {
+    if config.mongodb.uri.is_none() {
         return Err(AdminError::NoUplink);
     }
     let store = open_store(config)?;

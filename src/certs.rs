@@ -43,12 +43,12 @@ fn read(path: &Path) -> Result<Vec<u8>, CertError> {
 /// The files a TLS listener needs (`mqtt.cert`, `key`, and `client_ca` when set), checked
 /// at startup and by `check-config`; nothing to check without `tls_listen`.
 pub fn check_tls_files(mqtt: &crate::config::MqttSection) -> Result<(), CertError> {
-    if mqtt.tls_listen.is_empty() {
+    if mqtt.tls_listen.is_none() {
         return Ok(());
     }
     check_server_identity(Path::new(&mqtt.cert), Path::new(&mqtt.key))?;
-    if !mqtt.client_ca.is_empty() {
-        check_client_ca(Path::new(&mqtt.client_ca))?;
+    if let Some(client_ca) = &mqtt.client_ca {
+        check_client_ca(Path::new(client_ca))?;
     }
     Ok(())
 }

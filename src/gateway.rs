@@ -205,9 +205,9 @@ fn warn_if_insecure(config: &GatewayConfig) {
             "auth.mode = \"anonymous\": any client may publish and subscribe to any topic; \
              for the lab only, never in the field"
         );
-    } else if !config.mqtt.listen.is_empty() {
+    } else if let Some(listen) = &config.mqtt.listen {
         tracing::warn!(
-            listen = %config.mqtt.listen,
+            listen = %listen,
             "passwords cross the plain MQTT listener in clear text; use TLS in the field"
         );
     }
@@ -225,7 +225,7 @@ fn build(config: &GatewayConfig) -> Result<Parts, GatewayError> {
     let topics = Topics::new(&config.topics.root).map_err(GatewayError::Topics)?;
     let metrics = Metrics::default();
     let replies = Replies::new(topics.clone(), &config.gateway.id);
-    let uplink_enabled = !config.mongodb.uri.is_empty();
+    let uplink_enabled = config.mongodb.uri.is_some();
     let outbox = if uplink_enabled {
         Some(Outbox::open(
             store.db(),
@@ -249,7 +249,7 @@ fn build(config: &GatewayConfig) -> Result<Parts, GatewayError> {
     let alerts = alerts(config, outbox.is_some());
     // Woken when a device subscribes to its command topic: pending commands wait for that.
     let command_listeners = Arc::new(Notify::new());
-    let (bridge, capture) = if config.bridge.url.is_empty() {
+    let (bridge, capture) = if config.bridge.url.is_none() {
         (None, None)
     } else {
         let (bridge, capture) = Bridge::new(config, store.db())?;
@@ -258,7 +258,7 @@ fn build(config: &GatewayConfig) -> Result<Parts, GatewayError> {
     // This gateway's role in its active/standby pair: the lease task (uplink) decides it,
     // the broker refuses clients as a standby, the system task lets them go on a step-down.
     let (lease, lease_role) = watch::channel(LeaseState::default());
-    let lease_role = (uplink_enabled && !config.mongodb.lease.is_empty()).then_some(lease_role);
+    let lease_role = (uplink_enabled && config.mongodb.lease.is_some()).then_some(lease_role);
     let step_down = StepDown::default();
     let board = StatusBoard::new(&topics);
     let mut taps: Vec<Box<dyn Tap>> = vec![Box::new(board.clone())];
@@ -326,7 +326,7 @@ fn access(
         AuthMode::Anonymous => None,
         AuthMode::Password => Some(Access::load(
             topics.clone(),
-            Path::new(&config.auth.credentials_file),
+            Path::new(config.auth.credentials_file.as_deref().unwrap_or_default()),
             &config.auth.services,
             users.clone(),
             config.mqtt.max_connections,
@@ -560,8 +560,8 @@ fn log_ready(
         mqtt = %shown(listen),
         mqtts = %shown(tls_listen),
         http = %shown(http_addr),
-        uplink = !config.mongodb.uri.is_empty(),
-        bridge = %if config.bridge.url.is_empty() { "off" } else { config.bridge.url.as_str() },
+        uplink = config.mongodb.uri.is_some(),
+        bridge = %config.bridge.url.as_deref().unwrap_or("off"),
         root = %config.topics.root,
         data_dir = %config.gateway.data_dir.display(),
         version = env!("CARGO_PKG_VERSION"),

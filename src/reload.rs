@@ -171,7 +171,7 @@ mod tests {
             name: "app".into(),
             ..ServiceRole::default()
         });
-        fresh.mqtt.listen = "0.0.0.0:1884".into();
+        fresh.mqtt.listen = Some("0.0.0.0:1884".into());
         fresh.gateway.data_dir = "/var/lib/x".into();
         assert_eq!(
             Changes::between(&running, &fresh),

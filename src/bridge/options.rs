@@ -34,13 +34,12 @@ pub fn mqtt_options(
     options.set_manual_acks(true);
     let max_packet = max_payload_bytes + PACKET_OVERHEAD;
     options.set_max_packet_size(max_packet, max_packet);
-    if !bridge.username.is_empty() {
-        let password = if bridge.password_file.is_empty() {
-            String::new()
-        } else {
-            read_password(Path::new(&bridge.password_file))?
+    if let Some(username) = &bridge.username {
+        let password = match &bridge.password_file {
+            Some(file) => read_password(Path::new(file))?,
+            None => String::new(),
         };
-        options.set_credentials(&bridge.username, password);
+        options.set_credentials(username, password);
     }
     if url.tls {
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
@@ -57,7 +56,7 @@ fn read_password(path: &Path) -> Result<String, BridgeError> {
 }
 
 fn client_config(bridge: &BridgeSection) -> Result<rustls::ClientConfig, BridgeError> {
-    let ca_path = Path::new(&bridge.ca_file);
+    let ca_path = Path::new(bridge.ca_file.as_deref().unwrap_or_default());
     let mut roots = rustls::RootCertStore::empty();
     for cert in read_certificates("bridge.ca_file", ca_path)? {
         roots.add(cert).map_err(|e| {
@@ -69,12 +68,12 @@ fn client_config(bridge: &BridgeSection) -> Result<rustls::ClientConfig, BridgeE
         .with_safe_default_protocol_versions()
         .map_err(|e| BridgeError::Tls(e.to_string()))?
         .with_root_certificates(roots);
-    if bridge.client_cert.is_empty() {
+    let Some(client_cert) = &bridge.client_cert else {
         return Ok(builder.with_no_client_auth());
-    }
-    let cert_path = Path::new(&bridge.client_cert);
+    };
+    let cert_path = Path::new(client_cert);
     let chain = read_certificates("bridge.client_cert", cert_path)?;
-    let key_path = Path::new(&bridge.client_key);
+    let key_path = Path::new(bridge.client_key.as_deref().unwrap_or_default());
     let key = read_key(key_path)?;
     builder.with_client_auth_cert(chain, key).map_err(|e| {
         BridgeError::Config("bridge.client_key", format!("{}: {e}", key_path.display()))

@@ -84,16 +84,13 @@ impl EmbeddedBroker {
         lease: Option<watch::Receiver<LeaseState>>,
         metrics: Metrics,
     ) -> Result<(EmbeddedBroker, GatewayLink), BrokerError> {
-        let listen = if mqtt.listen.is_empty() {
-            None
-        } else {
-            Some(check_bindable(&mqtt.listen)?)
-        };
-        let tls_listen = if mqtt.tls_listen.is_empty() {
-            None
-        } else {
-            crate::certs::check_tls_files(mqtt).map_err(|e| BrokerError::Tls(e.to_string()))?;
-            Some(check_bindable(&mqtt.tls_listen)?)
+        let listen = mqtt.listen.as_deref().map(check_bindable).transpose()?;
+        let tls_listen = match mqtt.tls_listen.as_deref() {
+            Some(address) => {
+                crate::certs::check_tls_files(mqtt).map_err(|e| BrokerError::Tls(e.to_string()))?;
+                Some(check_bindable(address)?)
+            }
+            None => None,
         };
         let mut config = rumqttd_config(mqtt, listen, tls_listen);
         config.router.publish_hook = hook.map(PublishHookHandle);
@@ -260,7 +257,7 @@ fn rumqttd_config(
     if let Some(listen) = tls_listen {
         let tls = TlsConfig::Rustls {
             // Set: the handshake requires a client certificate signed by this CA.
-            capath: (!mqtt.client_ca.is_empty()).then(|| mqtt.client_ca.clone()),
+            capath: mqtt.client_ca.clone(),
             certpath: mqtt.cert.clone(),
             keypath: mqtt.key.clone(),
         };

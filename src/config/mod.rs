@@ -74,11 +74,14 @@ impl Default for GatewaySection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MqttSection {
-    pub listen: String,
-    pub tls_listen: String,
+    #[serde(with = "off_if_empty")]
+    pub listen: Option<String>,
+    #[serde(with = "off_if_empty")]
+    pub tls_listen: Option<String>,
     pub cert: String,
     pub key: String,
-    pub client_ca: String,
+    #[serde(with = "off_if_empty")]
+    pub client_ca: Option<String>,
     pub max_payload_bytes: usize,
     pub max_connections: usize,
     /// QoS 1/2 messages sent to a connection and not yet acknowledged (QoS 2: completed).
@@ -113,11 +116,11 @@ pub struct MqttSection {
 impl Default for MqttSection {
     fn default() -> Self {
         Self {
-            listen: "0.0.0.0:1883".into(),
-            tls_listen: String::new(),
+            listen: Some("0.0.0.0:1883".into()),
+            tls_listen: None,
             cert: "certs/dev/server.crt".into(),
             key: "certs/dev/server.key".into(),
-            client_ca: String::new(),
+            client_ca: None,
             max_payload_bytes: 65536,
             max_connections: 10000,
             max_inflight: 100,
@@ -147,7 +150,8 @@ pub enum AuthMode {
 #[serde(default)]
 pub struct AuthSection {
     pub mode: AuthMode,
-    pub credentials_file: String,
+    #[serde(with = "off_if_empty")]
+    pub credentials_file: Option<String>,
     /// Cloud services and apps: `[[auth.services]]`.
     pub services: Vec<ServiceRole>,
 }
@@ -214,7 +218,8 @@ pub enum ChangeStreams {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MongoSection {
-    pub uri: String,
+    #[serde(with = "off_if_empty")]
+    pub uri: Option<String>,
     pub database: String,
     pub change_streams: ChangeStreams,
     pub poll_interval_ms: u64,
@@ -229,7 +234,8 @@ pub struct MongoSection {
     pub telemetry_flush_ms: u64,
     /// Name of the lease an active/standby pair shares (both gateways set the same one);
     /// empty = no pair.
-    pub lease: String,
+    #[serde(with = "off_if_empty")]
+    pub lease: Option<String>,
     /// The standby takes the active's devices at most this long after the active stopped
     /// renewing the lease.
     pub lease_ttl_ms: u64,
@@ -238,7 +244,7 @@ pub struct MongoSection {
 impl Default for MongoSection {
     fn default() -> Self {
         Self {
-            uri: String::new(),
+            uri: None,
             database: "iotsphere".into(),
             change_streams: ChangeStreams::Auto,
             poll_interval_ms: 1000,
@@ -246,7 +252,7 @@ impl Default for MongoSection {
             alerts_retention_days: 365,
             telemetry_batch: 500,
             telemetry_flush_ms: 0,
-            lease: String::new(),
+            lease: None,
             lease_ttl_ms: 10_000,
         }
     }
@@ -297,7 +303,8 @@ impl OutboxSection {
 #[serde(default)]
 pub struct BridgeSection {
     /// `mqtt://host:port` or `mqtts://host:port`; empty: no bridge.
-    pub url: String,
+    #[serde(with = "off_if_empty")]
+    pub url: Option<String>,
     /// Empty: `gateway.id` (filled in at load).
     pub client_id: String,
     /// Empty: `gateways/<gateway.id>` (filled in at load).
@@ -305,13 +312,18 @@ pub struct BridgeSection {
     pub forward: Vec<String>,
     pub subscribe: Vec<String>,
     /// PEM CA bundle that signs the upstream broker's certificate (mqtts).
-    pub ca_file: String,
+    #[serde(with = "off_if_empty")]
+    pub ca_file: Option<String>,
     /// PEM client certificate and key, when the upstream broker wants mTLS.
-    pub client_cert: String,
-    pub client_key: String,
-    pub username: String,
+    #[serde(with = "off_if_empty")]
+    pub client_cert: Option<String>,
+    #[serde(with = "off_if_empty")]
+    pub client_key: Option<String>,
+    #[serde(with = "off_if_empty")]
+    pub username: Option<String>,
     /// A file holding the password (first line), so it is not in this file in clear.
-    pub password_file: String,
+    #[serde(with = "off_if_empty")]
+    pub password_file: Option<String>,
     pub keepalive_secs: u16,
     /// Reconnect delays: doubling from min to max, with jitter.
     pub reconnect_min_ms: u64,
@@ -321,7 +333,7 @@ pub struct BridgeSection {
 impl Default for BridgeSection {
     fn default() -> Self {
         Self {
-            url: String::new(),
+            url: None,
             client_id: String::new(),
             prefix: String::new(),
             forward: [
@@ -338,11 +350,11 @@ impl Default for BridgeSection {
             ]
             .map(String::from)
             .to_vec(),
-            ca_file: String::new(),
-            client_cert: String::new(),
-            client_key: String::new(),
-            username: String::new(),
-            password_file: String::new(),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            username: None,
+            password_file: None,
             keepalive_secs: 30,
             reconnect_min_ms: 500,
             reconnect_max_ms: 30_000,
@@ -362,9 +374,10 @@ impl BridgeSection {
     /// `mqtt://host[:port]` (default 1883) or `mqtts://host[:port]` (default 8883).
     pub fn parsed_url(&self) -> Result<BridgeUrl, String> {
         let shape = "must be mqtt://host:port or mqtts://host:port";
-        let (tls, rest) = if let Some(rest) = self.url.strip_prefix("mqtts://") {
+        let url = self.url.as_deref().unwrap_or_default();
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
             (true, rest)
-        } else if let Some(rest) = self.url.strip_prefix("mqtt://") {
+        } else if let Some(rest) = url.strip_prefix("mqtt://") {
             (false, rest)
         } else {
             return Err(shape.into());
@@ -421,7 +434,7 @@ impl BridgeSection {
                 );
             }
         }
-        if tls && self.ca_file.is_empty() {
+        if tls && self.ca_file.is_none() {
             problem(
                 "bridge.ca_file",
                 "mqtts needs the CA that signs the broker's certificate (for a public CA: \
@@ -433,17 +446,17 @@ impl BridgeSection {
             ("bridge.ca_file", &self.ca_file),
             ("bridge.client_cert", &self.client_cert),
         ] {
-            if !tls && !value.is_empty() {
+            if !tls && value.is_some() {
                 problem(key, "only used with an mqtts:// url".into());
             }
         }
-        if self.client_cert.is_empty() != self.client_key.is_empty() {
+        if self.client_cert.is_none() != self.client_key.is_none() {
             problem(
                 "bridge.client_key",
                 "client_cert and client_key go together".into(),
             );
         }
-        if !self.password_file.is_empty() && self.username.is_empty() {
+        if self.password_file.is_some() && self.username.is_none() {
             problem("bridge.username", "password_file needs a username".into());
         }
         if self.keepalive_secs < 5 {

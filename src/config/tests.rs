@@ -148,7 +148,7 @@ fn environment_overrides_win_and_are_named_in_errors() {
         ],
     )
     .expect("overrides apply");
-    assert_eq!(config.mqtt.listen, "127.0.0.1:18830");
+    assert_eq!(config.mqtt.listen.as_deref(), Some("127.0.0.1:18830"));
     assert_eq!(config.mqtt.max_connections, 50);
     assert_eq!(config.bridge.forward, vec!["a/#", "b/+"]);
 
@@ -198,7 +198,7 @@ fn a_bridge_section_is_checked() {
         (true, "cloud.example.com", 8883)
     );
     let url = BridgeSection {
-        url: "mqtt://[::1]:1884".into(),
+        url: Some("mqtt://[::1]:1884".into()),
         ..BridgeSection::default()
     }
     .parsed_url()
@@ -224,7 +224,7 @@ fn a_bridge_section_is_checked() {
         "ws://cloud",
     ] {
         let section = BridgeSection {
-            url: bad.into(),
+            url: Some(bad.into()),
             ..BridgeSection::default()
         };
         assert!(section.parsed_url().is_err(), "{bad}");

@@ -46,19 +46,19 @@ fn check_listeners(config: &GatewayConfig, problem: &mut impl FnMut(&str, String
         ("mqtt.listen", &config.mqtt.listen),
         ("mqtt.tls_listen", &config.mqtt.tls_listen),
     ] {
-        if !value.is_empty() {
+        if let Some(value) = value {
             if let Err(message) = check_listen_address(value) {
                 problem(key, message);
             }
         }
     }
-    if config.mqtt.listen.is_empty() && config.mqtt.tls_listen.is_empty() {
+    if config.mqtt.listen.is_none() && config.mqtt.tls_listen.is_none() {
         problem(
             "mqtt.listen",
             "no listener: set listen or tls_listen (devices could not connect)".into(),
         );
     }
-    if !config.mqtt.tls_listen.is_empty() {
+    if config.mqtt.tls_listen.is_some() {
         for (key, value) in [
             ("mqtt.cert", &config.mqtt.cert),
             ("mqtt.key", &config.mqtt.key),
@@ -68,7 +68,7 @@ fn check_listeners(config: &GatewayConfig, problem: &mut impl FnMut(&str, String
             }
         }
     }
-    if !config.mqtt.client_ca.is_empty() && config.mqtt.tls_listen.is_empty() {
+    if config.mqtt.client_ca.is_some() && config.mqtt.tls_listen.is_none() {
         problem(
             "mqtt.client_ca",
             "client certificates need the TLS listener: set tls_listen".into(),
@@ -138,14 +138,14 @@ fn check_mqtt_limits(config: &GatewayConfig, problem: &mut impl FnMut(&str, Stri
 /// The auth mode, its files and the services' filters.
 fn check_auth(config: &GatewayConfig, problem: &mut impl FnMut(&str, String)) {
     if config.auth.mode == AuthMode::Certificate {
-        if config.mqtt.client_ca.is_empty() {
+        if config.mqtt.client_ca.is_none() {
             problem(
                 "auth.mode",
                 "certificate mode needs mqtt.client_ca (the CA that signs device certificates) and mqtt.tls_listen"
                     .into(),
             );
         }
-        if !config.mqtt.listen.is_empty() {
+        if config.mqtt.listen.is_some() {
             problem(
                 "mqtt.listen",
                 "certificate mode: clients on the plain listener have no certificate and would all be refused; set listen = \"\""
@@ -153,7 +153,7 @@ fn check_auth(config: &GatewayConfig, problem: &mut impl FnMut(&str, String)) {
             );
         }
     }
-    if config.auth.mode == AuthMode::Password && config.auth.credentials_file.is_empty() {
+    if config.auth.mode == AuthMode::Password && config.auth.credentials_file.is_none() {
         problem(
             "auth.credentials_file",
             "password mode needs a credentials file (iotsphere-gateway credentials add)".into(),
@@ -203,9 +203,14 @@ fn check_shadow(config: &GatewayConfig, problem: &mut impl FnMut(&str, String)) 
 
 /// The MongoDB uplink.
 fn check_mongodb(config: &GatewayConfig, problem: &mut impl FnMut(&str, String)) {
-    let uri = &config.mongodb.uri;
-    let known_scheme = uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://");
-    if !uri.is_empty() && !known_scheme {
+    let known_scheme =
+        |uri: &str| uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://");
+    if config
+        .mongodb
+        .uri
+        .as_deref()
+        .is_some_and(|uri| !known_scheme(uri))
+    {
         problem(
             "mongodb.uri",
             "must start with mongodb:// or mongodb+srv://".into(),
@@ -300,7 +305,7 @@ fn check_outbox(config: &GatewayConfig, problem: &mut impl FnMut(&str, String)) 
             format!("not a duration such as \"7d\" or \"12h\": {e}"),
         );
     }
-    if !config.bridge.url.is_empty() {
+    if config.bridge.url.is_some() {
         config.bridge.validate(problem);
     }
 }

@@ -86,15 +86,13 @@ pub async fn start(
     let own_writes = OwnWrites::default();
     let (to_service, from_cloud) = flume::unbounded();
     let (claims, to_claim) = flume::unbounded();
-    let fence = if mongo.lease.is_empty() {
-        Fence::default()
-    } else {
-        let fence = Fence::new(&mongo.lease, lease.subscribe());
+    let fence = if let Some(lease_name) = &mongo.lease {
+        let fence = Fence::new(lease_name, lease.subscribe());
         tokio::spawn(
             lease::Lease {
                 db: db.clone(),
                 gateway_id: gateway_id.to_string(),
-                name: mongo.lease.clone(),
+                name: lease_name.clone(),
                 ttl: Duration::from_millis(mongo.lease_ttl_ms),
                 to_service: to_service.clone(),
                 state: lease,
@@ -103,6 +101,8 @@ pub async fn start(
             .run(),
         );
         fence
+    } else {
+        Fence::default()
     };
     tokio::spawn(
         handover::Claims {
@@ -231,7 +231,7 @@ impl Supervisor {
 }
 
 async fn connect(mongo: &MongoSection, gateway_id: &str) -> Result<Database, UplinkError> {
-    let mut options = ClientOptions::parse(&mongo.uri)
+    let mut options = ClientOptions::parse(mongo.uri.as_deref().unwrap_or_default())
         .await
         .map_err(UplinkError::Uri)?;
     options.server_selection_timeout = Some(SERVER_SELECTION_TIMEOUT);
