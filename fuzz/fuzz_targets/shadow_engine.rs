@@ -38,7 +38,7 @@ use arbitrary::Arbitrary;
 use iotsphere_gateway::codec::{self, Encoding};
 use iotsphere_gateway::shadow::{
     self, Applied, Document, ErrorCode, Limits, LocalWins, Object, Refusal, Section, Update,
-    MAX_CLIENT_TOKEN_BYTES,
+    MAX_CLIENT_TOKEN_BYTES, METADATA_LEAF_KEYS,
 };
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Number, Value};
@@ -654,17 +654,9 @@ fn check_mirror(state: &Object, metadata: &Object) {
                 check_mirror(child, child_metadata);
             }
             _ => {
-                const LIFECYCLE: [&str; 6] = [
-                    "timestamp",
-                    "expiresAt",
-                    "localWins",
-                    "changedAt",
-                    "reason",
-                    "code",
-                ];
                 let ok = meta.as_object().is_some_and(|m| {
                     m.get("timestamp").is_some_and(Value::is_u64)
-                        && m.keys().all(|k| LIFECYCLE.contains(&k.as_str()))
+                        && m.keys().all(|k| METADATA_LEAF_KEYS.contains(&k.as_str()))
                 });
                 assert!(ok, "metadata of leaf {key:?} is {meta}");
             }

@@ -23,6 +23,18 @@ pub(crate) const LOCAL_WINS: &str = "localWins";
 /// leaf's `timestamp` (the time the gateway wrote it).
 pub(crate) const CHANGED_AT: &str = "changedAt";
 
+/// Every key a metadata leaf may hold: its `timestamp`, the lifecycle's keys above, and a
+/// refusal record's `reason` and `code` (what the property tests and the fuzz target check
+/// the engine against).
+pub const METADATA_LEAF_KEYS: [&str; 6] = [
+    "timestamp",
+    EXPIRES_AT,
+    LOCAL_WINS,
+    CHANGED_AT,
+    "reason",
+    "code",
+];
+
 /// The leaf paths where a newer reported value supersedes a pending desired one, from
 /// `[shadow] local_wins`: a path covers its own leaf and every leaf below it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -102,7 +102,7 @@ mod tests;
 use serde::{Deserialize, Serialize};
 
 pub use error::{ErrorCode, Rejection};
-pub use lifecycle::{BadPath, LocalWins, MAX_CLOCK_AHEAD_SECS};
+pub use lifecycle::{BadPath, LocalWins, MAX_CLOCK_AHEAD_SECS, METADATA_LEAF_KEYS};
 pub use validate::{MAX_CLIENT_TOKEN_BYTES, MAX_REASON_BYTES};
 
 use lifecycle::Record;

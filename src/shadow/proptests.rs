@@ -159,16 +159,9 @@ fn assert_mirrors(state: &Object, metadata: &Object) {
                 assert_mirrors(state, metadata);
             }
             (_, Value::Object(leaf)) => {
-                let known = [
-                    "timestamp",
-                    "expiresAt",
-                    "localWins",
-                    "changedAt",
-                    "reason",
-                    "code",
-                ];
                 assert!(
-                    leaf.keys().all(|k| known.contains(&k.as_str())),
+                    leaf.keys()
+                        .all(|k| METADATA_LEAF_KEYS.contains(&k.as_str())),
                     "metadata leaf at {key}: {leaf:?}"
                 );
                 assert!(
