@@ -452,16 +452,23 @@ proptest! {
         second in lifecycle_update(),
         local_wins in local_wins(),
     ) {
-        let (mut first, mut second) = (first, second);
+        let (mut first, mut second, mut history) = (first, second, history);
         if first.section == second.section {
             second.state.retain(|key, _| !first.state.contains_key(key));
         } else {
             // Across sections, order is the point of local wins when the two carry
             // different times or a request flag; with one clock and no flag they commute.
-            for update in [&mut first, &mut second] {
-                update.changed_at = None;
+            // No flag in the history either: a report before the flagged desired leaf is
+            // cleared is under local wins (stamped `changedAt`), one after it is not.
+            let flagged = history.iter_mut().filter_map(|op| match op {
+                Op::Update(update) => Some(update),
+                _ => None,
+            });
+            for update in [&mut first, &mut second].into_iter().chain(flagged) {
                 update.local_wins = false;
             }
+            first.changed_at = None;
+            second.changed_at = None;
         }
         // A device's own times are a sequence: one before the newest already applied
         // is out of order by definition, so reports commute only on the gateway's clock.
