@@ -59,6 +59,12 @@ async fn a_will_the_identity_may_not_publish_is_refused_at_connect() {
             true,
         ),
         ("iotsphere/devices/heater-b/shadow/delta", b"", true),
+        // A forged refusal would take heater-b's pending setpoint out of its delta.
+        (
+            "iotsphere/devices/heater-b/shadow/refused",
+            br#"{"state":{"targetTemp":60},"reason":"forged","code":1}"#,
+            false,
+        ),
         ("iotsphere/system/status", br#"{"status":"down"}"#, true),
     ] {
         let mut attacker = Raw::open(gateway.port).expect("tcp");
