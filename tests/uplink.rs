@@ -29,11 +29,16 @@ async fn small_oplog_double(why: &str) -> Option<Mongo> {
     )
 }
 
-/// The first delta (retained or live) whose targetTemp is `target`, skipping older ones.
+/// The first delta (retained or live) whose targetTemp is `target`, skipping older ones
+/// and empty ones (a cleared delta).
 async fn delta_with_target(heater: &mut Client, target: i64) -> serde_json::Value {
     let started = std::time::Instant::now();
     loop {
-        let delta = heater.expect("/shadow/delta").await.payload_json();
+        let message = heater.expect("/shadow/delta").await;
+        if message.payload.is_empty() {
+            continue;
+        }
+        let delta = message.payload_json();
         if delta["state"]["targetTemp"] == target {
             return delta;
         }
